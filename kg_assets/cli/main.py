@@ -1,0 +1,264 @@
+"""`indexctl` verbs. Read-only verbs call the engine directly; verbs that change artifacts run one Dagster job.
+
+Every failure prints one line on stderr and exits with the code of its error family (see `kg_assets.lib.errors`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kg_assets.lib.errors import KgError, UsageError
+from kg_assets.lib.lifecycle import (
+    CATALOG_FILE,
+    FAISS_FILE,
+    IDMAP_FILE,
+    SCIP_FILE,
+    TUNING_FILE,
+    LifecycleRoot,
+    check_version_id,
+    stage_sources,
+)
+
+EXIT_CODES = """\b
+Exit codes: 0 ok, 2 usage error, 3 version or file not found,
+4 validation or integrity failure, 5 conflict (lock held, stale
+expected CURRENT, version exists), 1 anything unexpected."""
+
+
+class _Context:
+    def __init__(self, root: str | None, verbose: bool) -> None:
+        self.lifecycle = LifecycleRoot(root)
+        self.verbose = verbose
+
+    def run(self, job: str, config: dict[str, Any]) -> Any:
+        from kg_assets.cli.runs import run_job
+
+        return run_job(self.lifecycle.root, job, config, verbose=self.verbose)
+
+
+pass_ctx = click.make_pass_decorator(_Context)
+
+
+@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False),
+    help="Lifecycle root (default: $KG_INDEXES_DIR, else $CODEINTEL_INDEXES_DIR, else ./indexes).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Show Dagster's run log and tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, verbose: bool) -> None:
+    """Build, stage, publish and roll back versioned code-search indexes."""
+    ctx.obj = _Context(root, verbose)
+
+
+def _parse_pairs(pairs: tuple[str, ...], flag: str) -> dict[str, Path]:
+    parsed = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"{flag} expects name=path, got {pair!r}")
+        parsed[name.strip()] = Path(path)
+    return parsed
+
+
+@cli.command()
+@click.argument("version")
+@click.argument("faiss", type=click.Path(path_type=Path))
+@click.argument("duckdb", type=click.Path(path_type=Path))
+@click.argument("scip", type=click.Path(path_type=Path))
+@click.option("--faiss-idmap", type=click.Path(path_type=Path), help="FAISS row to chunk_id map (Parquet).")
+@click.option("--tuning", type=click.Path(path_type=Path), help="Runtime tuning profile (tuning.json).")
+@click.option("--extra", multiple=True, metavar="NAME=PATH", help="Extra file or directory to copy (repeatable).")
+@click.option(
+    "--sidecar", multiple=True, metavar="NAME=PATH", help="Legacy form of --faiss-idmap/--tuning (faiss_idmap=P)."
+)
+@pass_ctx
+def stage(
+    ctx: _Context,
+    version: str,
+    faiss: Path,
+    duckdb: Path,
+    scip: Path,
+    faiss_idmap: Path | None,
+    tuning: Path | None,
+    extra: tuple[str, ...],
+    sidecar: tuple[str, ...],
+) -> None:
+    """Copy FAISS, DuckDB and SCIP artifacts into a new validated version."""
+    sidecars = _parse_pairs(sidecar, "--sidecar")
+    unknown = set(sidecars) - {"faiss_idmap", "tuning"}
+    if unknown:
+        raise UsageError(f"unknown --sidecar name(s) {sorted(unknown)}: use faiss_idmap or tuning")
+    faiss_idmap = faiss_idmap or sidecars.get("faiss_idmap")
+    tuning = tuning or sidecars.get("tuning")
+    extras = _parse_pairs(extra, "--extra")
+    check_version_id(version)
+    sources = stage_sources(faiss, duckdb, scip, faiss_idmap, tuning, extras)
+    ctx.lifecycle.check_new_version(version)
+    config = {
+        "version": version,
+        "faiss": str(sources.pop(FAISS_FILE)),
+        "duckdb": str(sources.pop(CATALOG_FILE)),
+        "scip": str(sources.pop(SCIP_FILE)),
+        "faiss_idmap": str(sources.pop(IDMAP_FILE)) if IDMAP_FILE in sources else None,
+        "tuning": str(sources.pop(TUNING_FILE)) if TUNING_FILE in sources else None,
+        "extras": {name: str(path) for name, path in sources.items()},
+    }
+    result = ctx.run("stage", config)
+    for missing, flag in ((faiss_idmap, "--faiss-idmap"), (tuning, "--tuning")):
+        if missing is None:
+            click.echo(f"note: no {flag} given; the version has none", err=True)
+    attrs = result["attrs"]
+    click.echo(
+        f"Staged {version} -> {result['path']} ({_size(result['bytes'])}; "
+        f"dim {attrs['faiss_dim']}, {attrs['faiss_ntotal']} vectors, {attrs['faiss_factory']})"
+    )
+
+
+def _flip(ctx: _Context, action: str, version: str, expect_current: str | None) -> None:
+    check_version_id(version)
+    ctx.lifecycle.check_flip_target(version)
+    if expect_current is None:  # compare-and-swap against what this operator saw when the command started
+        expect_current = ctx.lifecycle.current() or ""
+    elif expect_current.lower() == "none":
+        expect_current = ""
+    result = ctx.run(action, {"version": version, "expect_current": expect_current})
+    before = result["from_version"] or "<none>"
+    if not result["changed"]:
+        click.echo(f"{version} is already current; nothing changed")
+    elif action == "publish":
+        click.echo(f"Published {version} (was {before}) -> {ctx.lifecycle.version_dir(version)}")
+    else:
+        click.echo(f"Rolled back to {version} (was {before})")
+
+
+_EXPECT_HELP = (
+    "Refuse unless CURRENT is this version ('none' for nothing published); default: CURRENT as read at start."
+)
+
+
+@cli.command()
+@click.argument("version")
+@click.option("--expect-current", metavar="VERSION", help=_EXPECT_HELP)
+@pass_ctx
+def publish(ctx: _Context, version: str, expect_current: str | None) -> None:
+    """Make VERSION current (verifies its files against the manifest first)."""
+    _flip(ctx, "publish", version, expect_current)
+
+
+@cli.command()
+@click.argument("version")
+@click.option("--expect-current", metavar="VERSION", help=_EXPECT_HELP)
+@pass_ctx
+def rollback(ctx: _Context, version: str, expect_current: str | None) -> None:
+    """Make an earlier complete VERSION current again."""
+    _flip(ctx, "rollback", version, expect_current)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def status(ctx: _Context, as_json: bool) -> None:
+    """Show the current version and every version with its state, creation time and size."""
+    infos = ctx.lifecycle.status()
+    current = ctx.lifecycle.current()
+    if as_json:
+        payload = {"root": str(ctx.lifecycle.root), "current": current, "versions": [asdict(i) for i in infos]}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(f"current: {current or '<none>'}")
+    click.echo(f"root: {ctx.lifecycle.root}")
+    if not infos:
+        click.echo("no versions")
+        return
+    rows = [("VERSION", "STATE", "CREATED", "SIZE")]
+    rows += [(i.version, i.state, i.created or "-", _size(i.size_bytes)) for i in infos]
+    widths = [max(len(row[col]) for row in rows) for col in range(4)]
+    for row, info in zip(rows, [None, *infos], strict=True):
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        click.echo(line + (f"  ({info.problem})" if info and info.problem else ""))
+
+
+@cli.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def list_versions(ctx: _Context, as_json: bool) -> None:
+    """List complete versions in natural order (v2 before v10)."""
+    versions = ctx.lifecycle.list_versions()
+    if as_json:
+        click.echo(json.dumps(versions))
+    elif versions:
+        click.echo("\n".join(versions))
+    else:
+        click.echo("no versions", err=True)
+
+
+@cli.command()
+@click.option("--keep", type=click.IntRange(min=0), default=5, show_default=True, help="Complete versions to keep.")
+@click.option(
+    "--staging-max-age",
+    type=click.FloatRange(min=0),
+    default=24.0,
+    show_default=True,
+    help="Hours after which an unlocked staging directory counts as abandoned.",
+)
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def gc(ctx: _Context, keep: int, staging_max_age: float, dry_run: bool, as_json: bool) -> None:
+    """Remove the oldest versions beyond --keep (never current or the one before it) and stale staging dirs."""
+    if not ctx.lifecycle.versions_dir.is_dir():
+        report = {"removed_versions": [], "removed_staging": [], "kept": []}
+    else:
+        config = {"keep": keep, "staging_max_age_hours": staging_max_age, "dry_run": dry_run}
+        report = ctx.run("gc", config)
+    if as_json:
+        click.echo(json.dumps({**report, "dry_run": dry_run}, indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} versions: {', '.join(report['removed_versions']) or '-'}")
+    click.echo(f"{verb} staging: {', '.join(report['removed_staging']) or '-'}")
+    click.echo(f"kept: {', '.join(report['kept']) or '-'}")
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and turn errors into one line and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="indexctl", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("indexctl: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KgError as exc:
+        click.echo(f"indexctl: error: {_one_line(exc)}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if os.environ.get("KG_DEBUG") or "-v" in sys.argv or "--verbose" in sys.argv:
+            traceback.print_exc()
+        click.echo(f"indexctl: unexpected error: {type(exc).__name__}: {_one_line(exc)} (see -v)", err=True)
+        sys.exit(1)

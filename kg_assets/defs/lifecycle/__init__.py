@@ -1,0 +1,1 @@
+"""Lifecycle jobs: stage, publish, rollback and gc of index versions."""

@@ -1,0 +1,1 @@
+"""Plain-Python engine: no Dagster imports below this package."""

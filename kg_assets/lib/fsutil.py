@@ -1,0 +1,130 @@
+"""Crash-safe file primitives: atomic writes, verified copies, directory fsync and advisory locks."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kg_assets.lib.errors import ConflictError
+
+_FICLONE = 0x40049409  # ioctl number of Linux FICLONE (copy-on-write clone of a whole file)
+_BLOCK = 1 << 20
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry table so renames and creations inside it survive a power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_sibling(path: Path) -> Path:
+    """A unique temporary name next to `path` (same directory, so a rename onto `path` is atomic)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a fsynced temp file and a rename; readers see old or new, never a mix."""
+    tmp = temp_sibling(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Pretty-printed, key-sorted JSON with a trailing newline, written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def copy_file(src: Path, dst: Path) -> str:
+    """Copy `src` to a new file `dst` (a copy-on-write clone where supported), fsync it, return its sha256.
+
+    Never a hardlink: a later in-place rewrite of the source must not reach the copy. The returned hash is
+    computed from the bytes read back from `dst`, so the caller can compare it with the source's.
+    """
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS):
+                raise
+            shutil.copyfileobj(fin, fout, _BLOCK)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return sha256_file(dst)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes in a file, or in every regular file below a directory."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, timeout: float, what: str) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if missing); ConflictError after `timeout` seconds.
+
+    flock is released by the kernel when the holder dies, so a SIGKILLed process never leaves it stuck.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ConflictError(
+                        f"{what} is busy: another operation holds {path}; wait for it to finish and retry"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_locked(path: Path) -> bool:
+    """True when some live process holds an exclusive flock on `path`."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

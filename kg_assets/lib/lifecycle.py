@@ -1,0 +1,521 @@
+"""The lifecycle root: version directories, staging, manifests, and the atomic `CURRENT` pointer.
+
+Layout under a root::
+
+    CURRENT                 text: the active version id (no newline)
+    current -> versions/<v> symlink kept in step with CURRENT
+    history.json            every pointer flip (action, from, to, time)
+    versions/<v>.staging/   being built or staged; never served
+    versions/<v>/           complete: canonical files plus manifest.json
+    .lock, .locks/<v>.lock  advisory locks (root-wide; per version while it is staged)
+
+Every write is temp file + fsync + rename (+ directory fsync), so a crash at any instant leaves `CURRENT`
+naming a complete version or nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kg_assets.lib import catalog, faiss_index, idmap, scip, tuning
+from kg_assets.lib.errors import ConflictError, NotFoundError, UsageError, ValidationError
+from kg_assets.lib.fsutil import (
+    atomic_write_json,
+    atomic_write_text,
+    copy_file,
+    exclusive_lock,
+    fsync_dir,
+    is_locked,
+    sha256_file,
+    temp_sibling,
+    tree_size,
+)
+
+ROOT_ENV_VARS = ("KG_INDEXES_DIR", "CODEINTEL_INDEXES_DIR")
+STAGING_SUFFIX = ".staging"
+MANIFEST = "manifest.json"
+FAISS_FILE = "faiss.index"
+CATALOG_FILE = "catalog.duckdb"
+SCIP_FILE = "index.scip"
+IDMAP_FILE = "faiss_idmap.parquet"
+TUNING_FILE = "tuning.json"
+CANONICAL_FILES = (FAISS_FILE, CATALOG_FILE, SCIP_FILE, IDMAP_FILE, TUNING_FILE)
+# The only files of a version that may change after it is complete (tune rewrites them atomically).
+MUTABLE_FILES = frozenset({TUNING_FILE, "faiss.index.audit.json"})
+LOCK_TIMEOUT_S = 30.0
+
+_VERSION_RE = re.compile(r"[A-Za-z0-9._-]+")
+_EXPECT_ANY = object()
+
+
+def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """The lifecycle root: `root` if given, else $KG_INDEXES_DIR, else $CODEINTEL_INDEXES_DIR, else ./indexes."""
+    if not root:
+        root = next((os.environ[v] for v in ROOT_ENV_VARS if os.environ.get(v)), "indexes")
+    return Path(root).expanduser().absolute()
+
+
+def check_version_id(version: str) -> str:
+    """Return `version` if it is a safe directory name; UsageError otherwise."""
+    if (
+        not version
+        or not _VERSION_RE.fullmatch(version)
+        or version in (".", "..")
+        or version.startswith(".")
+        or version.endswith(STAGING_SUFFIX)
+    ):
+        raise UsageError(
+            f"invalid version id {version!r}: use letters, digits, '.', '_' and '-' "
+            f"(not starting with '.', not ending in '{STAGING_SUFFIX}')"
+        )
+    return version
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders embedded numbers by value (`v2` before `v10`)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def _now() -> tuple[str, float]:
+    ts = time.time()
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds"), ts
+
+
+@dataclass(frozen=True)
+class Flip:
+    """Outcome of publish or rollback: where the pointer was, where it is now, whether it moved."""
+
+    action: str
+    from_version: str | None
+    to_version: str
+    changed: bool
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One entry of `status`: a version directory and its state."""
+
+    version: str
+    state: str  # current | published | staged | staging | broken
+    created: str | None
+    size_bytes: int
+    problem: str | None = None
+
+
+@dataclass
+class GcReport:
+    removed_versions: list[str] = field(default_factory=list)
+    removed_staging: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+
+class LifecycleRoot:
+    """A lifecycle root directory. Constructing one touches nothing on disk; only mutating calls create it."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = resolve_root(root)
+        self.versions_dir = self.root / "versions"
+        self.current_file = self.root / "CURRENT"
+        self.current_link = self.root / "current"
+        self.history_file = self.root / "history.json"
+        self._lock_file = self.root / ".lock"
+        self._locks_dir = self.root / ".locks"
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def version_dir(self, version: str) -> Path:
+        return self.versions_dir / check_version_id(version)
+
+    def staging_dir(self, version: str) -> Path:
+        return self.versions_dir / f"{check_version_id(version)}{STAGING_SUFFIX}"
+
+    def current(self) -> str | None:
+        """The active version id, or None when nothing has been published."""
+        try:
+            text = self.current_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        return text or None
+
+    def current_dir(self) -> Path | None:
+        version = self.current()
+        return self.versions_dir / version if version else None
+
+    def list_versions(self) -> list[str]:
+        """Complete version ids (staging and hidden directories excluded), in natural order."""
+        if not self.versions_dir.is_dir():
+            return []
+        names = [
+            p.name
+            for p in self.versions_dir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(STAGING_SUFFIX)
+        ]
+        return sorted(names, key=natural_key)
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every pointer flip so far, oldest first."""
+        try:
+            return json.loads(self.history_file.read_text(encoding="utf-8"))["events"]
+        except FileNotFoundError:
+            return []
+
+    def read_manifest(self, version: str) -> dict[str, Any]:
+        """The manifest of a complete version; NotFoundError or ValidationError when it is missing or bad."""
+        path = self.version_dir(version) / MANIFEST
+        if not path.parent.is_dir():
+            raise self._not_found(version)
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValidationError(f"version {version} has no {MANIFEST}; it is incomplete, re-stage it") from None
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ValidationError(f"version {version}: {MANIFEST} is not valid JSON ({exc})") from None
+        if not isinstance(manifest, dict) or manifest.get("version") != version:
+            raise ValidationError(f"version {version}: {MANIFEST} does not describe version {version}")
+        return manifest
+
+    def verify_version(self, version: str, *, hashes: bool = True) -> dict[str, Any]:
+        """Check a complete version against its manifest (sizes, and sha256 unless `hashes` is False).
+
+        Mutable sidecars are not hashed; a tuning profile must still parse. Returns the manifest.
+        """
+        manifest = self.read_manifest(version)
+        vdir = self.version_dir(version)
+        if not manifest.get("validation", {}).get("ok"):
+            raise ValidationError(f"version {version} failed validation when it was staged; re-stage it")
+        for name, entry in manifest.get("files", {}).items():
+            path = vdir / name
+            if entry.get("mutable"):
+                if name == TUNING_FILE and path.exists():
+                    tuning.load_profile(path)
+                continue
+            if not path.is_file():
+                raise ValidationError(f"version {version}: {name} is missing; the version is broken")
+            if path.stat().st_size != entry["size"]:
+                raise ValidationError(
+                    f"version {version}: {name} has {path.stat().st_size} bytes, manifest says {entry['size']}"
+                )
+            if hashes and sha256_file(path) != entry["sha256"]:
+                raise ValidationError(f"version {version}: {name} does not match its manifest sha256")
+        return manifest
+
+    def status(self) -> list[VersionInfo]:
+        """Every version directory with its state, in natural order; cheap (sizes only, no hashing)."""
+        if not self.versions_dir.is_dir():
+            return []
+        current = self.current()
+        published = {e["to"] for e in self.history()}
+        infos = []
+        for path in self.versions_dir.iterdir():
+            if not path.is_dir() or path.name.startswith("."):
+                continue
+            size = tree_size(path)
+            if path.name.endswith(STAGING_SUFFIX):
+                version = path.name[: -len(STAGING_SUFFIX)]
+                busy = is_locked(self._locks_dir / f"{version}.lock")
+                note = None if busy else "abandoned: no process is writing it (indexctl gc removes it)"
+                infos.append(VersionInfo(path.name, "staging", None, size, note))
+                continue
+            try:
+                manifest = self.verify_version(path.name, hashes=False)
+            except (ValidationError, UsageError) as exc:
+                infos.append(VersionInfo(path.name, "broken", None, size, str(exc)))
+                continue
+            if path.name == current:
+                state = "current"
+            elif path.name in published:
+                state = "published"
+            else:
+                state = "staged"
+            infos.append(VersionInfo(path.name, state, manifest.get("created"), size))
+        return sorted(infos, key=lambda info: natural_key(info.version))
+
+    # ---- staging -------------------------------------------------------------------------------
+
+    def stage(
+        self,
+        version: str,
+        faiss_path: Path,
+        duckdb_path: Path,
+        scip_path: Path,
+        *,
+        idmap_path: Path | None = None,
+        tuning_path: Path | None = None,
+        extras: Mapping[str, Path] | None = None,
+    ) -> Path:
+        """Copy, verify and validate artifacts into `versions/<v>.staging`, then rename it to `versions/<v>`.
+
+        The copies are clones or plain copies (never hardlinks), fsynced and re-hashed against the source.
+        Anything short of the final rename leaves only a staging directory, which is never publishable.
+        """
+        sources = stage_sources(faiss_path, duckdb_path, scip_path, idmap_path, tuning_path, extras)
+        self.check_new_version(version)
+        with self.staging(version) as staging:
+            files = {}
+            for name, src in sources.items():
+                files.update(_copy_verified(src, staging / name, name))
+            for name in files:
+                files[name]["mutable"] = name in MUTABLE_FILES
+            attrs = validate_artifacts(staging)
+            self._write_manifest(staging, version, sources, files, attrs)
+            self._finalize(version, staging)
+        return self.version_dir(version)
+
+    def check_new_version(self, version: str) -> None:
+        """UsageError for a bad id, ConflictError when `version` is already complete."""
+        if self.version_dir(version).exists():
+            raise ConflictError(f"version {version} already exists; choose a new version id")
+
+    @contextlib.contextmanager
+    def staging(self, version: str) -> Iterator[Path]:
+        """An empty `versions/<v>.staging`, held under the version's lock; removed if the block raises.
+
+        A leftover staging directory whose lock nobody holds is abandoned and is cleared first.
+        """
+        self.check_new_version(version)
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self._locks_dir.mkdir(exist_ok=True)
+        with exclusive_lock(self._locks_dir / f"{version}.lock", 0, f"staging of version {version}"):
+            staging = self.staging_dir(version)
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.mkdir()
+            try:
+                yield staging
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+
+    def _write_manifest(
+        self,
+        staging: Path,
+        version: str,
+        sources: Mapping[str, Path],
+        files: dict[str, dict[str, Any]],
+        attrs: dict[str, Any],
+    ) -> None:
+        created, created_ts = _now()
+        manifest = {
+            "format": 1,
+            "version": version,
+            "created": created,
+            "created_ts": created_ts,
+            "sources": {name: str(src) for name, src in sources.items()},
+            "files": files,
+            "attrs": attrs,
+            "validation": {"ok": True, "checked_at": created},
+        }
+        atomic_write_json(staging / MANIFEST, manifest)
+
+    def _finalize(self, version: str, staging: Path) -> None:
+        """Rename a fully written staging directory to `versions/<v>` under the root lock."""
+        for path in staging.rglob("*"):
+            if path.is_dir():
+                fsync_dir(path)
+        fsync_dir(staging)
+        with self._root_lock():
+            self.check_new_version(version)
+            os.rename(staging, self.version_dir(version))
+            fsync_dir(self.versions_dir)
+
+    # ---- the pointer ---------------------------------------------------------------------------
+
+    def publish(self, version: str, *, expect_current: object = _EXPECT_ANY) -> Flip:
+        """Point `CURRENT` and `current` at a complete, verified version (idempotent)."""
+        return self._flip("publish", version, expect_current)
+
+    def rollback(self, version: str, *, expect_current: object = _EXPECT_ANY) -> Flip:
+        """Point `CURRENT` back at an earlier complete, verified version (idempotent)."""
+        return self._flip("rollback", version, expect_current)
+
+    def check_flip_target(self, version: str) -> None:
+        """UsageError for a bad id, NotFoundError unless `version` is a complete version directory."""
+        if not self.version_dir(version).is_dir():
+            raise self._not_found(version)
+
+    def _flip(self, action: str, version: str, expect_current: object) -> Flip:
+        self.check_flip_target(version)
+        self.verify_version(version)  # outside the lock: complete versions are immutable
+        with self._root_lock():
+            current = self.current()
+            if expect_current is not _EXPECT_ANY and expect_current != current:
+                raise ConflictError(
+                    f"{action} {version} refused: CURRENT is {current or '<none>'}, expected "
+                    f"{expect_current or '<none>'}; another operator moved it, check `indexctl status`"
+                )
+            self.check_flip_target(version)
+            if current == version:
+                return Flip(action, current, version, changed=False)
+            atomic_write_text(self.current_file, version)
+            self._point_link(version)
+            at, _ = _now()
+            events = [*self.history(), {"action": action, "from": current, "to": version, "at": at}]
+            atomic_write_json(self.history_file, {"events": events})
+        return Flip(action, current, version, changed=True)
+
+    def _point_link(self, version: str) -> None:
+        tmp = temp_sibling(self.current_link)
+        os.symlink(os.path.join("versions", version), tmp)
+        os.replace(tmp, self.current_link)
+        fsync_dir(self.root)
+
+    @contextlib.contextmanager
+    def _root_lock(self) -> Iterator[None]:
+        """The root-wide lock; on entry it also repairs a `current` link left behind by a crash."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(self._lock_file, LOCK_TIMEOUT_S, f"lifecycle root {self.root}"):
+            current = self.current()
+            target = os.path.join("versions", current) if current else None
+            if target and (not self.current_link.is_symlink() or os.readlink(self.current_link) != target):
+                self._point_link(current)
+            yield
+
+    # ---- retention -----------------------------------------------------------------------------
+
+    def gc(self, keep: int, *, staging_max_age_s: float = 24 * 3600, dry_run: bool = False) -> GcReport:
+        """Remove the oldest complete versions beyond `keep` and abandoned staging directories.
+
+        Never removes the current version nor the one it replaced; a staging directory whose version lock
+        is held (a stage or build in progress) or that is younger than `staging_max_age_s` is kept.
+        """
+        if keep < 0:
+            raise UsageError("--keep must be zero or more")
+        report = GcReport()
+        if not self.versions_dir.is_dir():
+            return report
+        trash: list[Path] = []
+        with self._root_lock():
+            current = self.current()
+            previous = next((e["from"] for e in reversed(self.history()) if e["to"] == current), None)
+            complete = [i for i in self.status() if i.state in ("current", "published", "staged")]
+            complete.sort(key=lambda i: (i.created or "", natural_key(i.version)), reverse=True)
+            for rank, info in enumerate(complete):
+                if rank < keep or info.version in (current, previous):
+                    report.kept.append(info.version)
+                else:
+                    report.removed_versions.append(info.version)
+            now = time.time()
+            for path in self.versions_dir.glob(f"*{STAGING_SUFFIX}"):
+                version = path.name[: -len(STAGING_SUFFIX)]
+                if is_locked(self._locks_dir / f"{version}.lock"):
+                    continue
+                if now - path.stat().st_mtime >= staging_max_age_s:
+                    report.removed_staging.append(path.name)
+            if dry_run:
+                return report
+            for name in [*report.removed_versions, *report.removed_staging]:
+                hidden = self.versions_dir / f".trash-{name}-{os.urandom(4).hex()}"
+                os.rename(self.versions_dir / name, hidden)
+                trash.append(hidden)
+            trash.extend(self.versions_dir.glob(".trash-*"))
+            fsync_dir(self.versions_dir)
+            for leftover in self.root.glob(".*.tmp-*"):
+                leftover.unlink(missing_ok=True)
+        for path in dict.fromkeys(trash):
+            shutil.rmtree(path, ignore_errors=True)
+        return report
+
+    def _not_found(self, version: str) -> NotFoundError:
+        if self.staging_dir(version).exists():
+            return NotFoundError(f"version {version} is still staging (incomplete); finish or re-run its stage")
+        known = ", ".join(self.list_versions()) or "none"
+        return NotFoundError(f"unknown version {version} under {self.root} (complete versions: {known})")
+
+
+def stage_sources(
+    faiss_path: Path,
+    duckdb_path: Path,
+    scip_path: Path,
+    idmap_path: Path | None = None,
+    tuning_path: Path | None = None,
+    extras: Mapping[str, Path] | None = None,
+) -> dict[str, Path]:
+    """Map canonical file names to absolute input paths; UsageError for bad extra names, NotFoundError if absent."""
+    sources = {FAISS_FILE: faiss_path, CATALOG_FILE: duckdb_path, SCIP_FILE: scip_path}
+    if idmap_path is not None:
+        sources[IDMAP_FILE] = idmap_path
+    if tuning_path is not None:
+        sources[TUNING_FILE] = tuning_path
+    for name, src in (extras or {}).items():
+        if not _VERSION_RE.fullmatch(name) or name.startswith(".") or name in (*CANONICAL_FILES, MANIFEST):
+            raise UsageError(f"invalid extra name {name!r}: use a plain name that is not a canonical file name")
+        sources[name] = src
+    resolved = {name: Path(src).absolute() for name, src in sources.items()}
+    for name, src in resolved.items():
+        if not src.exists():
+            raise NotFoundError(f"input for {name} not found: {src}")
+    return resolved
+
+
+def _copy_verified(src: Path, dst: Path, name: str) -> dict[str, dict[str, Any]]:
+    """Copy a file or a directory tree; return manifest entries keyed by path relative to the version."""
+    if src.is_dir():
+        dst.mkdir()
+        entries: dict[str, dict[str, Any]] = {}
+        for child in sorted(src.iterdir()):
+            for sub, entry in _copy_verified(child, dst / child.name, f"{name}/{child.name}").items():
+                entries[sub] = entry
+        return entries
+    expected = sha256_file(src)
+    actual = copy_file(src, dst)
+    if actual != expected:
+        raise ValidationError(f"copy of {src} does not match its source; was it being written? retry the stage")
+    return {name: {"size": dst.stat().st_size, "sha256": actual}}
+
+
+def validate_artifacts(vdir: Path) -> dict[str, Any]:
+    """Validate the canonical files in a version directory and return summary attributes for the manifest.
+
+    FAISS loads (dimension, ntotal), DuckDB opens read-only, SCIP parses, the ID map has one row per FAISS row
+    with the same ids, the tuning profile parses, and dimensions and counts agree where both sides know them.
+    """
+    index = faiss_index.read_index(vdir / FAISS_FILE)
+    summary = faiss_index.summarize(index)
+    attrs: dict[str, Any] = {
+        "faiss_dim": summary.dim,
+        "faiss_ntotal": summary.ntotal,
+        "faiss_factory": summary.factory,
+        "faiss_metric": summary.metric,
+    }
+    cat = catalog.describe(vdir / CATALOG_FILE)
+    attrs["catalog_tables"] = list(cat.tables)
+    if cat.chunk_count is not None:
+        attrs["chunk_count"] = cat.chunk_count
+        if cat.chunk_count != summary.ntotal:
+            raise ValidationError(
+                f"catalog has {cat.chunk_count} chunks but the FAISS index has {summary.ntotal} vectors"
+            )
+    if cat.embedding_dim is not None:
+        attrs["embedder_dim"] = cat.embedding_dim
+        if cat.embedding_dim != summary.dim:
+            raise ValidationError(
+                f"catalog embeddings have dimension {cat.embedding_dim} but the FAISS index has {summary.dim}"
+            )
+    if cat.embedder:
+        attrs["embedder_name"] = cat.embedder
+    scip_summary = scip.summarize(scip.read_index(vdir / SCIP_FILE))
+    attrs.update({f"scip_{k}": v for k, v in asdict(scip_summary).items()})
+    if (vdir / IDMAP_FILE).exists():
+        table = idmap.read_idmap(vdir / IDMAP_FILE)
+        if table.num_rows != summary.ntotal:
+            raise ValidationError(f"ID map has {table.num_rows} rows but the FAISS index has {summary.ntotal} vectors")
+        order = np.argsort(table.column("faiss_row").to_numpy())
+        mapped = table.column("external_id").to_numpy()[order]
+        if not np.array_equal(mapped, faiss_index.external_ids(index)):
+            raise ValidationError("ID map external_id values differ from the FAISS index's ids")
+        attrs["idmap_rows"] = table.num_rows
+    if (vdir / TUNING_FILE).exists():
+        tuning.load_profile(vdir / TUNING_FILE)
+    return attrs
