@@ -262,3 +262,7 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         click.echo(f"indexctl: unexpected error: {type(exc).__name__}: {_one_line(exc)} (see -v)", err=True)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

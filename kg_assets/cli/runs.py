@@ -6,6 +6,7 @@ Dagster is imported here, lazily, so read-only verbs never pay for it.
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,49 @@ def run_job(root: Path, job_name: str, op_config: dict[str, Any], *, verbose: bo
             "resources": {"lifecycle": {"config": {"root": str(root)}}},
             "loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}},
         }
-        tags = {"kg/source": "indexctl", "kg/pid": str(os.getpid())}
         with dg.DagsterInstance.get() as instance:
-            result = job.execute_in_process(run_config=run_config, instance=instance, tags=tags)
+            reap_dead_runs(instance)
+            result = job.execute_in_process(run_config=run_config, instance=instance, tags=_owner_tags())
             return result.output_for_node(op_name)
+
+
+def _process_started(pid: int) -> str | None:
+    """Start time of a process in clock ticks since boot (Linux), to tell a live pid from a reused one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner_tags() -> dict[str, str]:
+    """Tags naming the process that runs a job, so a later indexctl can tell whether it died."""
+    pid = os.getpid()
+    return {
+        "kg/source": "indexctl",
+        "kg/host": socket.gethostname(),
+        "kg/pid": str(pid),
+        "kg/pid_started": _process_started(pid) or "",
+    }
+
+
+def reap_dead_runs(instance: Any) -> list[str]:
+    """Mark runs of indexctl processes on this host that died (SIGKILL, power loss) as failed.
+
+    An in-process run killed mid-op never releases its `lifecycle` pool slot; without this, every later
+    lifecycle run would wait for that slot forever. Returns the ids of the runs reaped.
+    """
+    import dagster as dg
+
+    reaped = []
+    active = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=active, tags={"kg/source": "indexctl"}))
+    for run in runs:
+        if run.tags.get("kg/host") != socket.gethostname():
+            continue
+        pid = int(run.tags.get("kg/pid", "0"))
+        if pid and _process_started(pid) == run.tags.get("kg/pid_started"):
+            continue  # that very process is still running
+        instance.report_run_failed(run, message=f"indexctl process {pid} died before the run finished")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        reaped.append(run.run_id)
+    return reaped

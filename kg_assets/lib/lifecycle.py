@@ -225,7 +225,7 @@ class LifecycleRoot:
             if path.name.endswith(STAGING_SUFFIX):
                 version = path.name[: -len(STAGING_SUFFIX)]
                 busy = is_locked(self._locks_dir / f"{version}.lock")
-                note = None if busy else "abandoned: no process is writing it (indexctl gc removes it)"
+                note = None if busy else "abandoned: no process is writing it; `indexctl gc` removes it"
                 infos.append(VersionInfo(path.name, "staging", None, size, note))
                 continue
             try:

@@ -1,0 +1,80 @@
+"""A subprocess that hammers a lifecycle root, for the crash-safety and concurrency tests.
+
+    python -m kg_assets_tests.lib.lifecycle_worker churn ROOT SAMPLE_DIR   stage and publish new versions forever
+    python -m kg_assets_tests.lib.lifecycle_worker flip ROOT N V1 V2 ...   N compare-and-swap flips among versions
+    python -m kg_assets_tests.lib.lifecycle_worker read ROOT SECONDS       resolve `current` in a loop
+
+Prints `ready` once imports are done, so the parent can time its kill from there. `flip` prints one JSON line
+per successful flip; `read` prints the number of reads and exits non-zero on the first bad read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+from kg_assets.lib.errors import ConflictError
+from kg_assets.lib.lifecycle import MANIFEST, LifecycleRoot
+
+
+def churn(root: LifecycleRoot, sample: Path) -> None:
+    names = {"faiss": "code.faiss", "duckdb": "catalog.duckdb", "scip": "index.scip"}
+    for i in itertools.count():
+        version = f"c{os.getpid()}-{i}"
+        root.stage(
+            version,
+            sample / names["faiss"],
+            sample / names["duckdb"],
+            sample / names["scip"],
+            idmap_path=sample / "faiss_idmap.parquet",
+            tuning_path=sample / "tuning.json",
+        )
+        root.publish(version)
+
+
+def flip(root: LifecycleRoot, n: int, versions: list[str]) -> None:
+    rng = random.Random(os.getpid())
+    for _ in range(n):
+        target = rng.choice(versions)
+        seen = root.current()
+        try:
+            result = (root.publish if rng.random() < 0.5 else root.rollback)(target, expect_current=seen)
+        except ConflictError:
+            continue
+        if result.changed:
+            print(json.dumps({"from": result.from_version, "to": result.to_version}), flush=True)
+
+
+def read(root: LifecycleRoot, seconds: float) -> None:
+    reads = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        resolved = Path(os.path.realpath(root.current_link))
+        version = root.current()
+        for vdir in (resolved, root.versions_dir / version):
+            manifest = json.loads((vdir / MANIFEST).read_text())
+            for name, entry in manifest["files"].items():
+                if (vdir / name).stat().st_size != entry["size"]:
+                    sys.exit(f"half-written file {vdir / name}")
+        reads += 1
+    print(reads)
+
+
+def main() -> None:
+    mode, root = sys.argv[1], LifecycleRoot(sys.argv[2])
+    print("ready", flush=True)
+    if mode == "churn":
+        churn(root, Path(sys.argv[3]))
+    elif mode == "flip":
+        flip(root, int(sys.argv[3]), sys.argv[4:])
+    elif mode == "read":
+        read(root, float(sys.argv[3]))
+
+
+if __name__ == "__main__":
+    main()
