@@ -251,8 +251,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("indexctl: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "indexctl"
+        click.echo(f"indexctl: error: {exc.format_message()} (see '{command} --help')", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"indexctl: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except KgError as exc:
         click.echo(f"indexctl: error: {_one_line(exc)}", err=True)

@@ -1,0 +1,96 @@
+"""The Dagster definitions load, keep their shape, and the lifecycle jobs run on a real instance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from kg_assets.definitions import defs
+from kg_assets.defs.lifecycle.jobs import JOB_OPS, LIFECYCLE_POOL
+from kg_assets.defs.lifecycle.resources import LifecycleResource
+from kg_assets.lib.errors import NotFoundError
+from kg_assets.lib.lifecycle import LifecycleRoot
+from kg_assets_tests.conftest import stage_sample
+
+
+def test_definitions_load() -> None:
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_job_graph_snapshot() -> None:
+    shape = {}
+    for name in sorted(JOB_OPS):
+        job = defs.resolve_job_def(name)
+        shape[name] = [(node.name, node.definition.pool) for node in job.nodes]
+    assert shape == {
+        "gc": [("collect_garbage", LIFECYCLE_POOL)],
+        "publish": [("publish_version", LIFECYCLE_POOL)],
+        "rollback": [("rollback_version", LIFECYCLE_POOL)],
+        "stage": [("stage_version", LIFECYCLE_POOL)],
+    }
+
+
+def _run(
+    job_name: str, root: LifecycleRoot, instance: dg.DagsterInstance, **config: object
+) -> dg.ExecuteInProcessResult:
+    job = defs.resolve_job_def(job_name)
+    return job.execute_in_process(
+        run_config={"ops": {JOB_OPS[job_name]: {"config": config}}},
+        resources={"lifecycle": LifecycleResource(root=str(root.root))},
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def test_publish_and_rollback_jobs_flip_and_are_recorded(root: LifecycleRoot, samples: dict) -> None:
+    stage_sample(root, "v1", samples["a"])
+    stage_sample(root, "v2", samples["b"])
+    with dg.instance_for_test() as instance:
+        assert _run("publish", root, instance, version="v1").success
+        result = _run("publish", root, instance, version="v2", expect_current="v1")
+        assert result.success
+        assert result.output_for_node("publish_version")["from_version"] == "v1"
+        assert _run("rollback", root, instance, version="v1").success
+        assert root.current() == "v1"
+        runs = instance.get_runs()
+        assert [r.job_name for r in runs] == ["rollback", "publish", "publish"]
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+
+
+def test_failed_publish_fails_the_run_and_keeps_current(root: LifecycleRoot, samples: dict) -> None:
+    stage_sample(root, "v1", samples["a"])
+    root.publish("v1")
+    with dg.instance_for_test() as instance:
+        result = _run("publish", root, instance, version="v9")
+        assert not result.success
+        assert instance.get_runs()[0].status == dg.DagsterRunStatus.FAILURE
+        with pytest.raises(NotFoundError):
+            defs.resolve_job_def("publish").execute_in_process(
+                run_config={"ops": {"publish_version": {"config": {"version": "v9"}}}},
+                resources={"lifecycle": LifecycleResource(root=str(root.root))},
+                instance=instance,
+            )
+    assert root.current() == "v1"
+
+
+def test_stage_and_gc_jobs(root: LifecycleRoot, samples: dict, tmp_path: Path) -> None:
+    a = samples["a"]
+    with dg.instance_for_test() as instance:
+        staged = _run(
+            "stage",
+            root,
+            instance,
+            version="v1",
+            faiss=str(a["faiss"]),
+            duckdb=str(a["duckdb"]),
+            scip=str(a["scip"]),
+            extras={"notes": str(a["tuning"])},
+        )
+        assert staged.success
+        assert staged.output_for_node("stage_version")["attrs"]["faiss_ntotal"] == 500
+        assert (root.version_dir("v1") / "notes").is_file()
+        stage_sample(root, "v2", samples["b"])
+        report = _run("gc", root, instance, keep=1).output_for_node("collect_garbage")
+    assert report["removed_versions"] == ["v1"]

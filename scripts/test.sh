@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Lint and run the test suite (expects scripts/setup.sh to have run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/ruff check kg_assets kg_assets_tests scripts
+.venv/bin/ruff format --check kg_assets kg_assets_tests scripts
+.venv/bin/python -m pytest -q "$@"
