@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import kg_assets
-from kg_assets.lib.fsutil import atomic_write_bytes
+from kg_assets.lib.fsutil import atomic_write_bytes, exclusive_lock
+from kg_assets.lib.lifecycle import LOCK_TIMEOUT_S
 
 INSTANCE_TEMPLATE = Path(kg_assets.__file__).parent / "dagster.yaml"
 
@@ -37,7 +38,7 @@ def run_job(root: Path, job_name: str, op_config: dict[str, Any], *, verbose: bo
     """
     from kg_assets.defs.lifecycle.jobs import JOB_OPS
 
-    ensure_dagster_home(root)
+    home = ensure_dagster_home(root)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import dagster as dg
@@ -51,8 +52,13 @@ def run_job(root: Path, job_name: str, op_config: dict[str, Any], *, verbose: bo
             "resources": {"lifecycle": {"config": {"root": str(root)}}},
             "loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}},
         }
-        with dg.DagsterInstance.get() as instance:
+        # Two indexctl processes opening a brand-new instance at once race on creating its sqlite schema,
+        # so the first open (and the reaping of dead runs) is serialized.
+        with exclusive_lock(home / ".kg-instance.lock", LOCK_TIMEOUT_S, f"Dagster instance {home}"):
+            instance = dg.DagsterInstance.get()
             reap_dead_runs(instance)
+            instance.event_log_storage.get_concurrency_keys()
+        with instance:
             result = job.execute_in_process(run_config=run_config, instance=instance, tags=_owner_tags())
             return result.output_for_node(op_name)
 
