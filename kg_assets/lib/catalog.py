@@ -1,13 +1,17 @@
-"""The DuckDB catalog of a version (`catalog.duckdb`): open it read-only and describe what it holds."""
+"""The DuckDB catalog of a version (`catalog.duckdb`): build it, refresh its ID-map join, read it."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 
 from kg_assets.lib.errors import NotFoundError, ValidationError
+from kg_assets.lib.fsutil import fsync_dir, sha256_file, temp_sibling
 
 
 @dataclass(frozen=True)
@@ -57,3 +61,131 @@ def describe(path: Path) -> CatalogSummary:
         except duckdb.Error as exc:
             raise ValidationError(f"{path}: catalog query failed ({str(exc).splitlines()[0]})") from None
     return CatalogSummary(tables, chunk_count, embedding_dim, embedder)
+
+
+# ---- building -----------------------------------------------------------------------------------------
+
+
+def write_catalog(
+    path: Path,
+    chunks: pa.Table,
+    embeddings: np.ndarray,
+    modules: pa.Table,
+    scip_tables: dict[str, pa.Table],
+    idmap_path: Path,
+    meta: dict[str, str],
+) -> int:
+    """Create a hermetic catalog at `path` (built beside it, then renamed); returns its chunk count.
+
+    Tables: `chunks` (with the `embedding FLOAT[d]` column), `modules`, `scip_symbols`, `scip_occurrences`,
+    `kg_meta`, and the ID-map objects `faiss_idmap_mat` (+ `_meta`), `faiss_idmap`, `v_faiss_join`;
+    view `v_chunk_symbols` maps chunks to the SCIP symbols defined inside them.
+    """
+    path = Path(path)
+    dim = embeddings.shape[1]
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), type=pa.float32()), dim)
+    chunk_rows = chunks.append_column("embedding", vectors)
+    tmp = temp_sibling(path)
+    try:
+        with duckdb.connect(str(tmp)) as con:
+            con.register("chunk_rows", chunk_rows)
+            con.execute(
+                f"CREATE TABLE chunks AS SELECT * EXCLUDE (embedding), embedding::FLOAT[{dim}] AS embedding "
+                "FROM chunk_rows ORDER BY chunk_id"
+            )
+            con.execute("ALTER TABLE chunks ADD PRIMARY KEY (chunk_id)")
+            for name, table in {"modules": modules, **scip_tables}.items():
+                con.register("_incoming", table)
+                con.execute(f"CREATE TABLE {name} AS SELECT * FROM _incoming")
+                con.unregister("_incoming")
+            con.execute("CREATE TABLE kg_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+            con.executemany("INSERT INTO kg_meta VALUES (?, ?)", sorted(meta.items()))
+            con.execute(
+                """CREATE VIEW v_chunk_symbols AS
+                SELECT c.chunk_id, o.symbol
+                FROM scip_occurrences o
+                JOIN chunks c ON c.uri = o.path AND o.start_line + 1 BETWEEN c.start_line AND c.end_line
+                WHERE o.is_definition"""
+            )
+            refresh_idmap(con, idmap_path, source_name=idmap_path.name)
+            count = con.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        Path(f"{tmp}.wal").unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return count
+
+
+@dataclass(frozen=True)
+class JoinRefresh:
+    refreshed: bool
+    rows: int
+    checksum: str
+
+
+def refresh_idmap(con: duckdb.DuckDBPyConnection, idmap_path: Path, *, source_name: str | None = None) -> JoinRefresh:
+    """Install the ID-map objects from a Parquet file, rebuilding them only when the file's sha256 changed.
+
+    `faiss_idmap_mat` is a table copy of the file (so the catalog never points outside itself),
+    `faiss_idmap` a view over it, `v_faiss_join` the FAISS rows joined to `chunks` on `chunk_id` in row order,
+    and `faiss_idmap_mat_meta` records which file and checksum the copy came from.
+    """
+    idmap_path = Path(idmap_path).absolute()
+    checksum = sha256_file(idmap_path)
+    source = source_name or str(idmap_path)
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS faiss_idmap_mat_meta "
+        "(source VARCHAR, checksum VARCHAR, row_count BIGINT, updated_at TIMESTAMPTZ)"
+    )
+    row = con.execute(
+        "SELECT checksum, row_count FROM faiss_idmap_mat_meta WHERE source = ? ORDER BY updated_at DESC LIMIT 1",
+        [source],
+    ).fetchone()
+    has_table = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'faiss_idmap_mat'"
+    ).fetchone()[0]
+    if row and row[0] == checksum and has_table:
+        return JoinRefresh(False, row[1], checksum)
+    con.execute(
+        "CREATE OR REPLACE TABLE faiss_idmap_mat AS "
+        "SELECT faiss_row, external_id, index_name FROM read_parquet(?) ORDER BY faiss_row",
+        [str(idmap_path)],
+    )
+    rows = con.execute("SELECT count(*) FROM faiss_idmap_mat").fetchone()[0]
+    con.execute("DELETE FROM faiss_idmap_mat_meta WHERE source = ?", [source])
+    con.execute("INSERT INTO faiss_idmap_mat_meta VALUES (?, ?, ?, now())", [source, checksum, rows])
+    con.execute("CREATE OR REPLACE VIEW faiss_idmap AS SELECT faiss_row, external_id FROM faiss_idmap_mat")
+    con.execute(
+        "CREATE OR REPLACE VIEW v_faiss_join AS SELECT i.faiss_row, c.* FROM faiss_idmap i "
+        "JOIN chunks c ON c.chunk_id = i.external_id ORDER BY i.faiss_row"
+    )
+    return JoinRefresh(True, rows, checksum)
+
+
+def chunk_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(chunk ids, embeddings) of a catalog, ordered by chunk id."""
+    with connect_read_only(path) as con:
+        table = con.execute("SELECT chunk_id, embedding FROM chunks ORDER BY chunk_id").fetch_arrow_table()
+    ids = table.column("chunk_id").to_numpy()
+    flat = table.column("embedding").combine_chunks().flatten().to_numpy()
+    return ids, flat.reshape(len(ids), -1).astype(np.float32)
+
+
+def read_meta(path: Path) -> dict[str, str]:
+    with connect_read_only(path) as con:
+        return dict(con.execute("SELECT key, value FROM kg_meta").fetchall())
+
+
+def hydrate(path: Path, chunk_ids: list[int]) -> dict[int, dict]:
+    """Catalog rows (uri, lines, text) for the given chunk ids, keyed by id."""
+    with connect_read_only(path) as con:
+        rows = con.execute(
+            "SELECT chunk_id, uri, language, start_line, end_line, text FROM chunks WHERE chunk_id IN "
+            "(SELECT unnest(?::BIGINT[]))",
+            [chunk_ids],
+        ).fetchall()
+    keys = ("chunk_id", "uri", "language", "start_line", "end_line", "text")
+    return {row[0]: dict(zip(keys, row, strict=True)) for row in rows}

@@ -91,6 +91,7 @@ def chunk_id_for(uri: str, start_byte: int, end_byte: int) -> int:
 
 
 def content_hash(data: bytes) -> str:
+    """Hash of a chunk's text as stored (UTF-8, undecodable bytes replaced), so it can be re-checked from it."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
@@ -167,7 +168,7 @@ def chunk_file(
     chunks = []
     for seg in pieces:
         start_byte, end_byte = offsets[seg.start], offsets[seg.end]
-        raw = data[start_byte:end_byte]
+        text = data[start_byte:end_byte].decode("utf-8", errors="replace")
         chunks.append(
             Chunk(
                 chunk_id=chunk_id_for(uri, start_byte, end_byte),
@@ -177,8 +178,8 @@ def chunk_file(
                 end_line=seg.end,
                 start_byte=start_byte,
                 end_byte=end_byte,
-                text=raw.decode("utf-8", errors="replace"),
-                content_hash=content_hash(raw),
+                text=text,
+                content_hash=content_hash(text.encode("utf-8")),
                 symbols=seg.symbols,
             )
         )

@@ -266,12 +266,35 @@ class LifecycleRoot:
             files = {}
             for name, src in sources.items():
                 files.update(_copy_verified(src, staging / name, name))
-            for name in files:
-                files[name]["mutable"] = name in MUTABLE_FILES
-            attrs = validate_artifacts(staging)
-            self._write_manifest(staging, version, sources, files, attrs)
-            self._finalize(version, staging)
+            self._seal(version, staging, sources, files, {})
         return self.version_dir(version)
+
+    def finalize(self, version: str, staging: Path, attrs: Mapping[str, Any]) -> Path:
+        """Seal a staging directory a builder wrote in place: hash, validate, write the manifest, rename.
+
+        The caller holds the version's staging lock (see `staging`).
+        """
+        files = {
+            str(path.relative_to(staging)): {"size": path.stat().st_size, "sha256": sha256_file(path)}
+            for path in sorted(staging.rglob("*"))
+            if path.is_file() and path.name != MANIFEST
+        }
+        self._seal(version, staging, {}, files, attrs)
+        return self.version_dir(version)
+
+    def _seal(
+        self,
+        version: str,
+        staging: Path,
+        sources: Mapping[str, Path],
+        files: dict[str, dict[str, Any]],
+        attrs: Mapping[str, Any],
+    ) -> None:
+        for name, entry in files.items():
+            entry["mutable"] = name in MUTABLE_FILES
+        validated = validate_artifacts(staging)
+        self._write_manifest(staging, version, sources, files, {**validated, **attrs})
+        self._finalize(version, staging)
 
     def check_new_version(self, version: str) -> None:
         """UsageError for a bad id, ConflictError when `version` is already complete."""
@@ -279,19 +302,27 @@ class LifecycleRoot:
             raise ConflictError(f"version {version} already exists; choose a new version id")
 
     @contextlib.contextmanager
-    def staging(self, version: str) -> Iterator[Path]:
-        """An empty `versions/<v>.staging`, held under the version's lock; removed if the block raises.
-
-        A leftover staging directory whose lock nobody holds is abandoned and is cleared first.
-        """
+    def staging_lock(self, version: str) -> Iterator[None]:
+        """Hold the lock that says "version is being staged or built" (ConflictError if someone holds it)."""
         self.check_new_version(version)
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         self._locks_dir.mkdir(exist_ok=True)
         with exclusive_lock(self._locks_dir / f"{version}.lock", 0, f"staging of version {version}"):
-            staging = self.staging_dir(version)
-            if staging.exists():
-                shutil.rmtree(staging)
-            staging.mkdir()
+            yield
+
+    def reset_staging(self, version: str) -> Path:
+        """Empty `versions/<v>.staging` (clearing what an abandoned attempt left); hold `staging_lock` first."""
+        staging = self.staging_dir(version)
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        return staging
+
+    @contextlib.contextmanager
+    def staging(self, version: str) -> Iterator[Path]:
+        """An empty `versions/<v>.staging`, held under the version's lock; removed if the block raises."""
+        with self.staging_lock(version):
+            staging = self.reset_staging(version)
             try:
                 yield staging
             except BaseException:
@@ -304,7 +335,7 @@ class LifecycleRoot:
         version: str,
         sources: Mapping[str, Path],
         files: dict[str, dict[str, Any]],
-        attrs: dict[str, Any],
+        attrs: Mapping[str, Any],
     ) -> None:
         created, created_ts = _now()
         manifest = {

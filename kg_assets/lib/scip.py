@@ -7,14 +7,19 @@ full SCIP index are skipped by protobuf, so this subset parses any index. Field 
 from __future__ import annotations
 
 import functools
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from kg_assets.lib.errors import NotFoundError, ValidationError
+from kg_assets.lib.fsutil import atomic_write_bytes
 
 _PACKAGE = "kg_assets.scip_min"
 _F = descriptor_pb2.FieldDescriptorProto
@@ -120,3 +125,96 @@ def summarize(index: Any) -> ScipSummary:
         occurrences=occurrences,
         definitions=definitions,
     )
+
+
+# ---- producing and tabulating -------------------------------------------------------------------------
+
+
+def scip_python_command() -> Path:
+    """The scip-python executable: this checkout's node_modules (scripts/setup.sh), else one on the PATH."""
+    local = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "scip-python"
+    if local.exists():
+        return local
+    found = shutil.which("scip-python")
+    if found:
+        return Path(found)
+    raise NotFoundError(
+        "scip-python is not installed: run scripts/setup.sh (npm ci) or npm install -g @sourcegraph/scip-python"
+    )
+
+
+def run_scip_python(repo: Path, out: Path, project_name: str, project_version: str, timeout: float = 3600) -> Any:
+    """Index the Python code of `repo` with scip-python into `out` (atomically) and return the parsed index.
+
+    scip-python exits 1 and leaves a stub file when it crashes, so the exit code is checked and the output is
+    parsed before it replaces `out`.
+    """
+    command = scip_python_command()
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="kg-scip-") as tmp:
+        env_file, result = Path(tmp) / "environment.json", Path(tmp) / "index.scip"
+        env_file.write_text("[]")  # skip pip-based dependency discovery: we index the repository's own code
+        args = [str(command), "index", "--cwd", str(Path(repo).absolute()), "--project-name", project_name]
+        args += ["--project-version", project_version, "--output", str(result), "--environment", str(env_file)]
+        done = subprocess.run([*args, "--quiet"], capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ValidationError(f"scip-python failed with exit code {done.returncode}: {tail[0]}")
+        index = read_index(result)
+        data = result.read_bytes()
+    atomic_write_bytes(out, data)
+    return index
+
+
+def tables(index: Any) -> dict[str, pa.Table]:
+    """`scip_symbols` (one row per symbol) and `scip_occurrences` (one row per occurrence, 0-based lines)."""
+    occ_rows: dict[str, list] = {k: [] for k in ("path", "symbol", "start_line", "start_col", "end_line", "end_col")}
+    occ_rows.update(roles=[], is_definition=[], enclosing_start_line=[], enclosing_end_line=[])
+    symbols: dict[str, tuple[str, int, str, str]] = {}
+    for doc in index.documents:
+        for occ in doc.occurrences:
+            r = list(occ.range)
+            start_line, start_col, end_line, end_col = (r[0], r[1], r[0], r[2]) if len(r) == 3 else r[:4]
+            enc = list(occ.enclosing_range)
+            for key, value in (
+                ("path", doc.relative_path),
+                ("symbol", occ.symbol),
+                ("start_line", start_line),
+                ("start_col", start_col),
+                ("end_line", end_line),
+                ("end_col", end_col),
+                ("roles", occ.symbol_roles),
+                ("is_definition", bool(occ.symbol_roles & ROLE_DEFINITION)),
+                ("enclosing_start_line", enc[0] if enc else None),
+                ("enclosing_end_line", (enc[2] if len(enc) == 4 else enc[0]) if enc else None),
+            ):
+                occ_rows[key].append(value)
+        for info in doc.symbols:
+            doc_text = "\n".join(d for d in info.documentation if not d.startswith("```"))
+            symbols[info.symbol] = (
+                info.display_name or _display_name(info.symbol),
+                info.kind,
+                doc_text,
+                doc.relative_path,
+            )
+    sym_table = pa.table(
+        {
+            "symbol": list(symbols),
+            "display_name": [v[0] for v in symbols.values()],
+            "kind": pa.array([v[1] for v in symbols.values()], type=pa.int32()),
+            "documentation": [v[2] for v in symbols.values()],
+            "path": [v[3] for v in symbols.values()],
+        }
+    )
+    occ_types = {"start_line": pa.int32(), "start_col": pa.int32(), "end_line": pa.int32(), "end_col": pa.int32()}
+    occ_types.update(roles=pa.int32(), enclosing_start_line=pa.int32(), enclosing_end_line=pa.int32())
+    occ_table = pa.table({k: pa.array(v, type=occ_types.get(k)) for k, v in occ_rows.items()})
+    return {"scip_symbols": sym_table, "scip_occurrences": occ_table}
+
+
+def _display_name(symbol: str) -> str:
+    """Last descriptor of a SCIP symbol (`pkg/mod`/Class#method(). -> method)."""
+    tail = symbol.rstrip("#./()").rsplit("/", 1)[-1]
+    for sep in ("#", "."):
+        tail = tail.rsplit(sep, 1)[-1]
+    return tail.strip("`()")

@@ -1,0 +1,269 @@
+"""The build steps that turn a repository into a version's artifacts, one function per asset.
+
+Each step reads its inputs from and writes its outputs into a staging directory (`versions/<v>.staging`);
+intermediate files live in its `build/` subdirectory and are dropped when the version is finalized.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kg_assets.lib import catalog, chunking, faiss_index, idmap, scip
+from kg_assets.lib.embedding import Embedder, Progress
+from kg_assets.lib.errors import ValidationError
+from kg_assets.lib.fsutil import atomic_write_bytes
+from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
+
+BUILD_DIR = "build"
+CHUNKS_FILE = "chunks.parquet"
+EMBEDDINGS_FILE = "embeddings.npy"
+
+CHUNK_SCHEMA = pa.schema(
+    [
+        ("chunk_id", pa.int64()),
+        ("uri", pa.string()),
+        ("language", pa.string()),
+        ("start_line", pa.int32()),
+        ("end_line", pa.int32()),
+        ("start_byte", pa.int64()),
+        ("end_byte", pa.int64()),
+        ("text", pa.string()),
+        ("content_hash", pa.string()),
+        ("symbols", pa.list_(pa.string())),
+    ]
+)
+
+
+def embedding_text(uri: str, text: str) -> str:
+    """What is embedded for a chunk: its path as a header line, then its text."""
+    return f"{uri}\n{text}"
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def _write_npy(array: np.ndarray, path: Path) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@dataclass(frozen=True)
+class ChunkStats:
+    chunks: int
+    files: int
+    skipped: dict[str, str]
+    languages: dict[str, int]
+    seconds: float
+
+
+def build_chunks(repo: Path, staging: Path, embedder: Embedder) -> ChunkStats:
+    """Chunk `repo` within the embedder's token window (minus the header) into `build/chunks.parquet`."""
+    t0 = time.perf_counter()
+    budget = embedder.max_tokens - 2  # [CLS] and [SEP]
+    result = chunking.chunk_repository(repo, embedder.count_tokens, budget, header=lambda uri: embedding_text(uri, ""))
+    columns: dict[str, list[Any]] = {name: [] for name in CHUNK_SCHEMA.names}
+    for chunk in result.chunks:
+        for name in CHUNK_SCHEMA.names:
+            value = getattr(chunk, name)
+            columns[name].append(list(value) if name == "symbols" else value)
+    (staging / BUILD_DIR).mkdir(exist_ok=True)
+    _write_parquet(pa.table(columns, schema=CHUNK_SCHEMA), staging / BUILD_DIR / CHUNKS_FILE)
+    languages: dict[str, int] = {}
+    for chunk in result.chunks:
+        languages[chunk.language] = languages.get(chunk.language, 0) + 1
+    return ChunkStats(len(result.chunks), len(result.files), result.skipped, languages, time.perf_counter() - t0)
+
+
+def read_chunks(staging: Path) -> pa.Table:
+    return pq.read_table(staging / BUILD_DIR / CHUNKS_FILE)
+
+
+@dataclass(frozen=True)
+class EmbedStats:
+    embedded: int
+    reused: int
+    dim: int
+    seconds: float
+    reused_from: str | None
+
+
+def previous_vectors(root: LifecycleRoot, fingerprint: str) -> tuple[str | None, dict[tuple[str, str], np.ndarray]]:
+    """Vectors of the newest complete version embedded with the same embedder, keyed by (uri, content hash)."""
+    for info in sorted(root.status(), key=lambda i: i.created or "", reverse=True):
+        if info.state not in ("current", "published", "staged"):
+            continue
+        path = root.version_dir(info.version) / CATALOG_FILE
+        try:
+            if catalog.read_meta(path).get("embedder_fingerprint") != fingerprint:
+                continue
+            with catalog.connect_read_only(path) as con:
+                table = con.execute("SELECT uri, content_hash, embedding FROM chunks").fetch_arrow_table()
+        except Exception:  # an unreadable old catalog only costs a full re-embed
+            continue
+        flat = table.column("embedding").combine_chunks().flatten().to_numpy().astype(np.float32)
+        vectors = flat.reshape(table.num_rows, -1)
+        keys = zip(table.column("uri").to_pylist(), table.column("content_hash").to_pylist(), strict=True)
+        return info.version, {key: vectors[i] for i, key in enumerate(keys)}
+    return None, {}
+
+
+def build_embeddings(
+    staging: Path, embedder: Embedder, previous: tuple[str | None, dict], progress: Progress | None = None
+) -> EmbedStats:
+    """Embed every chunk whose (uri, content hash) the previous version does not already have a vector for."""
+    t0 = time.perf_counter()
+    chunks = read_chunks(staging)
+    uris, hashes, texts = (chunks.column(c).to_pylist() for c in ("uri", "content_hash", "text"))
+    source, known = previous
+    vectors = np.zeros((chunks.num_rows, embedder.dim), dtype=np.float32)
+    todo = []
+    for row, key in enumerate(zip(uris, hashes, strict=True)):
+        if key in known and known[key].shape[0] == embedder.dim:
+            vectors[row] = known[key]
+        else:
+            todo.append(row)
+    if todo:
+        vectors[todo] = embedder.embed([embedding_text(uris[i], texts[i]) for i in todo], progress=progress)
+    _write_npy(vectors, staging / BUILD_DIR / EMBEDDINGS_FILE)
+    return EmbedStats(len(todo), chunks.num_rows - len(todo), embedder.dim, time.perf_counter() - t0, source)
+
+
+def read_embeddings(staging: Path) -> np.ndarray:
+    return np.load(staging / BUILD_DIR / EMBEDDINGS_FILE)
+
+
+def build_faiss(staging: Path, factory: str = "auto", seed: int = 0) -> faiss_index.BuildStats:
+    """Train and fill the FAISS index over the chunk vectors, with `chunk_id` as ids, into `faiss.index`."""
+    vectors = read_embeddings(staging)
+    ids = read_chunks(staging).column("chunk_id").to_numpy()
+    if factory == "auto":
+        factory = faiss_index.choose_factory(*vectors.shape)
+    index, stats = faiss_index.build_index(vectors, ids, factory, seed=seed)
+    faiss_index.write_index(index, staging / FAISS_FILE)
+    return stats
+
+
+def build_idmap(staging: Path) -> int:
+    """Export `faiss_idmap.parquet` from the index itself (row order -> external id)."""
+    index = faiss_index.read_index(staging / FAISS_FILE)
+    ids = faiss_index.external_ids(index)
+    idmap.write_idmap(idmap.idmap_table(ids, FAISS_FILE), staging / IDMAP_FILE)
+    return len(ids)
+
+
+def build_scip(repo: Path, staging: Path, project_name: str, project_version: str) -> scip.ScipSummary:
+    index = scip.run_scip_python(repo, staging / SCIP_FILE, project_name, project_version)
+    return scip.summarize(index)
+
+
+def build_catalog(staging: Path, meta: dict[str, str]) -> int:
+    """Write `catalog.duckdb`: chunks with vectors, modules, SCIP symbols and occurrences, ID-map join."""
+    chunks = read_chunks(staging)
+    vectors = read_embeddings(staging)
+    modules = _modules(chunks)
+    scip_tables = scip.tables(scip.read_index(staging / SCIP_FILE))
+    return catalog.write_catalog(
+        staging / CATALOG_FILE, chunks, vectors, modules, scip_tables, staging / IDMAP_FILE, meta
+    )
+
+
+def _modules(chunks: pa.Table) -> pa.Table:
+    """One row per file: repo path, dotted module name (Python), language and chunk count."""
+    counts: dict[str, list[Any]] = {}
+    for uri, language in zip(chunks.column("uri").to_pylist(), chunks.column("language").to_pylist(), strict=True):
+        counts.setdefault(uri, [language, 0])[1] += 1
+    paths = sorted(counts)
+    names = [
+        p.removesuffix(".py").removesuffix("/__init__").replace("/", ".") if p.endswith(".py") else None for p in paths
+    ]
+    return pa.table(
+        {
+            "repo_path": paths,
+            "module_name": names,
+            "language": [counts[p][0] for p in paths],
+            "chunk_count": pa.array([counts[p][1] for p in paths], type=pa.int64()),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    detail: str
+
+
+def check_staging(staging: Path, expected_dim: int) -> list[CheckResult]:
+    """The consistency checks that gate finalizing a build (each independent, all reported)."""
+    index = faiss_index.read_index(staging / FAISS_FILE)
+    index_ids = faiss_index.external_ids(index)
+    map_table = idmap.read_idmap(staging / IDMAP_FILE)
+    map_ids = map_table.column("external_id").to_numpy()
+    with catalog.connect_read_only(staging / CATALOG_FILE) as con:
+        cat_ids = con.execute("SELECT chunk_id FROM chunks ORDER BY chunk_id").fetchnumpy()["chunk_id"]
+        cat_dim = con.execute("SELECT max(len(embedding)), min(len(embedding)) FROM chunks").fetchone()
+        nan_rows = con.execute(
+            "SELECT count(*) FROM chunks WHERE NOT isfinite(list_sum(embedding::FLOAT[]))"
+        ).fetchone()[0]
+        texts = con.execute("SELECT text, content_hash FROM chunks").fetchall()
+    vectors = read_embeddings(staging)
+    dims = {"embedder": expected_dim, "index": index.d, "catalog": cat_dim[0], "embeddings": vectors.shape[1]}
+    bad_hashes = sum(1 for text, h in texts if chunking.content_hash(text.encode("utf-8")) != h)
+    counts = {"ntotal": index.ntotal, "idmap_rows": map_table.num_rows, "chunk_rows": len(cat_ids)}
+    same_ids = np.array_equal(np.sort(index_ids), cat_ids) and np.array_equal(np.sort(map_ids), cat_ids)
+    return [
+        CheckResult("dimensions_agree", len(set(dims.values())) == 1 and cat_dim[0] == cat_dim[1], f"{dims}"),
+        CheckResult("counts_agree", len(set(counts.values())) == 1, f"{counts}"),
+        CheckResult(
+            "ids_unique_and_identical",
+            same_ids and len(np.unique(cat_ids)) == len(cat_ids),
+            "index, idmap and catalog hold the same unique chunk ids" if same_ids else "id sets differ",
+        ),
+        CheckResult(
+            "vectors_finite",
+            nan_rows == 0 and bool(np.isfinite(vectors).all()),
+            f"{nan_rows} catalog rows with NaN",
+        ),
+        CheckResult("text_hashes_match", bad_hashes == 0, f"{bad_hashes} chunks whose text does not match its hash"),
+    ]
+
+
+def finalize(root: LifecycleRoot, version: str, staging: Path, expected_dim: int, attrs: dict[str, Any]) -> Path:
+    """Re-run the gate checks, drop intermediates, then seal the staging dir into `versions/<version>`."""
+    raise_unless_passed(check_staging(staging, expected_dim))
+    shutil.rmtree(staging / BUILD_DIR, ignore_errors=True)
+    return root.finalize(version, staging, attrs)
+
+
+def log_progress(log: Callable[[str], None], label: str, every: float = 0.1) -> Progress:
+    """A progress callback that logs `label done/total (pct, rate)` at every `every` fraction."""
+    t0 = time.perf_counter()
+    state = {"next": every}
+
+    def report(done: int, total: int) -> None:
+        if total and (done / total >= state["next"] or done == total):
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            log(f"{label} {done}/{total} ({100 * done / total:.0f}%, {rate:.1f}/s)")
+            state["next"] = (int(done / total / every) + 1) * every
+
+    return report
+
+
+def raise_unless_passed(results: list[CheckResult]) -> None:
+    failed = [r for r in results if not r.passed]
+    if failed:
+        raise ValidationError("; ".join(f"{r.name} failed: {r.detail}" for r in failed))
