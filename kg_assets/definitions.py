@@ -4,15 +4,15 @@ import dagster as dg
 
 from kg_assets.defs.build.assets import BUILD_ASSETS
 from kg_assets.defs.build.checks import catalog_consistent
-from kg_assets.defs.build.jobs import build
+from kg_assets.defs.build.jobs import build, faiss_idmap_export, faiss_join, faiss_join_refresh
 from kg_assets.defs.build.resources import BuildSettings, StagingHold
 from kg_assets.defs.lifecycle.jobs import JOBS
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 
 defs = dg.Definitions(
-    assets=BUILD_ASSETS,
+    assets=[*BUILD_ASSETS, faiss_idmap_export, faiss_join],
     asset_checks=[catalog_consistent],
-    jobs=[*JOBS, build],
+    jobs=[*JOBS, build, faiss_join_refresh],
     resources={"lifecycle": LifecycleResource(), "settings": BuildSettings(), "hold": StagingHold()},
     # In-process: the multiprocess default spawns an interpreter per step (~2 s each on these machines).
     executor=dg.in_process_executor,

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from kg_assets.lib.errors import KgError, UsageError
+from kg_assets.lib.errors import KgError, NotFoundError, UsageError
 from kg_assets.lib.lifecycle import (
     CATALOG_FILE,
     FAISS_FILE,
@@ -38,10 +38,15 @@ class _Context:
         self.lifecycle = LifecycleRoot(root)
         self.verbose = verbose
 
-    def run(self, job: str, config: dict[str, Any]) -> Any:
-        from kg_assets.cli.runs import run_job
+    def build(self, version: str, repo: Path, **settings: Any) -> dict[str, Any]:
+        from kg_assets.cli.runs import run_build
 
-        return run_job(self.lifecycle.root, job, config, verbose=self.verbose)
+        return run_build(self.lifecycle.root, version, repo, verbose=self.verbose, **settings)
+
+    def run(self, job: str, config: dict[str, Any]) -> Any:
+        from kg_assets.cli.runs import run_op_job
+
+        return run_op_job(self.lifecycle.root, job, config, verbose=self.verbose)
 
 
 pass_ctx = click.make_pass_decorator(_Context)
@@ -228,6 +233,108 @@ def gc(ctx: _Context, keep: int, staging_max_age: float, dry_run: bool, as_json:
     click.echo(f"{verb} versions: {', '.join(report['removed_versions']) or '-'}")
     click.echo(f"{verb} staging: {', '.join(report['removed_staging']) or '-'}")
     click.echo(f"kept: {', '.join(report['kept']) or '-'}")
+
+
+@cli.command()
+@click.argument("version")
+@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=".", show_default=True)
+@click.option("--publish", "publish_after", is_flag=True, help="Publish the version when the build succeeds.")
+@click.option(
+    "--embedder", default="minilm", show_default=True, help="minilm, st:<model> or http://host:port#model#dim"
+)
+@click.option("--factory", default="auto", show_default=True, help="FAISS factory string, or auto (by corpus size).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@pass_ctx
+def build(
+    ctx: _Context, version: str, repo: Path, publish_after: bool, embedder: str, factory: str, as_json: bool
+) -> None:
+    """Build VERSION from a repository (one Dagster run of the build assets), optionally publishing it."""
+    from kg_assets.lib.embedding import load_embedder
+    from kg_assets.lib.faiss_index import check_factory
+
+    check_version_id(version)
+    ctx.lifecycle.check_new_version(version)
+    dim = load_embedder(embedder).dim
+    if factory != "auto":
+        check_factory(factory, dim)
+    summary = ctx.build(version, repo.absolute(), embedder=embedder, factory=factory, publish=publish_after)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    attrs = summary["attrs"]
+    click.echo(f"Built {version} -> {summary['path']}")
+    click.echo(
+        f"  {summary['chunks']} chunks from {summary['files']} files; dim {attrs['faiss_dim']}; "
+        f"factory {attrs['faiss_factory']}; {_size(summary['bytes'])}"
+    )
+    click.echo(f"  embedded {summary['embedded']}, reused {summary['reused']} from the previous version")
+    click.echo("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
+    if publish_after:
+        click.echo(f"Published {version} (was {summary['published_from']})")
+
+
+@cli.command()
+@click.argument("text")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of hits.")
+@click.option("--version", "version", help="Search this version instead of the current one.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def search(ctx: _Context, text: str, k: int, version: str | None, as_json: bool) -> None:
+    """Search the published (or given) version for TEXT."""
+    from kg_assets.lib.search import search_version
+
+    found_version, hits = search_version(ctx.lifecycle, text, k, version)
+    if as_json:
+        click.echo(json.dumps({"version": found_version, "hits": [asdict(h) for h in hits]}, indent=2))
+        return
+    for hit in hits:
+        click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {hit.uri}:{hit.start_line}-{hit.end_line}  {hit.first_line[:80]}")
+
+
+@cli.command(name="export-idmap")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Parquet file to write.")
+@click.option("--duckdb", "duckdb_path", type=click.Path(dir_okay=False, path_type=Path), help="Catalog to refresh.")
+@click.option("--index", "index_path", type=click.Path(dir_okay=False, path_type=Path), help="FAISS index to export.")
+@pass_ctx
+def export_idmap(ctx: _Context, out: Path, duckdb_path: Path | None, index_path: Path | None) -> None:
+    """Export a FAISS index's row -> chunk_id map; with --duckdb also refresh that catalog's join.
+
+    The index is --index, else $FAISS_INDEX, else the current version's faiss.index.
+    """
+    from kg_assets.lib.search import resolve_version
+
+    if index_path is None:
+        env_index = os.environ.get("FAISS_INDEX")
+        if env_index:
+            index_path = Path(env_index)
+        else:
+            index_path = ctx.lifecycle.version_dir(resolve_version(ctx.lifecycle, None)) / FAISS_FILE
+    if not index_path.is_file():
+        raise NotFoundError(f"FAISS index not found: {index_path}")
+    config = {"index": str(index_path.absolute()), "out": str(out.absolute())}
+    if duckdb_path is not None:
+        config["duckdb"] = str(duckdb_path.absolute())
+    result = ctx.run("faiss_join_refresh", config)
+    click.echo(f"Exported {result['exported_rows']} FAISS rows -> {out}")
+    if duckdb_path is not None:
+        _print_refresh(result)
+
+
+@cli.command(name="materialize-join")
+@click.argument("idmap", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--duckdb", "duckdb_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@pass_ctx
+def materialize_join(ctx: _Context, idmap: Path, duckdb_path: Path) -> None:
+    """Refresh faiss_idmap_mat, faiss_idmap and v_faiss_join in a catalog from IDMAP (only if it changed)."""
+    for path in (idmap, duckdb_path):
+        if not path.is_file():
+            raise NotFoundError(f"not found: {path}")
+    result = ctx.run("faiss_join_refresh", {"idmap": str(idmap.absolute()), "duckdb": str(duckdb_path.absolute())})
+    _print_refresh(result)
+
+
+def _print_refresh(result: dict[str, Any]) -> None:
+    click.echo(f"Refreshed={result['refreshed']} rows={result['rows']} checksum={result['checksum']}")
 
 
 def _size(n: int) -> str:

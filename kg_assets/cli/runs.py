@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import kg_assets
+from kg_assets.lib import errors
 from kg_assets.lib.fsutil import atomic_write_bytes, exclusive_lock
 from kg_assets.lib.lifecycle import LOCK_TIMEOUT_S
 
 INSTANCE_TEMPLATE = Path(kg_assets.__file__).parent / "dagster.yaml"
+_ENGINE_ERRORS = {cls.__name__: cls for cls in (errors.UsageError, errors.NotFoundError, errors.ValidationError)}
+_ENGINE_ERRORS.update(ConflictError=errors.ConflictError)
 
 
 def ensure_dagster_home(root: Path) -> Path:
@@ -31,13 +34,20 @@ def ensure_dagster_home(root: Path) -> Path:
     return home
 
 
-def run_job(root: Path, job_name: str, op_config: dict[str, Any], *, verbose: bool = False) -> Any:
-    """Execute job `job_name` in this process against the instance, return its op's output.
+def run_job(
+    root: Path,
+    job_name: str,
+    run_config: dict[str, Any],
+    *,
+    partition_key: str | None = None,
+    verbose: bool = False,
+) -> Any:
+    """Execute job `job_name` in this process against the instance and return its result.
 
-    Engine errors raised inside the op propagate unchanged, so the CLI maps them to exit codes.
+    Resources get `root`; a partition key is registered in `index_versions` first. A failed run raises the
+    engine error its step raised (so the CLI maps it to an exit code), or ValidationError for a failed
+    blocking check.
     """
-    from kg_assets.defs.lifecycle.jobs import JOB_OPS
-
     home = ensure_dagster_home(root)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -46,11 +56,12 @@ def run_job(root: Path, job_name: str, op_config: dict[str, Any], *, verbose: bo
         from kg_assets.definitions import defs
 
         job = defs.resolve_job_def(job_name)
-        op_name = JOB_OPS[job_name]
-        run_config = {
-            "ops": {op_name: {"config": op_config}},
-            "resources": {"lifecycle": {"config": {"root": str(root)}}},
-            "loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}},
+        resources = {"lifecycle": {"config": {"root": str(root)}}, "hold": {"config": {"root": str(root)}}}
+        used = {key for key in resources if key in job.resource_defs}
+        full_config = {
+            **run_config,
+            "resources": {**{k: v for k, v in resources.items() if k in used}, **run_config.get("resources", {})},
+            "loggers": {"console": {"config": {"log_level": "INFO" if verbose else "CRITICAL"}}},
         }
         # Two indexctl processes opening a brand-new instance at once race on creating its sqlite schema,
         # so the first open (and the reaping of dead runs) is serialized.
@@ -58,9 +69,80 @@ def run_job(root: Path, job_name: str, op_config: dict[str, Any], *, verbose: bo
             instance = dg.DagsterInstance.get()
             reap_dead_runs(instance)
             instance.event_log_storage.get_concurrency_keys()
+            if partition_key is not None:
+                instance.add_dynamic_partitions("index_versions", [partition_key])
         with instance:
-            result = job.execute_in_process(run_config=run_config, instance=instance, tags=_owner_tags())
-            return result.output_for_node(op_name)
+            result = job.execute_in_process(
+                run_config=full_config,
+                instance=instance,
+                tags=_owner_tags(),
+                partition_key=partition_key,
+                raise_on_error=False,
+            )
+        if not result.success:
+            raise _failure(result)
+        return result
+
+
+def run_op_job(root: Path, job_name: str, op_config: dict[str, Any], *, verbose: bool = False) -> Any:
+    """Run a single-op job (the lifecycle jobs) with `op_config` and return that op's output."""
+    from kg_assets.defs.build.jobs import JOB_OPS as BUILD_JOB_OPS
+    from kg_assets.defs.lifecycle.jobs import JOB_OPS
+
+    op_name = {**JOB_OPS, **BUILD_JOB_OPS}[job_name]
+    result = run_job(root, job_name, {"ops": {op_name: {"config": op_config}}}, verbose=verbose)
+    return result.output_for_node(op_name)
+
+
+def run_build(root: Path, version: str, repo: Path, *, verbose: bool = False, **settings: Any) -> dict[str, Any]:
+    """Materialize the build assets for `version` (one run) and summarize what they recorded."""
+    config = {"resources": {"settings": {"config": {"repo": str(repo), **settings}}}}
+    result = run_job(root, "build", config, partition_key=version, verbose=verbose)
+    meta = {
+        event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
+        for event in result.get_asset_materialization_events()
+    }
+    seconds = {
+        event.step_key: event.event_specific_data.duration_ms / 1000
+        for event in result.all_events
+        if event.event_type_value == "STEP_SUCCESS"
+    }
+    sealed = meta["index_version"]
+    return {
+        "version": version,
+        "path": str(sealed["path"]),
+        "bytes": sealed["bytes"],
+        "attrs": sealed["attrs"].data if hasattr(sealed["attrs"], "data") else sealed["attrs"],
+        "chunks": meta["chunks"]["chunks"],
+        "files": meta["chunks"]["files"],
+        "embedded": meta["embeddings"]["embedded"],
+        "reused": meta["embeddings"]["reused"],
+        "seconds": seconds,
+        "published_from": sealed.get("published_from"),
+    }
+
+
+def _failure(result: Any) -> Exception:
+    """The engine error behind a failed run, rebuilt from its step failure (or a failed blocking check)."""
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    if failed:
+        details = [
+            f"{e.check_name}: {value.value.removeprefix('FAILED: ')}"
+            for e in failed
+            for key, value in e.metadata.items()
+            if str(value.value).startswith("FAILED")
+        ] or [e.check_name for e in failed]
+        return errors.ValidationError("blocking check failed, version not sealed: " + "; ".join(details))
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error is not None:
+            if error.cls_name in _ENGINE_ERRORS:
+                message = error.message.strip().split(": ", 1)[-1]
+                return _ENGINE_ERRORS[error.cls_name](message)
+            error = error.cause
+        first = event.step_failure_data.error
+        return errors.KgError(f"step {event.step_key} failed: {first.message.strip().splitlines()[0]}")
+    return errors.KgError("the Dagster run failed; re-run with -v for its log")
 
 
 def _process_started(pid: int) -> str | None:
@@ -85,8 +167,8 @@ def _owner_tags() -> dict[str, str]:
 def reap_dead_runs(instance: Any) -> list[str]:
     """Mark runs of indexctl processes on this host that died (SIGKILL, power loss) as failed.
 
-    An in-process run killed mid-op never releases its `lifecycle` pool slot; without this, every later
-    lifecycle run would wait for that slot forever. Returns the ids of the runs reaped.
+    An in-process run killed mid-op never releases its pool slot; without this, every later lifecycle run
+    would wait for that slot forever. Returns the ids of the runs reaped.
     """
     import dagster as dg
 

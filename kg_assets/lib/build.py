@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kg_assets.lib import catalog, chunking, faiss_index, idmap, scip
 from kg_assets.lib.embedding import Embedder, Progress
-from kg_assets.lib.errors import ValidationError
+from kg_assets.lib.errors import KgError, ValidationError
 from kg_assets.lib.fsutil import atomic_write_bytes
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
 
@@ -111,8 +112,8 @@ def previous_vectors(root: LifecycleRoot, fingerprint: str) -> tuple[str | None,
             if catalog.read_meta(path).get("embedder_fingerprint") != fingerprint:
                 continue
             with catalog.connect_read_only(path) as con:
-                table = con.execute("SELECT uri, content_hash, embedding FROM chunks").fetch_arrow_table()
-        except Exception:  # an unreadable old catalog only costs a full re-embed
+                table = con.sql("SELECT uri, content_hash, embedding FROM chunks").to_arrow_table()
+        except (duckdb.Error, KgError):  # an unreadable old catalog only costs a full re-embed
             continue
         flat = table.column("embedding").combine_chunks().flatten().to_numpy().astype(np.float32)
         vectors = flat.reshape(table.num_rows, -1)

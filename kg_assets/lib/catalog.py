@@ -165,10 +165,28 @@ def refresh_idmap(con: duckdb.DuckDBPyConnection, idmap_path: Path, *, source_na
     return JoinRefresh(True, rows, checksum)
 
 
+def refresh_join(duckdb_path: Path, idmap_path: Path) -> JoinRefresh:
+    """Refresh the ID-map objects in an existing catalog that has a `chunks` table (see `refresh_idmap`)."""
+    duckdb_path = Path(duckdb_path)
+    if not duckdb_path.is_file():
+        raise NotFoundError(f"DuckDB catalog not found: {duckdb_path}")
+    if not Path(idmap_path).is_file():
+        raise NotFoundError(f"ID map not found: {idmap_path}")
+    try:
+        con = duckdb.connect(str(duckdb_path))
+    except duckdb.Error as exc:
+        raise ValidationError(f"cannot open {duckdb_path} for writing ({str(exc).splitlines()[0]})") from None
+    with con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "chunks" not in tables:
+            raise ValidationError(f"{duckdb_path} has no chunks table to join the ID map to")
+        return refresh_idmap(con, idmap_path)
+
+
 def chunk_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(chunk ids, embeddings) of a catalog, ordered by chunk id."""
     with connect_read_only(path) as con:
-        table = con.execute("SELECT chunk_id, embedding FROM chunks ORDER BY chunk_id").fetch_arrow_table()
+        table = con.sql("SELECT chunk_id, embedding FROM chunks ORDER BY chunk_id").to_arrow_table()
     ids = table.column("chunk_id").to_numpy()
     flat = table.column("embedding").combine_chunks().flatten().to_numpy()
     return ids, flat.reshape(len(ids), -1).astype(np.float32)

@@ -58,3 +58,12 @@ def read_idmap(path: Path) -> pa.Table:
     if missing:
         raise ValidationError(f"{path} lacks ID-map columns {sorted(missing)}")
     return table
+
+
+def export_idmap(index_path: Path, out: Path) -> int:
+    """Write the ID map of the FAISS index at `index_path` to `out`; returns its row count."""
+    from kg_assets.lib import faiss_index
+
+    ids = faiss_index.external_ids(faiss_index.read_index(index_path))
+    write_idmap(idmap_table(ids, Path(index_path).name), Path(out))
+    return len(ids)

@@ -164,6 +164,15 @@ class LifecycleRoot:
         ]
         return sorted(names, key=natural_key)
 
+    def owning_version(self, path: Path) -> str | None:
+        """The complete version whose directory contains `path`, if any (its files must not be rewritten)."""
+        try:
+            rel = Path(path).absolute().relative_to(self.versions_dir)
+        except ValueError:
+            return None
+        name = rel.parts[0] if rel.parts else ""
+        return name if name in self.list_versions() else None
+
     def history(self) -> list[dict[str, Any]]:
         """Every pointer flip so far, oldest first."""
         try:
