@@ -105,7 +105,7 @@ def write_catalog(
                 SELECT c.chunk_id, o.symbol
                 FROM scip_occurrences o
                 JOIN chunks c ON c.uri = o.path AND o.start_line + 1 BETWEEN c.start_line AND c.end_line
-                WHERE o.is_definition"""
+                WHERE o.is_definition AND NOT starts_with(o.symbol, 'local ')"""
             )
             refresh_idmap(con, idmap_path, source_name=idmap_path.name)
             count = con.execute("SELECT count(*) FROM chunks").fetchone()[0]

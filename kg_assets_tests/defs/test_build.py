@@ -1,0 +1,157 @@
+"""The build assets on a small real repository: real MiniLM embeddings, scip-python, FAISS and DuckDB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from kg_assets.definitions import defs
+from kg_assets.lib import build, catalog
+from kg_assets.lib.lifecycle import LifecycleRoot
+from kg_assets.lib.search import search_version
+from kg_assets_tests.lib.test_scip import SCIP_PYTHON
+from kg_assets_tests.sample_repo import write_repo
+
+pytestmark = pytest.mark.skipif(not SCIP_PYTHON.exists(), reason="run scripts/setup.sh (npm ci) for scip-python")
+
+
+def run_build(root: LifecycleRoot, repo: Path, version: str, instance: dg.DagsterInstance) -> Any:
+    instance.add_dynamic_partitions("index_versions", [version])
+    rooted = {"config": {"root": str(root.root)}}
+    return defs.resolve_job_def("build").execute_in_process(
+        partition_key=version,
+        instance=instance,
+        raise_on_error=False,
+        run_config={"resources": {"lifecycle": rooted, "hold": rooted, "settings": {"config": {"repo": str(repo)}}}},
+    )
+
+
+def materializations(result: Any) -> dict[str, dict[str, Any]]:
+    return {
+        e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+    }
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[LifecycleRoot, Path, Any]:
+    base = tmp_path_factory.mktemp("build")
+    root, repo = LifecycleRoot(base / "indexes"), write_repo(base / "repo")
+    with dg.instance_for_test() as instance:
+        result = run_build(root, repo, "v1", instance)
+    assert result.success
+    return root, repo, result
+
+
+def test_every_asset_materializes_with_metadata(built: tuple) -> None:
+    root, _, result = built
+    meta = materializations(result)
+    assert set(meta) == {"chunks", "embeddings", "scip_index", "faiss_index", "faiss_idmap", "catalog", "index_version"}
+    n = meta["chunks"]["chunks"]
+    assert n > 10 and meta["chunks"]["files"] == 6
+    assert (meta["embeddings"]["dimension"], meta["embeddings"]["embedded"], meta["embeddings"]["reused"]) == (
+        384,
+        n,
+        0,
+    )
+    assert (meta["faiss_index"]["factory"], meta["faiss_index"]["ntotal"]) == ("Flat", n)
+    assert meta["faiss_idmap"]["rows"] == meta["catalog"]["chunks"] == n
+    assert meta["scip_index"]["documents"] >= 3 and meta["scip_index"]["definitions"] > 5
+    assert [c.passed for c in result.get_asset_check_evaluations()] == [True]
+    vdir = root.version_dir("v1")
+    assert sorted(p.name for p in vdir.iterdir()) == [
+        "catalog.duckdb",
+        "faiss.index",
+        "faiss_idmap.parquet",
+        "index.scip",
+        "manifest.json",
+    ]
+    manifest = root.verify_version("v1")
+    assert manifest["attrs"]["embedder_name"] == "minilm" and manifest["attrs"]["chunk_count"] == n
+
+
+def test_catalog_joins_faiss_rows_chunks_and_symbols(built: tuple) -> None:
+    root, _, _ = built
+    with catalog.connect_read_only(root.version_dir("v1") / "catalog.duckdb") as con:
+        joined = con.execute("SELECT count(*), count(DISTINCT chunk_id), min(faiss_row) FROM v_faiss_join").fetchone()
+        chunks = con.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        symbols = {
+            r[0]
+            for r in con.execute(
+                "SELECT s.symbol FROM v_chunk_symbols s JOIN chunks c USING (chunk_id) WHERE c.uri = 'parsing.py'"
+            ).fetchall()
+        }
+        modules = con.execute("SELECT repo_path, module_name FROM modules ORDER BY repo_path").fetchall()
+    assert joined == (chunks, chunks, 0)
+    assert any(s.endswith(" parsing/parse_config().") for s in symbols)
+    assert not any(s.startswith("local ") for s in symbols)
+    assert ("shapes/geometry.py", "shapes.geometry") in modules
+
+
+def test_search_finds_the_matching_function(built: tuple) -> None:
+    root, repo, _ = built
+    _, hits = search_version(root, "length of the hypotenuse of a right triangle", k=3, version="v1")
+    top = hits[0]
+    def_line = (
+        (repo / "shapes/geometry.py").read_text().splitlines().index("def hypotenuse(a: float, b: float) -> float:")
+    )
+    assert top.uri == "shapes/geometry.py" and top.start_line <= def_line + 1 <= top.end_line
+    _, hits = search_version(root, "read settings from a JSON configuration file", k=3, version="v1")
+    assert hits[0].uri == "parsing.py"
+
+
+def test_incremental_build_re_embeds_only_the_changed_file(built: tuple, tmp_path: Path) -> None:
+    root, _, first = built
+    changed = tmp_path / "repo"
+    write_repo(changed)
+    path = changed / "parsing.py"
+    path.write_text(path.read_text().replace("Split a sentence", "Break a sentence"))
+    with dg.instance_for_test() as instance:
+        result = run_build(root, changed, "v2", instance)
+    assert result.success
+    meta = materializations(result)["embeddings"]
+    with catalog.connect_read_only(root.version_dir("v2") / "catalog.duckdb") as con:
+        in_changed_file = con.execute("SELECT count(*) FROM chunks WHERE uri = 'parsing.py'").fetchone()[0]
+    assert meta["embedded"] == in_changed_file
+    assert meta["reused"] == materializations(first)["chunks"]["chunks"] - in_changed_file
+    assert meta["reused_from"] == "v1"
+
+
+@pytest.mark.parametrize("plant", ["dimension", "ids"])
+def test_planted_mismatch_fails_the_check_and_blocks_sealing(
+    plant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_catalog = catalog.write_catalog
+
+    def planted(path: Path, chunks: Any, embeddings: Any, *args: Any) -> int:
+        if plant == "dimension":
+            embeddings = embeddings[:, :-1]
+        else:
+            ids = chunks.column("chunk_id").to_pylist()
+            chunks = chunks.set_column(0, "chunk_id", [[ids[0] + 1, *ids[1:]]])
+        return write_catalog(path, chunks, embeddings, *args)
+
+    monkeypatch.setattr(build.catalog, "write_catalog", planted)
+    root, repo = LifecycleRoot(tmp_path / "indexes"), write_repo(tmp_path / "repo")
+    with dg.instance_for_test() as instance:
+        result = run_build(root, repo, "v1", instance)
+    assert not result.success
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed
+    failed = {k for k, v in evaluation.metadata.items() if str(v.value).startswith("FAILED")}
+    expected = {"dimension": {"dimensions_agree"}, "ids": {"ids_unique_and_identical"}}[plant]
+    assert failed == expected
+    assert "index_version" not in materializations(result)
+    assert root.list_versions() == [] and root.staging_dir("v1").is_dir()
+
+
+def test_build_into_an_existing_version_is_refused(built: tuple) -> None:
+    root, repo, _ = built
+    with dg.instance_for_test() as instance:
+        result = run_build(root, repo, "v1", instance)
+    assert not result.success
+    assert "v1" in root.list_versions()
+    root.verify_version("v1")
