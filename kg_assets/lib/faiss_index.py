@@ -39,30 +39,29 @@ def read_index(path: Path) -> faiss.Index:
 
 def factory_string(index: faiss.Index) -> str:
     """Reconstruct a factory-style description (`IVF64,PQ16x4fs,Refine(Flat)`) from an index's structure."""
-    index = faiss.downcast_index(index)
-    if isinstance(index, faiss.IndexIDMap2 | faiss.IndexIDMap):
-        return factory_string(index.index)
-    if isinstance(index, faiss.IndexRefine):
-        return f"{factory_string(index.base_index)},Refine({factory_string(index.refine_index)})"
-    if isinstance(index, faiss.IndexPreTransform):
-        return factory_string(index.index)
-    if isinstance(index, faiss.IndexHNSW):
-        return f"HNSW{index.hnsw.nb_neighbors(1)}"
-    if isinstance(index, faiss.IndexIVF):
-        quantizer = faiss.downcast_index(index.quantizer)
-        coarse = f"IVF{index.nlist}"
+    # Keep `index` referenced while `node` is used: a downcast wrapper does not own the C++ object.
+    node = faiss.downcast_index(index)
+    if isinstance(node, faiss.IndexIDMap2 | faiss.IndexIDMap | faiss.IndexPreTransform):
+        return factory_string(node.index)
+    if isinstance(node, faiss.IndexRefine):
+        return f"{factory_string(node.base_index)},Refine({factory_string(node.refine_index)})"
+    if isinstance(node, faiss.IndexHNSW):
+        return f"HNSW{node.hnsw.nb_neighbors(1)}"
+    if isinstance(node, faiss.IndexIVF):
+        quantizer = faiss.downcast_index(node.quantizer)
+        coarse = f"IVF{node.nlist}"
         if isinstance(quantizer, faiss.IndexHNSW):
             coarse += f"_HNSW{quantizer.hnsw.nb_neighbors(1)}"
-        if isinstance(index, faiss.IndexIVFPQFastScan):
-            return f"{coarse},PQ{index.M}x{index.nbits}fs"
-        if isinstance(index, faiss.IndexIVFPQ):
-            return f"{coarse},PQ{index.pq.M}x{index.pq.nbits}"
-        if isinstance(index, faiss.IndexIVFFlat):
+        if isinstance(node, faiss.IndexIVFPQFastScan):
+            return f"{coarse},PQ{node.M}x{node.nbits}fs"
+        if isinstance(node, faiss.IndexIVFPQ):
+            return f"{coarse},PQ{node.pq.M}x{node.pq.nbits}"
+        if isinstance(node, faiss.IndexIVFFlat):
             return f"{coarse},Flat"
-        return f"{coarse},{type(index).__name__}"
-    if isinstance(index, faiss.IndexFlat):
+        return f"{coarse},{type(node).__name__}"
+    if isinstance(node, faiss.IndexFlat):
         return "Flat"
-    return type(index).__name__
+    return type(node).__name__
 
 
 def summarize(index: faiss.Index) -> IndexSummary:
@@ -72,9 +71,9 @@ def summarize(index: faiss.Index) -> IndexSummary:
 
 def external_ids(index: faiss.Index) -> np.ndarray:
     """External id of every FAISS row, in row order (positions when the index keeps no id map)."""
-    index = faiss.downcast_index(index)
-    if isinstance(index, faiss.IndexIDMap2 | faiss.IndexIDMap):
-        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    node = faiss.downcast_index(index)  # `index` stays referenced: it owns the memory `node` reads
+    if isinstance(node, faiss.IndexIDMap2 | faiss.IndexIDMap):
+        return faiss.vector_to_array(node.id_map).astype(np.int64)
     return np.arange(index.ntotal, dtype=np.int64)
 
 

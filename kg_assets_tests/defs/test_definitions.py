@@ -94,3 +94,32 @@ def test_stage_and_gc_jobs(root: LifecycleRoot, samples: dict, tmp_path: Path) -
         stage_sample(root, "v2", samples["b"])
         report = _run("gc", root, instance, keep=1).output_for_node("collect_garbage")
     assert report["removed_versions"] == ["v1"]
+
+
+def test_asset_graph_snapshot() -> None:
+    graph = defs.resolve_asset_graph()
+    deps = {
+        key.to_user_string(): sorted(p.to_user_string() for p in graph.get(key).parent_keys)
+        for key in graph.get_all_asset_keys()
+    }
+    assert deps == {
+        "chunks": [],
+        "embeddings": ["chunks"],
+        "scip_index": [],
+        "faiss_index": ["embeddings"],
+        "faiss_idmap": ["faiss_index"],
+        "catalog": ["chunks", "embeddings", "faiss_idmap", "scip_index"],
+        "index_version": ["catalog", "faiss_idmap", "faiss_index", "scip_index"],
+        "faiss_idmap_export": [],
+        "faiss_join": [],
+    }
+    checks = sorted(key.to_user_string() for key in graph.asset_check_keys)
+    assert checks == ["catalog:catalog_consistent"]
+    assert sorted(job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")) == [
+        "build",
+        "faiss_join_refresh",
+        "gc",
+        "publish",
+        "rollback",
+        "stage",
+    ]

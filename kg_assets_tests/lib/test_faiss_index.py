@@ -1,0 +1,46 @@
+"""Index choice, building, describing and id extraction on real FAISS indexes."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kg_assets.lib import faiss_index
+from kg_assets.lib.errors import UsageError
+from kg_assets_tests.sample_artifacts import clustered_vectors
+
+
+def test_factory_choice_follows_corpus_size() -> None:
+    assert faiss_index.choose_factory(10_000, 384) == "Flat"
+    assert faiss_index.choose_factory(100_000, 384) == "IVF1264,Flat"
+    assert faiss_index.choose_factory(1_000_000, 384) == "IVF4000,PQ96x4fs,RFlat"
+
+
+def test_invalid_factory_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="could not parse"):
+        faiss_index.check_factory("IVF,Nonsense", 16)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "IVF16,PQ8x4fs,RFlat", "HNSW8"])
+def test_build_round_trips_ids_and_structure(tmp_path: Path, factory: str) -> None:
+    x = clustered_vectors(3000, 32, seed=3)
+    ids = np.random.default_rng(0).integers(-(2**62), 2**62, size=3000)
+    index, stats = faiss_index.build_index(x, ids, factory)
+    assert stats.ntotal == 3000 and (stats.train_size > 0) == (factory.startswith("IVF"))
+    path = tmp_path / "faiss.index"
+    faiss_index.write_index(index, path)
+    del index
+    # The loaded index is a temporary here: ids must survive the garbage collection of its wrapper.
+    for _ in range(10):
+        got = faiss_index.external_ids(faiss_index.read_index(path))
+        gc.collect()
+        _ = [np.zeros(1000) for _ in range(50)]
+        assert np.array_equal(got, ids)
+    summary = faiss_index.summarize(faiss_index.read_index(path))
+    assert (summary.dim, summary.ntotal, summary.metric) == (32, 3000, "inner_product")
+    assert summary.factory == factory.replace("RFlat", "Refine(Flat)")
+    _, found = faiss_index.search(faiss_index.read_index(path), x[:20], 1)
+    assert (found[:, 0] == ids[:20]).mean() >= (1.0 if factory == "Flat" else 0.8)  # self-queries find themselves
