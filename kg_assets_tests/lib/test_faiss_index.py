@@ -24,7 +24,7 @@ def test_invalid_factory_is_a_usage_error() -> None:
         faiss_index.check_factory("IVF,Nonsense", 16)
 
 
-@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "IVF16,PQ8x4fs,RFlat", "HNSW8"])
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "IVF16,PQ16x4fs,RFlat", "HNSW8"])
 def test_build_round_trips_ids_and_structure(tmp_path: Path, factory: str) -> None:
     x = clustered_vectors(3000, 32, seed=3)
     ids = np.random.default_rng(0).integers(-(2**62), 2**62, size=3000)
@@ -42,5 +42,6 @@ def test_build_round_trips_ids_and_structure(tmp_path: Path, factory: str) -> No
     summary = faiss_index.summarize(faiss_index.read_index(path))
     assert (summary.dim, summary.ntotal, summary.metric) == (32, 3000, "inner_product")
     assert summary.factory == factory.replace("RFlat", "Refine(Flat)")
-    _, found = faiss_index.search(faiss_index.read_index(path), x[:20], 1)
-    assert (found[:, 0] == ids[:20]).mean() >= (1.0 if factory == "Flat" else 0.8)  # self-queries find themselves
+    # With the build's default runtime knobs (nprobe, re-rank k_factor), self-queries find themselves.
+    _, found = faiss_index.search(faiss_index.read_index(path), x[:100], 10)
+    assert (found[:, 0] == ids[:100]).mean() >= (1.0 if factory == "Flat" else 0.9)
