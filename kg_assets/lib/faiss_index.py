@@ -99,7 +99,6 @@ def default_nprobe(nlist: int) -> int:
     return min(nlist, max(8, nlist // 16))
 
 
-
 @dataclass(frozen=True)
 class BuildStats:
     factory: str
