@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -251,13 +252,23 @@ def finalize(root: LifecycleRoot, version: str, staging: Path, expected_dim: int
 
 
 def log_progress(log: Callable[[str], None], label: str, every: float = 0.1) -> Progress:
-    """A progress callback that logs `label done/total (pct, rate)` at every `every` fraction."""
+    """A progress callback: `label done/total (pct, rate)` to `log` at every `every` fraction, and a live bar
+    on stderr when it is a terminal."""
     t0 = time.perf_counter()
     state = {"next": every}
+    tty = sys.stderr.isatty()
 
     def report(done: int, total: int) -> None:
-        if total and (done / total >= state["next"] or done == total):
-            rate = done / max(time.perf_counter() - t0, 1e-9)
+        if not total:
+            return
+        rate = done / max(time.perf_counter() - t0, 1e-9)
+        if tty:
+            filled = int(30 * done / total)
+            bar = "#" * filled + "-" * (30 - filled)
+            end = "\n" if done == total else ""
+            sys.stderr.write(f"\r{label} [{bar}] {done}/{total} {rate:.1f}/s{end}")
+            sys.stderr.flush()
+        if done / total >= state["next"] or done == total:
             log(f"{label} {done}/{total} ({100 * done / total:.0f}%, {rate:.1f}/s)")
             state["next"] = (int(done / total / every) + 1) * every
 
