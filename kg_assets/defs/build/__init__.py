@@ -1,0 +1,1 @@
+"""Build assets: a repository to a complete index version, one partition per version."""

@@ -1,0 +1,199 @@
+"""Build assets, partitioned by index version; each writes its files into `versions/<v>.staging`."""
+
+import socket
+
+import dagster as dg
+
+from kg_assets.defs.build.resources import BuildSettings, StagingHold
+from kg_assets.defs.lifecycle.resources import LifecycleResource
+from kg_assets.lib import build
+from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE
+from kg_assets.lib.errors import NotFoundError
+
+index_versions = dg.DynamicPartitionsDefinition(name="index_versions")
+BUILD_GROUP = "build"
+
+
+def _staging(context: dg.AssetExecutionContext, lifecycle: LifecycleResource):
+    root = lifecycle.get_root()
+    staging = root.staging_dir(context.partition_key)
+    if not staging.is_dir():
+        raise NotFoundError(
+            f"{staging} does not exist: materialize the whole build selection for {context.partition_key}"
+        )
+    return root, staging
+
+
+def _path_meta(path) -> dict:
+    return {"path": dg.MetadataValue.path(str(path)), "bytes": path.stat().st_size}
+
+
+@dg.asset(
+    partitions_def=index_versions,
+    group_name=BUILD_GROUP,
+    kinds={"python", "parquet"},
+    description="Repository files split into chunks (definition-aligned for Python), with stable chunk ids.",
+)
+def chunks(
+    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource, hold: StagingHold
+) -> dg.MaterializeResult:
+    root = lifecycle.get_root()
+    staging = root.reset_staging(context.partition_key)
+    stats = build.build_chunks(settings.repo_path(), staging, settings.load_embedder())
+    context.log.info(f"{stats.chunks} chunks from {stats.files} files in {stats.seconds:.1f}s")
+    return dg.MaterializeResult(
+        metadata={
+            "chunks": stats.chunks,
+            "files": stats.files,
+            "skipped_files": len(stats.skipped),
+            "languages": dg.MetadataValue.json(stats.languages),
+            "repo": settings.repo_path().as_posix(),
+            "seconds": round(stats.seconds, 3),
+            **_path_meta(staging / build.BUILD_DIR / build.CHUNKS_FILE),
+        }
+    )
+
+
+@dg.asset(
+    deps=[chunks],
+    partitions_def=index_versions,
+    group_name=BUILD_GROUP,
+    kinds={"numpy"},
+    description="L2-normalized chunk vectors; chunks unchanged since the previous version reuse its vectors.",
+)
+def embeddings(
+    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
+) -> dg.MaterializeResult:
+    root, staging = _staging(context, lifecycle)
+    embedder = settings.load_embedder()
+    previous = build.previous_vectors(root, embedder.fingerprint)
+    progress = build.log_progress(context.log.info, "embedded")
+    stats = build.build_embeddings(staging, embedder, previous, progress=progress)
+    rate = stats.embedded / stats.seconds if stats.seconds else 0.0
+    return dg.MaterializeResult(
+        metadata={
+            "embedder": embedder.name,
+            "fingerprint": embedder.fingerprint,
+            "dimension": stats.dim,
+            "embedded": stats.embedded,
+            "reused": stats.reused,
+            "reused_from": stats.reused_from or "-",
+            "chunks_per_second": round(rate, 1),
+            "seconds": round(stats.seconds, 3),
+            **_path_meta(staging / build.BUILD_DIR / build.EMBEDDINGS_FILE),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=index_versions,
+    group_name=BUILD_GROUP,
+    kinds={"scip"},
+    description="SCIP code-intelligence index of the repository's Python code (scip-python).",
+)
+def scip_index(
+    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
+) -> dg.MaterializeResult:
+    _, staging = _staging(context, lifecycle)
+    repo = settings.repo_path()
+    summary = build.build_scip(repo, staging, repo.name or "repo", context.partition_key)
+    return dg.MaterializeResult(
+        metadata={
+            "documents": summary.documents,
+            "occurrences": summary.occurrences,
+            "definitions": summary.definitions,
+            "tool": f"{summary.tool_name} {summary.tool_version}",
+            **_path_meta(staging / SCIP_FILE),
+        }
+    )
+
+
+@dg.asset(
+    deps=[embeddings],
+    partitions_def=index_versions,
+    group_name=BUILD_GROUP,
+    kinds={"faiss"},
+    description="FAISS inner-product index over the chunk vectors, ids = chunk_id (IndexIDMap2).",
+)
+def faiss_index(
+    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
+) -> dg.MaterializeResult:
+    _, staging = _staging(context, lifecycle)
+    stats = build.build_faiss(staging, settings.factory, settings.seed)
+    return dg.MaterializeResult(
+        metadata={
+            "factory": stats.factory,
+            "ntotal": stats.ntotal,
+            "train_size": stats.train_size,
+            "train_seconds": round(stats.train_seconds, 3),
+            "add_seconds": round(stats.add_seconds, 3),
+            **_path_meta(staging / FAISS_FILE),
+        }
+    )
+
+
+@dg.asset(
+    deps=[faiss_index],
+    partitions_def=index_versions,
+    group_name=BUILD_GROUP,
+    kinds={"parquet"},
+    description="FAISS row -> chunk_id map exported from the index (faiss_idmap.parquet).",
+)
+def faiss_idmap(context: dg.AssetExecutionContext, lifecycle: LifecycleResource) -> dg.MaterializeResult:
+    _, staging = _staging(context, lifecycle)
+    rows = build.build_idmap(staging)
+    return dg.MaterializeResult(metadata={"rows": rows, **_path_meta(staging / IDMAP_FILE)})
+
+
+@dg.asset(
+    deps=[chunks, embeddings, scip_index, faiss_idmap],
+    partitions_def=index_versions,
+    group_name=BUILD_GROUP,
+    kinds={"duckdb"},
+    description="Hermetic DuckDB catalog: chunks with vectors, modules, SCIP symbols, ID-map join (v_faiss_join).",
+)
+def catalog(
+    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
+) -> dg.MaterializeResult:
+    _, staging = _staging(context, lifecycle)
+    embedder = settings.load_embedder()
+    meta = {
+        "version": context.partition_key,
+        "repo": settings.repo_path().as_posix(),
+        "embedder": embedder.name,
+        "embedder_spec": settings.embedder,
+        "embedder_fingerprint": embedder.fingerprint,
+        "embedder_dim": str(embedder.dim),
+        "built_on": socket.gethostname(),
+    }
+    rows = build.build_catalog(staging, meta)
+    return dg.MaterializeResult(metadata={"chunks": rows, **_path_meta(staging / CATALOG_FILE)})
+
+
+@dg.asset(
+    deps=[catalog, faiss_index, faiss_idmap, scip_index],
+    partitions_def=index_versions,
+    group_name=BUILD_GROUP,
+    kinds={"json"},
+    description="The sealed version: intermediates dropped, manifest written, staging renamed to versions/<v>.",
+)
+def index_version(
+    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
+) -> dg.MaterializeResult:
+    root, staging = _staging(context, lifecycle)
+    embedder = settings.load_embedder()
+    attrs = {"embedder_name": embedder.name, "embedder_fingerprint": embedder.fingerprint, "repo": settings.repo_path().as_posix()}
+    vdir = build.finalize(root, context.partition_key, staging, embedder.dim, attrs)
+    manifest = root.read_manifest(context.partition_key)
+    metadata = {
+        "path": dg.MetadataValue.path(str(vdir)),
+        "bytes": sum(e["size"] for e in manifest["files"].values()),
+        "attrs": dg.MetadataValue.json(manifest["attrs"]),
+    }
+    if settings.publish:
+        flip = root.publish(context.partition_key)
+        metadata["published_from"] = flip.from_version or "<none>"
+    return dg.MaterializeResult(metadata=metadata)
+
+
+BUILD_ASSETS = [chunks, embeddings, scip_index, faiss_index, faiss_idmap, catalog, index_version]
