@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 
 import duckdb
-import faiss
 import numpy as np
 
-from kg_assets.lib import idmap, scip
+from kg_assets.lib import faiss_index, idmap, scip
 
 FILES = {
     "faiss": "code.faiss",
@@ -56,11 +55,8 @@ def write_sample(out: Path, n: int = 500, dim: int = 32, seed: int = 0, factory:
     x = clustered_vectors(n, dim, seed)
     rng = np.random.default_rng(seed + 1)
     ids = rng.choice(np.iinfo(np.int64).max, size=n, replace=False).astype(np.int64) - (1 << 62)
-    base = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    base.train(x)
-    index = faiss.IndexIDMap2(base)
-    index.add_with_ids(x, ids)
-    faiss.write_index(index, str(paths["faiss"]))
+    index, _ = faiss_index.build_index(x, ids, factory, seed=seed)
+    faiss_index.write_index(index, paths["faiss"])
     idmap.write_idmap(idmap.idmap_table(ids, FILES["faiss"]), paths["idmap"])
     uris = [f"pkg/mod{i % 7}.py" for i in range(n)]
     paths["duckdb"].unlink(missing_ok=True)

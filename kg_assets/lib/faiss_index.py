@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,10 +123,17 @@ def choose_factory(n: int, dim: int) -> str:
     return f"IVF{nlist_for(n)},PQ{m}x4fs,RFlat"
 
 
+def metric_for(factory: str) -> int:
+    """Inner product, except for 4-bit fast-scan PQ, whose inner-product look-up tables lose most of the recall
+    (measured here: recall@10 0.49 vs 0.90 with L2 at the same settings). On L2-normalized vectors L2 ranks
+    exactly as inner product does, and `search` converts its distances back to cosine scores."""
+    return faiss.METRIC_L2 if re.search(r"PQ\d+x4fs", factory) else faiss.METRIC_INNER_PRODUCT
+
+
 def check_factory(factory: str, dim: int) -> None:
     """UsageError unless FAISS accepts `factory` for vectors of dimension `dim`."""
     try:
-        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        faiss.index_factory(dim, factory, metric_for(factory))
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1].rsplit(": ", 1)[-1] if str(exc).strip() else "rejected"
         raise UsageError(f"invalid FAISS factory {factory!r}: {reason}") from None
@@ -135,10 +143,12 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str, *, seed: int
     """Train (on a seeded random sample) and fill an inner-product index wrapped in IndexIDMap2 with `ids`."""
     n, dim = vectors.shape
     check_factory(factory, dim)
-    base = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    base = faiss.index_factory(dim, factory, metric_for(factory))
+    ivf = _ivf_of(base)
+    if ivf is not None and metric_for(factory) == faiss.METRIC_L2:  # i.e. 4-bit fast-scan PQ
+        ivf.by_residual = True  # the factory leaves it off: recall@10 0.29 vs 0.88 with it on (measured here)
     train_size, t0 = 0, time.perf_counter()
     if not base.is_trained:
-        ivf = _ivf_of(base)
         want = TRAIN_POINTS_PER_LIST * ivf.nlist if ivf is not None else 100_000
         train_size = min(n, max(want, 1))
         sample = np.random.default_rng(seed).choice(n, size=train_size, replace=False)
@@ -181,20 +191,8 @@ def write_index(index: faiss.Index, path: Path) -> None:
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (scores, external ids) for each query row; ids are -1 where fewer than k hits exist."""
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-
-
-def apply_profile(index: faiss.Index, profile: dict) -> dict[str, float]:
-    """Set the runtime knobs a tuning profile (and its overrides) names that this index has; return them."""
-    knobs = {**{k: profile[k] for k in ("nprobe", "efSearch", "quantizer_efSearch") if k in profile}}
-    knobs.update({k: v for k, v in (profile.get("overrides") or {}).items() if k != "k_factor"})
-    params = faiss.ParameterSpace()
-    applied = {}
-    for name, value in knobs.items():
-        try:
-            params.set_index_parameter(index, name, float(value))
-        except RuntimeError:
-            continue
-        applied[name] = value
-    return applied
+    """Top-k (cosine scores, external ids) for each query row; ids are -1 where fewer than k hits exist."""
+    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    if index.metric_type == faiss.METRIC_L2:  # squared L2 between unit vectors = 2 - 2 cos
+        scores = 1.0 - scores / 2.0
+    return scores, ids

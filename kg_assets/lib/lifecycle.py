@@ -42,6 +42,7 @@ from kg_assets.lib.fsutil import (
     temp_sibling,
     tree_size,
 )
+from kg_assets.lib.tuning import AUDIT_FILE, TUNING_FILE
 
 ROOT_ENV_VARS = ("KG_INDEXES_DIR", "CODEINTEL_INDEXES_DIR")
 STAGING_SUFFIX = ".staging"
@@ -50,10 +51,9 @@ FAISS_FILE = "faiss.index"
 CATALOG_FILE = "catalog.duckdb"
 SCIP_FILE = "index.scip"
 IDMAP_FILE = "faiss_idmap.parquet"
-TUNING_FILE = "tuning.json"
 CANONICAL_FILES = (FAISS_FILE, CATALOG_FILE, SCIP_FILE, IDMAP_FILE, TUNING_FILE)
 # The only files of a version that may change after it is complete (tune rewrites them atomically).
-MUTABLE_FILES = frozenset({TUNING_FILE, "faiss.index.audit.json"})
+MUTABLE_FILES = frozenset({TUNING_FILE, AUDIT_FILE})
 LOCK_TIMEOUT_S = 30.0
 
 _VERSION_RE = re.compile(r"[A-Za-z0-9._-]+")

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from kg_assets.lib import catalog, faiss_index, tuning
 from kg_assets.lib.embedding import load_embedder
 from kg_assets.lib.errors import NotFoundError, UsageError, ValidationError
-from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, TUNING_FILE, LifecycleRoot
+from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
+from kg_assets.lib.tuning import TUNING_FILE
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def search_version(root: LifecycleRoot, text: str, k: int = 10, version: str | N
         )
     index = faiss_index.read_index(vdir / FAISS_FILE)
     if (vdir / TUNING_FILE).exists():
-        faiss_index.apply_profile(index, tuning.load_profile(vdir / TUNING_FILE))
+        tuning.apply_profile(index, tuning.load_profile(vdir / TUNING_FILE))
     scores, ids = faiss_index.search(index, embedder.embed([text]), min(k, index.ntotal))
     found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i != -1]
     rows = catalog.hydrate(vdir / CATALOG_FILE, [i for _, i in found])

@@ -1,15 +1,36 @@
-"""Runtime tuning profiles (`tuning.json`): read and validate them."""
+"""Runtime tuning profiles (`tuning.json`): sweeps against exact ground truth, operating-point choice,
+manual overrides, and applying a profile when an index is loaded.
+
+Recall is measured against exact inner-product top-k over the whole corpus (the catalog's vectors) in the
+`chunk_id` id space. Only knobs the index actually has are swept or set.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kg_assets.lib.errors import NotFoundError, ValidationError
+import faiss
+import numpy as np
+
+from kg_assets.lib.errors import NotFoundError, UsageError, ValidationError
+from kg_assets.lib.fsutil import atomic_write_json
 
 # Runtime knobs a profile may set, with the type each must have.
 KNOBS: dict[str, type] = {"nprobe": int, "efSearch": int, "quantizer_efSearch": int, "k_factor": float}
+FAISS_KNOBS = ("nprobe", "efSearch", "quantizer_efSearch")
+TUNING_FILE = "tuning.json"
+AUDIT_FILE = "faiss.index.audit.json"
+K_FACTORS = (1, 2, 4, 8, 16)
+EF_VALUES = (16, 32, 64, 128, 256, 512)
+AUDIT_HISTORY = 20
 
 
 def load_profile(path: Path) -> dict[str, Any]:
@@ -38,3 +59,237 @@ def load_profile(path: Path) -> dict[str, Any]:
     if "param_str" in profile and not isinstance(profile["param_str"], str):
         raise ValidationError(f"{path}: param_str must be a string")
     return profile
+
+
+# ---- knobs of an index --------------------------------------------------------------------------------
+
+
+def index_nodes(index: faiss.Index) -> list[Any]:
+    """The index and every index nested in it (IDMap, PreTransform, Refine, IVF quantizer), downcast.
+
+    The caller keeps `index` alive while using the result (downcast wrappers do not own their objects).
+    """
+    found, todo = [], [index]
+    while todo:
+        node = faiss.downcast_index(todo.pop())
+        found.append(node)
+        for attr in ("index", "base_index"):
+            child = getattr(node, attr, None)
+            if isinstance(child, faiss.Index):
+                todo.append(child)
+        if isinstance(node, faiss.IndexIVF):
+            todo.append(node.quantizer)
+    return found
+
+
+def index_knobs(index: faiss.Index, ntotal: int | None = None) -> dict[str, list[float]]:
+    """The runtime knobs `index` has, each with the values a sweep tries (powers of two for nprobe)."""
+    nodes = index_nodes(index)
+    knobs: dict[str, list[float]] = {}
+    ivf = next((n for n in nodes if isinstance(n, faiss.IndexIVF)), None)
+    if ivf is not None:
+        knobs["nprobe"] = [2**i for i in range(int(math.log2(ivf.nlist)) + 1)]
+        if any(isinstance(n, faiss.IndexHNSW) for n in index_nodes(ivf.quantizer)):
+            knobs["quantizer_efSearch"] = list(EF_VALUES)
+    elif any(isinstance(n, faiss.IndexHNSW) for n in nodes):
+        knobs["efSearch"] = list(EF_VALUES)
+    if any(isinstance(n, faiss.IndexRefine) for n in nodes):
+        knobs["k_factor"] = list(K_FACTORS)
+    return knobs
+
+
+def set_knobs(index: faiss.Index, params: dict[str, float]) -> None:
+    """Apply knob values to a loaded index; UsageError for a knob it does not have."""
+    have = index_knobs(index)
+    for name, value in params.items():
+        if name not in have:
+            raise UsageError(
+                f"this index ({_describe(index)}) has no {name} knob; it has: {', '.join(have) or 'none (exact)'}"
+            )
+        if name == "k_factor":
+            for node in index_nodes(index):
+                if isinstance(node, faiss.IndexRefine):
+                    node.k_factor = float(value)
+        elif name == "quantizer_efSearch":
+            ivf = next(n for n in index_nodes(index) if isinstance(n, faiss.IndexIVF))
+            for node in index_nodes(ivf.quantizer):
+                if isinstance(node, faiss.IndexHNSW):
+                    node.hnsw.efSearch = int(value)
+        else:
+            faiss.ParameterSpace().set_index_parameter(index, name, float(value))
+
+
+def _describe(index: faiss.Index) -> str:
+    from kg_assets.lib.faiss_index import factory_string
+
+    return factory_string(index)
+
+
+def param_string(params: dict[str, float]) -> str:
+    """The FAISS ParameterSpace string of the FAISS knobs (k_factor, applied on IndexRefine, is kept apart)."""
+    return ",".join(f"{k}={int(v)}" for k, v in params.items() if k in FAISS_KNOBS)
+
+
+def active_params(profile: dict[str, Any] | None) -> dict[str, float]:
+    """Knob values a profile sets: its chosen point, with its overrides winning."""
+    if not profile:
+        return {}
+    params = {k: profile[k] for k in KNOBS if profile.get(k) is not None}
+    params.update({k: v for k, v in (profile.get("overrides") or {}).items() if v is not None})
+    return params
+
+
+def apply_profile(index: faiss.Index, profile: dict[str, Any] | None) -> dict[str, float]:
+    """Set the profile's knobs that this index has (a profile never breaks a load); return what was set."""
+    have = index_knobs(index)
+    params = {k: v for k, v in active_params(profile).items() if k in have}
+    set_knobs(index, params)
+    return params
+
+
+# ---- measuring ----------------------------------------------------------------------------------------
+
+
+def exact_topk(queries: np.ndarray, corpus: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k over the whole corpus, as (scores, chunk ids); FAISS batches the work."""
+    scores, rows = faiss.knn(np.ascontiguousarray(queries), np.ascontiguousarray(corpus), k, faiss.METRIC_INNER_PRODUCT)
+    return scores, ids[rows]
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of |found top-k ∩ true top-k| / k."""
+    k = truth.shape[1]
+    return float(np.mean([len(set(f[:k]) & set(t)) / k for f, t in zip(found, truth, strict=True)]))
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured operating point."""
+
+    params: dict[str, float]
+    recall: float
+    latency_ms: float  # median wall time per query, batched
+    qps: float
+
+
+def measure(
+    index: faiss.Index, params: dict[str, float], queries: np.ndarray, truth: np.ndarray, repeats: int
+) -> Point:
+    """Set `params`, warm up once, then time `repeats` batched searches; recall from the last one."""
+    set_knobs(index, params)
+    k = truth.shape[1]
+    index.search(queries, k)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _, found = index.search(queries, k)
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return Point(dict(params), recall_at_k(found, truth), 1000 * median / len(queries), len(queries) / median)
+
+
+def pareto(points: Sequence[Point]) -> list[Point]:
+    """Points no other point beats on both recall and latency, by increasing latency."""
+    front: list[Point] = []
+    for p in sorted(points, key=lambda p: (p.latency_ms, -p.recall)):
+        if not front or p.recall > front[-1].recall:
+            front.append(p)
+    return front
+
+
+def sweep(
+    index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: float, *, full: bool, repeats: int = 3
+) -> tuple[Point, list[Point], list[Point]]:
+    """Find the fastest point reaching `target` recall; return (chosen, frontier, all measured points).
+
+    Quick mode bisects the (monotone) main knob for each k_factor, stopping a k_factor once even the largest
+    main-knob value misses the target; full mode measures the whole grid and re-times the frontier.
+    """
+    knobs = index_knobs(index)
+    main = next((k for k in ("nprobe", "efSearch", "quantizer_efSearch") if k in knobs), None)
+    factors = knobs.get("k_factor", [None])
+    measured: dict[tuple, Point] = {}
+
+    def at(main_value: float | None, factor: float | None) -> Point:
+        params = {name: v for name, v in ((main, main_value), ("k_factor", factor)) if name and v is not None}
+        key = tuple(sorted(params.items()))
+        if key not in measured:
+            measured[key] = measure(index, params, queries, truth, repeats if full else 2)
+        return measured[key]
+
+    values = knobs.get(main, [None]) if main else [None]
+    for factor in factors:
+        if full or main is None:
+            for value in values:
+                at(value, factor)
+            continue
+        if at(values[-1], factor).recall < target:
+            continue  # this k_factor saturates below the target
+        lo, hi = 0, len(values) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if at(values[mid], factor).recall >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+    points = list(measured.values())
+    frontier = pareto(points)
+    if full:  # re-time every frontier point so the choice does not rest on one noisy run
+        frontier = pareto([measure(index, p.params, queries, truth, max(repeats, 3)) for p in frontier])
+    reaching = [p for p in frontier if p.recall >= target]
+    chosen = min(reaching, key=lambda p: p.latency_ms) if reaching else max(frontier, key=lambda p: p.recall)
+    chosen = measure(index, chosen.params, queries, truth, max(repeats, 3))
+    return chosen, frontier, points
+
+
+# ---- profiles on disk ---------------------------------------------------------------------------------
+
+
+def ground_truth_cache(cache_dir: Path, version: str, queries: np.ndarray, k: int) -> Path:
+    """Where the exact top-k of these query vectors over this version's corpus is kept."""
+    digest = hashlib.sha256(queries.tobytes() + str(k).encode()).hexdigest()[:16]
+    return cache_dir / f"{version}-{digest}.npz"
+
+
+def cached_exact_topk(
+    cache: Path, queries: np.ndarray, corpus: np.ndarray, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`exact_topk`, memoized in `cache` (a version's corpus never changes)."""
+    if cache.is_file():
+        with np.load(cache) as data:
+            return data["scores"], data["ids"]
+    scores, found = exact_topk(queries, corpus, ids, k)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, scores=scores, ids=found)
+    tmp.replace(cache)
+    return scores, found
+
+
+def write_profile(vdir: Path, profile: dict[str, Any], *, run_id: str | None) -> None:
+    """Write `tuning.json` atomically and the audit snapshot `faiss.index.audit.json` beside it.
+
+    The audit keeps the profile it replaced (and up to AUDIT_HISTORY earlier ones).
+    """
+    audit_path = vdir / AUDIT_FILE
+    previous = load_profile(vdir / TUNING_FILE) if (vdir / TUNING_FILE).exists() else None
+    history = []
+    if audit_path.exists():
+        history = json.loads(audit_path.read_text(encoding="utf-8")).get("history", [])
+    if previous:
+        history = [previous, *history][:AUDIT_HISTORY]
+    atomic_write_json(vdir / TUNING_FILE, profile)
+    audit = {
+        "active": active_params(profile),
+        "overrides": profile.get("overrides") or {},
+        "param_str": profile.get("param_str", ""),
+        "profile": profile,
+        "written_at": profile.get("updated_at"),
+        "run_id": run_id,
+        "history": history,
+    }
+    atomic_write_json(audit_path, audit)
+
+
+def point_dict(point: Point) -> dict[str, Any]:
+    return {**asdict(point), "latency_ms": round(point.latency_ms, 4), "qps": round(point.qps, 1)}

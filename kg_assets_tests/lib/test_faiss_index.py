@@ -19,6 +19,18 @@ def test_factory_choice_follows_corpus_size() -> None:
     assert faiss_index.choose_factory(1_000_000, 384) == "IVF4000,PQ96x4fs,RFlat"
 
 
+def test_fast_scan_scores_are_cosine_like_the_others() -> None:
+    x = clustered_vectors(4000, 32, seed=5)
+    ids = np.arange(4000)
+    exact, _ = faiss_index.build_index(x, ids, "Flat")
+    fast, _ = faiss_index.build_index(x, ids, "IVF16,PQ16x4fs,RFlat")
+    s_exact, i_exact = faiss_index.search(exact, x[:10], 3)
+    s_fast, i_fast = faiss_index.search(fast, x[:10], 3)
+    same = i_exact == i_fast
+    assert same.mean() > 0.8
+    assert np.allclose(s_exact[same], s_fast[same], atol=1e-4)
+
+
 def test_invalid_factory_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="could not parse"):
         faiss_index.check_factory("IVF,Nonsense", 16)
@@ -40,7 +52,8 @@ def test_build_round_trips_ids_and_structure(tmp_path: Path, factory: str) -> No
         _ = [np.zeros(1000) for _ in range(50)]
         assert np.array_equal(got, ids)
     summary = faiss_index.summarize(faiss_index.read_index(path))
-    assert (summary.dim, summary.ntotal, summary.metric) == (32, 3000, "inner_product")
+    metric = "l2" if "x4fs" in factory else "inner_product"  # fast-scan PQ ranks unit vectors by L2
+    assert (summary.dim, summary.ntotal, summary.metric) == (32, 3000, metric)
     assert summary.factory == factory.replace("RFlat", "Refine(Flat)")
     # With the build's default runtime knobs (nprobe, re-rank k_factor), self-queries find themselves.
     _, found = faiss_index.search(faiss_index.read_index(path), x[:100], 10)

@@ -7,8 +7,8 @@ import dagster as dg
 from kg_assets.defs.build.resources import BuildSettings, StagingHold
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.lib import build
-from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE
 from kg_assets.lib.errors import NotFoundError
+from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE
 
 index_versions = dg.DynamicPartitionsDefinition(name="index_versions")
 BUILD_GROUP = "build"
@@ -182,7 +182,11 @@ def index_version(
 ) -> dg.MaterializeResult:
     root, staging = _staging(context, lifecycle)
     embedder = settings.load_embedder()
-    attrs = {"embedder_name": embedder.name, "embedder_fingerprint": embedder.fingerprint, "repo": settings.repo_path().as_posix()}
+    attrs = {
+        "embedder_name": embedder.name,
+        "embedder_fingerprint": embedder.fingerprint,
+        "repo": settings.repo_path().as_posix(),
+    }
     vdir = build.finalize(root, context.partition_key, staging, embedder.dim, attrs)
     manifest = root.read_manifest(context.partition_key)
     metadata = {

@@ -28,7 +28,7 @@ faiss_join = dg.AssetSpec(
     "faiss_join",
     group_name="joins",
     kinds={"duckdb"},
-    description="faiss_idmap_mat / faiss_idmap / v_faiss_join refreshed in a catalog by export-idmap or materialize-join.",
+    description="faiss_idmap_mat, faiss_idmap, v_faiss_join refreshed in a catalog by export-idmap/materialize-join.",
 )
 
 

@@ -1,0 +1,184 @@
+"""Tune one complete version: pick query sets, compute (cached) exact ground truth, sweep, write the profile;
+or record manual overrides; or report the active profile."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from kg_assets.lib import catalog, faiss_index, tuning
+from kg_assets.lib.embedding import load_embedder
+from kg_assets.lib.errors import NotFoundError, UsageError
+from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
+from kg_assets.lib.search import resolve_version
+
+QUICK_SAMPLES = 200
+FULL_SAMPLES = 1000
+MAX_DOC_QUERIES = 200
+
+
+@dataclass(frozen=True)
+class QuerySet:
+    vectors: np.ndarray
+    counts: dict[str, int]  # queries per source: self, docstrings, file
+
+
+def docstring_queries(catalog_path: Path, limit: int) -> list[str]:
+    """First sentences of the repository's docstrings (from SCIP symbol documentation), at least 4 words."""
+    with catalog.connect_read_only(catalog_path) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "scip_symbols" not in tables:
+            return []
+        docs = con.execute(
+            "SELECT DISTINCT documentation FROM scip_symbols WHERE documentation <> '' ORDER BY documentation"
+        ).fetchall()
+    queries = []
+    for (doc,) in docs:
+        lines = [line.strip() for line in doc.splitlines() if line.strip() and not line.startswith("(")]
+        if not lines:
+            continue
+        sentence = re.split(r"(?<=[.!?])\s", " ".join(lines))[0].strip()
+        if len(sentence.split()) >= 4:
+            queries.append(sentence)
+    return queries[:limit]
+
+
+def query_set(
+    vdir: Path, ids: np.ndarray, vectors: np.ndarray, samples: int, seed: int, queries_file: Path | None, texts: bool
+) -> QuerySet:
+    """Seeded self-queries from the catalog, plus served-style text queries (a file, the docstrings)."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(ids), size=min(samples, len(ids)), replace=False))
+    parts, counts = [vectors[rows]], {"self": len(rows)}
+    text_queries: dict[str, list[str]] = {}
+    if queries_file is not None:
+        if not queries_file.is_file():
+            raise NotFoundError(f"queries file not found: {queries_file}")
+        text_queries["file"] = [q.strip() for q in queries_file.read_text(encoding="utf-8").splitlines() if q.strip()]
+    if texts:
+        text_queries["docstrings"] = docstring_queries(vdir / CATALOG_FILE, MAX_DOC_QUERIES)
+    wanted = {k: v for k, v in text_queries.items() if v}
+    if wanted:
+        meta = catalog.read_meta(vdir / CATALOG_FILE)
+        if "embedder_spec" not in meta:
+            if "file" in wanted:
+                raise UsageError("this version records no embedder, so --queries cannot be embedded for it")
+        else:
+            embedder = load_embedder(meta["embedder_spec"])
+            for source, texts_of in wanted.items():
+                parts.append(embedder.embed(texts_of))
+                counts[source] = len(texts_of)
+    return QuerySet(np.ascontiguousarray(np.vstack(parts), dtype=np.float32), counts)
+
+
+def tune_version(
+    root: LifecycleRoot,
+    version: str | None,
+    *,
+    full: bool = False,
+    samples: int | None = None,
+    target: float = 0.95,
+    k: int = 10,
+    seed: int = 0,
+    queries_file: Path | None = None,
+    text_queries: bool = True,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Sweep the version's runtime knobs against exact ground truth and write its `tuning.json`."""
+    if not 0 < target <= 1:
+        raise UsageError("--target-recall must be in (0, 1]")
+    version = resolve_version(root, version)
+    vdir = root.version_dir(version)
+    index = faiss_index.read_index(vdir / FAISS_FILE)
+    ids, vectors = catalog.chunk_vectors(vdir / CATALOG_FILE)
+    samples = samples or (FULL_SAMPLES if full else QUICK_SAMPLES)
+    queries = query_set(vdir, ids, vectors, samples, seed, queries_file, text_queries)
+    k = min(k, len(ids))
+    cache = tuning.ground_truth_cache(root.root / ".cache" / "tuning", version, queries.vectors, k)
+    _, truth = tuning.cached_exact_topk(cache, queries.vectors, vectors, ids, k)
+    chosen, frontier, measured = tuning.sweep(index, queries.vectors, truth, target, full=full)
+    previous = tuning.load_profile(vdir / tuning.TUNING_FILE) if (vdir / tuning.TUNING_FILE).exists() else {}
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    profile = {
+        "param_str": tuning.param_string(chosen.params),
+        **{name: value for name, value in chosen.params.items()},
+        "k": k,
+        "target_recall": target,
+        "recall_at_k": round(chosen.recall, 4),
+        "latency_ms": round(chosen.latency_ms, 4),
+        "qps": round(chosen.qps, 1),
+        "met_target": chosen.recall >= target,
+        "mode": "full" if full else "quick",
+        "queries": {**queries.counts, "seed": seed},
+        "points_measured": len(measured),
+        "frontier": [tuning.point_dict(p) for p in frontier],
+        "factory": faiss_index.factory_string(index),
+        "ntotal": index.ntotal,
+        "profile_at": now,
+        "updated_at": now,
+        "overrides": previous.get("overrides") or {},
+    }
+    tuning.write_profile(vdir, profile, run_id=run_id)
+    return {"version": version, **profile}
+
+
+def set_overrides(
+    root: LifecycleRoot, version: str | None, overrides: dict[str, float], *, run_id: str | None = None
+) -> dict[str, Any]:
+    """Persist manual knob values in the profile's `overrides` (validated against the index); they win on load."""
+    version = resolve_version(root, version)
+    vdir = root.version_dir(version)
+    if overrides.get("k_factor") is not None and overrides["k_factor"] < 1:
+        raise UsageError("--k-factor must be at least 1")
+    for name in ("nprobe", "efSearch", "quantizer_efSearch"):
+        if overrides.get(name) is not None and overrides[name] < 1:
+            raise UsageError(f"{name} must be at least 1")
+    index = faiss_index.read_index(vdir / FAISS_FILE)
+    tuning.set_knobs(index, overrides)  # UsageError for a knob this index lacks
+    profile = tuning.load_profile(vdir / tuning.TUNING_FILE) if (vdir / tuning.TUNING_FILE).exists() else {}
+    profile["overrides"] = {**(profile.get("overrides") or {}), **overrides}
+    profile["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    profile.setdefault("factory", faiss_index.factory_string(index))
+    profile.setdefault("ntotal", index.ntotal)
+    tuning.write_profile(vdir, profile, run_id=run_id)
+    return {"version": version, **profile}
+
+
+def active_profile(root: LifecycleRoot, version: str | None) -> dict[str, Any]:
+    """What a load of the version runs with: knob values read back from the index after applying the profile."""
+    version = resolve_version(root, version)
+    vdir = root.version_dir(version)
+    index = faiss_index.read_index(vdir / FAISS_FILE)
+    path = vdir / tuning.TUNING_FILE
+    profile = tuning.load_profile(path) if path.exists() else None
+    tuning.apply_profile(index, profile)
+    active: dict[str, float] = {}
+    for node in tuning.index_nodes(index):
+        if isinstance(node, faiss.IndexIVF):
+            active["nprobe"] = node.nprobe
+        elif isinstance(node, faiss.IndexHNSW):
+            active["efSearch"] = node.hnsw.efSearch
+        elif isinstance(node, faiss.IndexRefine):
+            active["k_factor"] = node.k_factor
+    profile = profile or {}
+    return {
+        "version": version,
+        "factory": faiss_index.factory_string(index),
+        "active": active,
+        "overrides": profile.get("overrides") or {},
+        "param_str": profile.get("param_str", ""),
+        "recall_at_k": profile.get("recall_at_k"),
+        "k": profile.get("k"),
+        "latency_ms": profile.get("latency_ms"),
+        "qps": profile.get("qps"),
+        "target_recall": profile.get("target_recall"),
+        "queries": profile.get("queries"),
+        "profile_at": profile.get("profile_at"),
+        "has_profile": bool(profile),
+    }
