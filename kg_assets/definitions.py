@@ -8,11 +8,14 @@ from kg_assets.defs.build.jobs import build, faiss_idmap_export, faiss_join, fai
 from kg_assets.defs.build.resources import BuildSettings, StagingHold
 from kg_assets.defs.lifecycle.jobs import JOBS
 from kg_assets.defs.lifecycle.resources import LifecycleResource
+from kg_assets.defs.tuning.assets import tuning_profile
+from kg_assets.defs.tuning.jobs import nightly_quick_tune, tune
 
 defs = dg.Definitions(
-    assets=[*BUILD_ASSETS, faiss_idmap_export, faiss_join],
+    assets=[*BUILD_ASSETS, tuning_profile, faiss_idmap_export, faiss_join],
     asset_checks=[catalog_consistent],
-    jobs=[*JOBS, build, faiss_join_refresh],
+    jobs=[*JOBS, build, tune, faiss_join_refresh],
+    schedules=[nightly_quick_tune],
     resources={"lifecycle": LifecycleResource(), "settings": BuildSettings(), "hold": StagingHold()},
     # In-process: the multiprocess default spawns an interpreter per step (~2 s each on these machines).
     executor=dg.in_process_executor,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from kg_assets.lib import faiss_index, idmap, scip
 
@@ -60,16 +61,18 @@ def write_sample(out: Path, n: int = 500, dim: int = 32, seed: int = 0, factory:
     idmap.write_idmap(idmap.idmap_table(ids, FILES["faiss"]), paths["idmap"])
     uris = [f"pkg/mod{i % 7}.py" for i in range(n)]
     paths["duckdb"].unlink(missing_ok=True)
+    rows = pa.table(
+        {
+            "chunk_id": pa.array(ids),
+            "uri": uris,
+            "text": [f"def f{k}(): pass" for k in range(n)],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim),
+        }
+    )
     with duckdb.connect(str(paths["duckdb"])) as con:
+        con.register("rows", rows)
         con.execute(
-            f"CREATE TABLE chunks (chunk_id BIGINT PRIMARY KEY, uri VARCHAR, text VARCHAR, embedding FLOAT[{dim}])"
-        )
-        con.executemany(
-            "INSERT INTO chunks VALUES (?, ?, ?, ?)",
-            [
-                (int(i), u, f"def f{k}(): pass", v.tolist())
-                for k, (i, u, v) in enumerate(zip(ids, uris, x, strict=True))
-            ],
+            f"CREATE TABLE chunks AS SELECT * EXCLUDE (embedding), embedding::FLOAT[{dim}] AS embedding FROM rows"
         )
         con.execute("CREATE TABLE kg_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
         con.execute("INSERT INTO kg_meta VALUES ('embedder', 'sample-clustered')")

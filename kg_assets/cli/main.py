@@ -337,6 +337,117 @@ def _print_refresh(result: dict[str, Any]) -> None:
     click.echo(f"Refreshed={result['refreshed']} rows={result['rows']} checksum={result['checksum']}")
 
 
+@cli.command()
+@click.option("--quick", is_flag=True, help="Quick sweep (about 200 self-queries, bisection). The default.")
+@click.option("--full", is_flag=True, help="Full sweep (about 1000 self-queries, whole grid, frontier re-timed).")
+@click.option("--nprobe", type=int, help="Override: IVF lists probed.")
+@click.option("--ef-search", type=int, help="Override: HNSW efSearch.")
+@click.option("--quantizer-ef-search", type=int, help="Override: efSearch of an HNSW coarse quantizer.")
+@click.option("--k-factor", type=float, help="Override: exact re-rank of k * k_factor candidates (IndexRefine).")
+@click.option("--version", "version", help="Tune this complete version instead of the current one.")
+@click.option("--target-recall", type=float, default=0.95, show_default=True)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Recall@k.")
+@click.option("--samples", type=click.IntRange(min=1), help="Self-queries sampled from the catalog.")
+@click.option("--queries", "queries_file", type=click.Path(dir_okay=False, path_type=Path), help="Text queries.")
+@click.option("--no-docstring-queries", is_flag=True, help="Do not add queries made from the repo's docstrings.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+@pass_ctx
+def tune(
+    ctx: _Context,
+    quick: bool,
+    full: bool,
+    nprobe: int | None,
+    ef_search: int | None,
+    quantizer_ef_search: int | None,
+    k_factor: float | None,
+    version: str | None,
+    target_recall: float,
+    k: int,
+    samples: int | None,
+    queries_file: Path | None,
+    no_docstring_queries: bool,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Sweep the runtime knobs against exact search and write tuning.json, or persist manual overrides."""
+    from kg_assets.lib.search import resolve_version
+
+    overrides = {
+        "nprobe": nprobe,
+        "efSearch": ef_search,
+        "quantizer_efSearch": quantizer_ef_search,
+        "k_factor": k_factor,
+    }
+    overrides = {name: value for name, value in overrides.items() if value is not None}
+    if quick and full:
+        raise UsageError("choose one of --quick and --full")
+    if overrides and (quick or full):
+        raise UsageError("a sweep (--quick/--full) and manual overrides cannot be combined; run them separately")
+    if not 0 < target_recall <= 1:
+        raise UsageError("--target-recall must be in (0, 1]")
+    version = resolve_version(ctx.lifecycle, version)
+    if queries_file is not None and not queries_file.is_file():
+        raise NotFoundError(f"queries file not found: {queries_file}")
+    config = {
+        "mode": "overrides" if overrides else ("full" if full else "quick"),
+        "samples": samples or 0,
+        "target_recall": target_recall,
+        "k": k,
+        "seed": seed,
+        "queries_file": str(queries_file.absolute()) if queries_file else "",
+        "docstring_queries": not no_docstring_queries,
+        **overrides,
+    }
+    from kg_assets.cli.runs import run_job
+
+    run_job(ctx.lifecycle.root, "tune", {"ops": {"tuning_profile": {"config": config}}}, partition_key=version)
+    from kg_assets.lib.tuning_run import active_profile
+
+    report = active_profile(ctx.lifecycle, version)
+    vdir = ctx.lifecycle.version_dir(version)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    elif overrides:
+        click.echo(f"Saved overrides {report['overrides']} -> {vdir / 'tuning.json'}")
+        click.echo(f"Wrote runtime tuning snapshot -> {vdir / 'faiss.index.audit.json'}")
+    else:
+        _print_profile(report)
+        click.echo(f"Saved tuning profile -> {vdir / 'tuning.json'}")
+        if report["recall_at_k"] is not None and report["recall_at_k"] < target_recall:
+            click.echo(f"warning: no point reached recall@{k} {target_recall}; kept the most accurate one", err=True)
+
+
+@cli.command(name="show-profile")
+@click.option("--version", "version", help="Show this version instead of the current one.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def show_profile(ctx: _Context, version: str | None, as_json: bool) -> None:
+    """Show the active runtime knobs, overrides and the profile's measured recall and latency."""
+    from kg_assets.lib.tuning_run import active_profile
+
+    report = active_profile(ctx.lifecycle, version)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print_profile(report)
+
+
+def _print_profile(report: dict[str, Any]) -> None:
+    active = ", ".join(f"{k}={v:g}" for k, v in report["active"].items()) or "none (exact search)"
+    click.echo(f"version: {report['version']}  factory: {report['factory']}")
+    click.echo(f"active: {active}")
+    click.echo(f"overrides: {json.dumps(report['overrides'])}")
+    click.echo(f"param_str: {report['param_str'] or '-'}")
+    if report["recall_at_k"] is not None:
+        click.echo(
+            f"measured: recall@{report['k']} {report['recall_at_k']}, {report['latency_ms']} ms/query, "
+            f"{report['qps']:,.0f} QPS (queries: {json.dumps(report['queries'])}, at {report['profile_at']})"
+        )
+    elif not report["has_profile"]:
+        click.echo("no tuning.json: the index runs with the knobs it was built with (indexctl tune --quick)")
+
+
 def _size(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):

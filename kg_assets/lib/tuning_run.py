@@ -165,7 +165,7 @@ def active_profile(root: LifecycleRoot, version: str | None) -> dict[str, Any]:
         elif isinstance(node, faiss.IndexHNSW):
             active["efSearch"] = node.hnsw.efSearch
         elif isinstance(node, faiss.IndexRefine):
-            active["k_factor"] = node.k_factor
+            active["k_factor"] = round(float(node.k_factor), 4)  # stored as float32
     profile = profile or {}
     return {
         "version": version,

@@ -110,6 +110,7 @@ def test_asset_graph_snapshot() -> None:
         "faiss_idmap": ["faiss_index"],
         "catalog": ["chunks", "embeddings", "faiss_idmap", "scip_index"],
         "index_version": ["catalog", "faiss_idmap", "faiss_index", "scip_index"],
+        "tuning_profile": ["catalog", "faiss_index"],
         "faiss_idmap_export": [],
         "faiss_join": [],
     }
@@ -122,4 +123,6 @@ def test_asset_graph_snapshot() -> None:
         "publish",
         "rollback",
         "stage",
+        "tune",
     ]
+    assert [s.name for s in defs.schedules] == ["nightly_quick_tune"]

@@ -1,0 +1,102 @@
+"""`tuning_profile`: the runtime operating point of a complete version, swept against exact ground truth."""
+
+import dagster as dg
+
+from kg_assets.defs.build.assets import catalog, faiss_index, index_versions
+from kg_assets.defs.lifecycle.resources import LifecycleResource
+from kg_assets.lib import tuning_run
+from kg_assets.lib.errors import UsageError
+
+
+class TuneConfig(dg.Config):
+    """`quick` or `full` sweep, or `overrides` (the knob fields below; setting any of them means overrides).
+    Samples 0: 200 queries quick, 1000 full."""
+
+    mode: str = "quick"
+    samples: int = 0
+    target_recall: float = 0.95
+    k: int = 10
+    seed: int = 0
+    queries_file: str = ""
+    docstring_queries: bool = True
+    nprobe: int | None = None
+    efSearch: int | None = None
+    quantizer_efSearch: int | None = None
+    k_factor: float | None = None
+
+
+def plot_markdown(frontier: list[dict], chosen: dict) -> str:
+    """The sweep's recall-vs-latency frontier as a markdown table with a recall bar per point."""
+    rows = ["| params | recall | ms/query | QPS | |", "| --- | ---: | ---: | ---: | --- |"]
+    for point in frontier:
+        params = ", ".join(f"{k}={v:g}" for k, v in point["params"].items()) or "exact"
+        mark = " **chosen**" if point["params"] == chosen else ""
+        bar = "█" * round(20 * point["recall"])
+        rows.append(
+            f"| {params}{mark} | {point['recall']:.3f} | {point['latency_ms']:.4f} | {point['qps']:,.0f} | {bar} |"
+        )
+    return "\n".join(rows)
+
+
+@dg.asset(
+    deps=[faiss_index, catalog],
+    partitions_def=index_versions,
+    group_name="tuning",
+    kinds={"json"},
+    description="tuning.json of a complete version: the fastest point reaching the target recall, the frontier.",
+)
+def tuning_profile(
+    context: dg.AssetExecutionContext, config: TuneConfig, lifecycle: LifecycleResource
+) -> dg.MaterializeResult:
+    root = lifecycle.get_root()
+    overrides = {
+        k: v
+        for k, v in {
+            "nprobe": config.nprobe,
+            "efSearch": config.efSearch,
+            "quantizer_efSearch": config.quantizer_efSearch,
+            "k_factor": config.k_factor,
+        }.items()
+        if v is not None
+    }
+    if config.mode == "overrides" or overrides:
+        if config.mode == "full":
+            raise UsageError("a sweep and manual overrides cannot be combined; run them separately")
+        if not overrides:
+            raise UsageError("mode overrides needs at least one of nprobe, efSearch, quantizer_efSearch, k_factor")
+        profile = tuning_run.set_overrides(root, context.partition_key, overrides, run_id=context.run_id)
+        return dg.MaterializeResult(
+            metadata={"overrides": dg.MetadataValue.json(profile["overrides"]), "mode": "overrides"}
+        )
+    if config.mode not in ("quick", "full"):
+        raise UsageError(f"mode must be quick, full or overrides, not {config.mode!r}")
+    profile = tuning_run.tune_version(
+        root,
+        context.partition_key,
+        full=config.mode == "full",
+        samples=config.samples or None,
+        target=config.target_recall,
+        k=config.k,
+        seed=config.seed,
+        queries_file=config.queries_file or None,
+        text_queries=config.docstring_queries,
+        run_id=context.run_id,
+    )
+    if not profile["met_target"]:
+        context.log.warning(
+            f"no point reached recall@{profile['k']} {config.target_recall}; chose the most accurate "
+            f"({profile['recall_at_k']})"
+        )
+    chosen = {k: profile[k] for k in ("nprobe", "efSearch", "quantizer_efSearch", "k_factor") if k in profile}
+    return dg.MaterializeResult(
+        metadata={
+            "param_str": profile["param_str"] or "-",
+            "chosen": dg.MetadataValue.json(chosen),
+            "recall_at_k": profile["recall_at_k"],
+            "latency_ms": profile["latency_ms"],
+            "qps": profile["qps"],
+            "met_target": profile["met_target"],
+            "queries": dg.MetadataValue.json(profile["queries"]),
+            "frontier": dg.MetadataValue.md(plot_markdown(profile["frontier"], chosen)),
+        }
+    )
