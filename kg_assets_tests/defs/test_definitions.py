@@ -138,9 +138,12 @@ def test_nightly_tune_schedule_targets_the_current_version(
     assert nightly_quick_tune.default_status == dg.DefaultScheduleStatus.STOPPED
     with dg.instance_for_test() as instance:
         when = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=when)
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=when, repository_def=defs.get_repository_def()
+        )
         assert isinstance(nightly_quick_tune.evaluate_tick(context).skip_message, str)
         stage_sample(root, "v3", samples["a"])
         root.publish("v3")
+        instance.add_dynamic_partitions("index_versions", ["v3"])  # what the stage and publish jobs do
         (request,) = nightly_quick_tune.evaluate_tick(context).run_requests
     assert request.partition_key == "v3"

@@ -51,6 +51,7 @@ def stage_version(context: dg.OpExecutionContext, config: StageConfig, lifecycle
         tuning_path=config.tuning,
         extras=config.extras,
     )
+    _register_partition(context, config.version)
     manifest = root.read_manifest(config.version)
     size = sum(entry["size"] for entry in manifest["files"].values())
     context.add_output_metadata(
@@ -64,6 +65,12 @@ def stage_version(context: dg.OpExecutionContext, config: StageConfig, lifecycle
     return {"version": config.version, "path": str(vdir), "bytes": size, "attrs": manifest["attrs"]}
 
 
+def _register_partition(context: dg.OpExecutionContext, version: str) -> None:
+    """Make the version a partition of `index_versions`, so tuning and the UI can address it."""
+    if not context.instance.has_dynamic_partition("index_versions", version):
+        context.instance.add_dynamic_partitions("index_versions", [version])
+
+
 def _flip_op(action: str) -> dg.OpDefinition:
     @dg.op(name=f"{action}_version", pool=LIFECYCLE_POOL, description=f"{action.capitalize()} a complete version.")
     def flip(context: dg.OpExecutionContext, config: FlipConfig, lifecycle: LifecycleResource) -> dict:
@@ -73,6 +80,7 @@ def _flip_op(action: str) -> dg.OpDefinition:
         if config.expect_current is not None:
             kwargs["expect_current"] = config.expect_current or None
         result: Flip = move(config.version, **kwargs)
+        _register_partition(context, config.version)
         context.add_output_metadata(
             {
                 "from": result.from_version or "<none>",
