@@ -299,10 +299,22 @@ class LifecycleRoot:
         files: dict[str, dict[str, Any]],
         attrs: Mapping[str, Any],
     ) -> None:
+        """Validate the staged files, write the manifest, then rename the directory into place."""
         for name, entry in files.items():
             entry["mutable"] = name in MUTABLE_FILES
-        validated = validate_artifacts(staging)
-        self._write_manifest(staging, version, sources, files, {**validated, **attrs})
+        attrs = {**validate_artifacts(staging), **attrs}
+        created, created_ts = _now()
+        manifest = {
+            "format": 1,
+            "version": version,
+            "created": created,
+            "created_ts": created_ts,
+            "sources": {name: str(src) for name, src in sources.items()},
+            "files": files,
+            "attrs": attrs,
+            "validation": {"ok": True, "checked_at": created},
+        }
+        atomic_write_json(staging / MANIFEST, manifest)
         self._finalize(version, staging)
 
     def check_new_version(self, version: str) -> None:
@@ -337,27 +349,6 @@ class LifecycleRoot:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-
-    def _write_manifest(
-        self,
-        staging: Path,
-        version: str,
-        sources: Mapping[str, Path],
-        files: dict[str, dict[str, Any]],
-        attrs: Mapping[str, Any],
-    ) -> None:
-        created, created_ts = _now()
-        manifest = {
-            "format": 1,
-            "version": version,
-            "created": created,
-            "created_ts": created_ts,
-            "sources": {name: str(src) for name, src in sources.items()},
-            "files": files,
-            "attrs": attrs,
-            "validation": {"ok": True, "checked_at": created},
-        }
-        atomic_write_json(staging / MANIFEST, manifest)
 
     def _finalize(self, version: str, staging: Path) -> None:
         """Rename a fully written staging directory to `versions/<v>` under the root lock."""
