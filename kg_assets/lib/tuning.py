@@ -175,12 +175,16 @@ class Point:
 def measure(
     index: faiss.Index, params: dict[str, float], queries: np.ndarray, truth: np.ndarray, repeats: int
 ) -> Point:
-    """Set `params`, warm up once, then time `repeats` batched searches; recall from the last one."""
+    """Set `params` and search; with `repeats` > 0, warm up once and time that many batches (median).
+
+    `repeats` = 0 is a single timed search: enough for recall, a rough latency for steering a sweep.
+    """
     set_knobs(index, params)
     k = truth.shape[1]
-    index.search(queries, k)
+    if repeats:
+        index.search(queries, k)
     times = []
-    for _ in range(repeats):
+    for _ in range(max(repeats, 1)):
         t0 = time.perf_counter()
         _, found = index.search(queries, k)
         times.append(time.perf_counter() - t0)
@@ -202,26 +206,28 @@ def sweep(
 ) -> tuple[Point, list[Point], list[Point]]:
     """Find the fastest point reaching `target` recall; return (chosen, frontier, all measured points).
 
-    Quick mode bisects the (monotone) main knob for each k_factor, stopping a k_factor once even the largest
-    main-knob value misses the target; full mode measures the whole grid and re-times the frontier.
+    Quick: for each k_factor, bisect the (monotone) main knob with single searches, skipping a k_factor whose
+    largest main-knob value already misses the target; then time each k_factor's cheapest passing point with a
+    warm-up and `repeats` batches and keep the fastest. Full: every grid point timed that way, and every
+    frontier point re-timed once more before choosing.
     """
     knobs = index_knobs(index)
     main = next((k for k in ("nprobe", "efSearch", "quantizer_efSearch") if k in knobs), None)
     factors = knobs.get("k_factor", [None])
+    values = knobs.get(main, [None]) if main else [None]
     measured: dict[tuple, Point] = {}
 
     def at(main_value: float | None, factor: float | None) -> Point:
         params = {name: v for name, v in ((main, main_value), ("k_factor", factor)) if name and v is not None}
         key = tuple(sorted(params.items()))
         if key not in measured:
-            measured[key] = measure(index, params, queries, truth, repeats if full else 2)
+            measured[key] = measure(index, params, queries, truth, repeats if full else 0)
         return measured[key]
 
-    values = knobs.get(main, [None]) if main else [None]
+    candidates: list[Point] = []
     for factor in factors:
         if full or main is None:
-            for value in values:
-                at(value, factor)
+            candidates += [at(value, factor) for value in values]
             continue
         if at(values[-1], factor).recall < target:
             continue  # this k_factor saturates below the target
@@ -232,14 +238,16 @@ def sweep(
                 hi = mid
             else:
                 lo = mid + 1
+        candidates.append(at(values[lo], factor))
     points = list(measured.values())
-    frontier = pareto(points)
-    if full:  # re-time every frontier point so the choice does not rest on one noisy run
-        frontier = pareto([measure(index, p.params, queries, truth, max(repeats, 3)) for p in frontier])
-    reaching = [p for p in frontier if p.recall >= target]
-    chosen = min(reaching, key=lambda p: p.latency_ms) if reaching else max(frontier, key=lambda p: p.recall)
-    chosen = measure(index, chosen.params, queries, truth, max(repeats, 3))
-    return chosen, frontier, points
+    if full:
+        candidates = pareto(points)
+    if not any(p.recall >= target for p in candidates):
+        candidates = [max(points, key=lambda p: p.recall)]
+    timed = [measure(index, p.params, queries, truth, max(repeats, 3)) for p in candidates]
+    reaching = [p for p in timed if p.recall >= target]
+    chosen = min(reaching, key=lambda p: p.latency_ms) if reaching else max(timed, key=lambda p: p.recall)
+    return chosen, pareto(points), points
 
 
 # ---- profiles on disk ---------------------------------------------------------------------------------
