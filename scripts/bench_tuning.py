@@ -32,7 +32,7 @@ def clustered(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, 100_000):
         m = min(100_000, n - start)
-        block = centres[rng.integers(0, clusters, m)] + 0.6 * rng.standard_normal((m, dim)).astype(np.float32)
+        block = centres[rng.integers(0, clusters, m)] + 0.4 * rng.standard_normal((m, dim)).astype(np.float32)
         out[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
@@ -75,13 +75,9 @@ def main() -> None:
     _, gt_rows = faiss.knn(queries, x, args.k, faiss.METRIC_INNER_PRODUCT)
     space = faiss.ParameterSpace()
     space.verbose = 0
-    space.initialize(refine)
     knobs = tuning.index_knobs(index)
-    ranges = {"nprobe": knobs["nprobe"], "k_factor_rf": knobs["k_factor"]}
-    for i in range(space.parameter_ranges.size()):
-        pr = space.parameter_ranges.at(i)
-        pr.values.resize(0)
-        faiss.copy_array_to_vector(np.array(ranges[pr.name], dtype=np.float64), pr.values)
+    for name, values in (("nprobe", knobs["nprobe"]), ("k_factor_rf", knobs["k_factor"])):
+        faiss.copy_array_to_vector(np.array(values, dtype=np.float64), space.add_range(name).values)
     criterion = faiss.IntersectionCriterion(args.queries, args.k)
     criterion.set_groundtruth(None, gt_rows.astype(np.int64))
     points = space.explore(refine, queries, criterion)
