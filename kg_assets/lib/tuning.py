@@ -301,5 +301,30 @@ def write_profile(vdir: Path, profile: dict[str, Any], *, run_id: str | None) ->
     atomic_write_json(audit_path, audit)
 
 
-def point_dict(point: Point) -> dict[str, Any]:
-    return {**asdict(point), "latency_ms": round(point.latency_ms, 4), "qps": round(point.qps, 1)}
+def memory_touched(index: faiss.Index, params: dict[str, float], k: int) -> int | None:
+    """Bytes a query reads at these settings, where the index type makes it computable (None for HNSW).
+
+    Flat: every vector. IVF: the probed share of the codes (lists assumed balanced). Re-rank: k * k_factor
+    full vectors.
+    """
+    nodes = index_nodes(index)
+    if any(isinstance(n, faiss.IndexHNSW) for n in nodes):
+        return None
+    ivf = next((n for n in nodes if isinstance(n, faiss.IndexIVF)), None)
+    if ivf is not None:
+        nprobe = params.get("nprobe", ivf.nprobe)
+        touched = int(min(nprobe, ivf.nlist) / ivf.nlist * ivf.ntotal * ivf.code_size)
+    else:
+        touched = index.ntotal * index.d * 4
+    refine = next((n for n in nodes if isinstance(n, faiss.IndexRefine)), None)
+    if refine is not None:
+        touched += int(k * params.get("k_factor", refine.k_factor) * index.d * 4)
+    return touched
+
+
+def point_dict(point: Point, index: faiss.Index | None = None, k: int = 10) -> dict[str, Any]:
+    """A point as stored in a profile (rounded; with the bytes it touches per query when computable)."""
+    out = {**asdict(point), "latency_ms": round(point.latency_ms, 4), "qps": round(point.qps, 1)}
+    if index is not None:
+        out["bytes_per_query"] = memory_touched(index, point.params, k)
+    return out

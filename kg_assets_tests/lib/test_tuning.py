@@ -54,6 +54,8 @@ def test_chosen_point_meets_the_target_when_remeasured(tuned_root: LifecycleRoot
 def test_the_tuned_point_is_cheaper_than_the_largest(tuned_root: LifecycleRoot) -> None:
     profile = tuning_run.tune_version(tuned_root, "ivf", target=0.9, text_queries=False)
     assert profile["nprobe"] < 64
+    # IVF64,Flat over 20,000 x 32 floats: a query reads its nprobe lists of 128-byte codes.
+    assert profile["bytes_per_query"] == int(profile["nprobe"] / 64 * 20_000 * 128)
 
 
 def test_ground_truth_is_the_whole_corpus(tuned_root: LifecycleRoot) -> None:
