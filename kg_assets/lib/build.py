@@ -6,7 +6,9 @@ intermediate files live in its `build/` subdirectory and are dropped when the ve
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import shutil
 import sys
 import time
@@ -23,7 +25,7 @@ import pyarrow.parquet as pq
 from kg_assets.lib import catalog, chunking, faiss_index, idmap, scip
 from kg_assets.lib.embedding import Embedder, Progress
 from kg_assets.lib.errors import KgError, ValidationError
-from kg_assets.lib.fsutil import atomic_write_bytes
+from kg_assets.lib.fsutil import atomic_write_bytes, copy_file
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
 
 BUILD_DIR = "build"
@@ -167,13 +169,58 @@ def build_idmap(staging: Path) -> int:
     return len(ids)
 
 
-def build_scip(repo: Path, staging: Path, project_name: str, project_version: str) -> scip.ScipSummary:
-    index = scip.run_scip_python(repo, staging / SCIP_FILE, project_name, project_version)
-    return scip.summarize(index)
+SCIP_SOURCES_FILE = "scip_sources.json"
+
+
+def python_sources_digest(repo: Path) -> str:
+    """sha256 over the (path, content) of every indexable Python file: what scip-python's output depends on."""
+    digest = hashlib.sha256()
+    for uri in chunking.list_files(repo):
+        if uri.endswith((".py", ".pyi")):
+            digest.update(f"{uri}\0".encode())
+            digest.update(hashlib.sha256((repo / uri).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ScipStats:
+    summary: scip.ScipSummary
+    digest: str
+    reused_from: str | None
+
+
+def build_scip(root: LifecycleRoot, repo: Path, staging: Path, project_name: str) -> ScipStats:
+    """Run scip-python, or copy the previous version's index.scip when the Python sources are identical.
+
+    The project version passed to scip-python is the sources digest, so symbols only change with the code.
+    """
+    digest = python_sources_digest(repo)
+    reused_from = None
+    for info in sorted(root.status(), key=lambda i: i.created or "", reverse=True):
+        vdir = root.version_dir(info.version) if info.state in ("current", "published", "staged") else None
+        if vdir is None or not (vdir / CATALOG_FILE).is_file():
+            continue
+        try:
+            meta = catalog.read_meta(vdir / CATALOG_FILE)
+        except (duckdb.Error, KgError):
+            continue
+        if meta.get("scip_digest") == digest and meta.get("scip_project") == project_name:
+            copy_file(vdir / SCIP_FILE, staging / SCIP_FILE)
+            reused_from = info.version
+            break
+    if reused_from is None:
+        scip.run_scip_python(repo, staging / SCIP_FILE, project_name, digest[:12])
+    summary = scip.summarize(scip.read_index(staging / SCIP_FILE))
+    record = {"digest": digest, "project": project_name, "reused_from": reused_from}
+    (staging / BUILD_DIR).mkdir(exist_ok=True)
+    atomic_write_bytes(staging / BUILD_DIR / SCIP_SOURCES_FILE, json.dumps(record).encode())
+    return ScipStats(summary, digest, reused_from)
 
 
 def build_catalog(staging: Path, meta: dict[str, str]) -> int:
     """Write `catalog.duckdb`: chunks with vectors, modules, SCIP symbols and occurrences, ID-map join."""
+    sources = json.loads((staging / BUILD_DIR / SCIP_SOURCES_FILE).read_text())
+    meta = {**meta, "scip_digest": sources["digest"], "scip_project": sources["project"]}
     chunks = read_chunks(staging)
     vectors = read_embeddings(staging)
     modules = _modules(chunks)

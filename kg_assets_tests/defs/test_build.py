@@ -155,3 +155,13 @@ def test_build_into_an_existing_version_is_refused(built: tuple) -> None:
     assert not result.success
     assert "v1" in root.list_versions()
     root.verify_version("v1")
+
+
+def test_unchanged_sources_reuse_the_scip_index(built: tuple) -> None:
+    root, repo, _ = built
+    with dg.instance_for_test() as instance:
+        result = run_build(root, repo, "v3", instance)
+    assert result.success
+    meta = materializations(result)
+    assert meta["scip_index"]["reused_from"] == "v1"  # v2 (newer) was built from changed sources
+    assert (root.version_dir("v3") / "index.scip").read_bytes() == (root.version_dir("v1") / "index.scip").read_bytes()

@@ -106,7 +106,7 @@ def test_asset_graph_snapshot() -> None:
     assert deps == {
         "chunks": [],
         "embeddings": ["chunks"],
-        "scip_index": [],
+        "scip_index": ["chunks"],
         "faiss_index": ["embeddings"],
         "faiss_idmap": ["faiss_index"],
         "catalog": ["chunks", "embeddings", "faiss_idmap", "scip_index"],

@@ -86,23 +86,27 @@ def embeddings(
 
 
 @dg.asset(
+    deps=[chunks],  # runs after `chunks`, which opens the staging directory for the run
     partitions_def=index_versions,
     group_name=BUILD_GROUP,
     kinds={"scip"},
-    description="SCIP code-intelligence index of the repository's Python code (scip-python).",
+    description="SCIP index of the repository's Python code (scip-python); reused when the sources are unchanged.",
 )
 def scip_index(
     context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
 ) -> dg.MaterializeResult:
-    _, staging = _staging(context, lifecycle)
+    root, staging = _staging(context, lifecycle)
     repo = settings.repo_path()
-    summary = build.build_scip(repo, staging, repo.name or "repo", context.partition_key)
+    stats = build.build_scip(root, repo, staging, repo.name or "repo")
+    summary = stats.summary
     return dg.MaterializeResult(
         metadata={
             "documents": summary.documents,
             "occurrences": summary.occurrences,
             "definitions": summary.definitions,
             "tool": f"{summary.tool_name} {summary.tool_version}",
+            "sources_digest": stats.digest[:12],
+            "reused_from": stats.reused_from or "-",
             **_path_meta(staging / SCIP_FILE),
         }
     )
