@@ -1,0 +1,23 @@
+"""kg-assets benchmarks against raw FAISS/NumPy doing the same work in the same run; each prints ratios.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench.py build  [bench_build.py options]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench.py tuning [bench_tuning.py options]
+
+`build`: `indexctl build` vs the embedder + FAISS train/add on the same inputs, peak memory, no-change rebuild.
+`tuning`: `tune --quick/--full` vs a restricted `ParameterSpace.explore` on a 1M-vector IVF-PQ index.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+BENCHES = {"build": "bench_build.py", "tuning": "bench_tuning.py"}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:
+        sys.exit(f"usage: bench.py {{{','.join(BENCHES)}}} [options]")
+    script = Path(__file__).with_name(BENCHES[sys.argv[1]])
+    sys.argv = [str(script), *sys.argv[2:]]
+    runpy.run_path(str(script), run_name="__main__")
