@@ -17,8 +17,9 @@ from kg_assets.lib.fsutil import atomic_write_bytes, exclusive_lock
 from kg_assets.lib.lifecycle import LOCK_TIMEOUT_S
 
 INSTANCE_TEMPLATE = Path(kg_assets.__file__).parent / "dagster.yaml"
-_ENGINE_ERRORS = {cls.__name__: cls for cls in (errors.UsageError, errors.NotFoundError, errors.ValidationError)}
-_ENGINE_ERRORS.update(ConflictError=errors.ConflictError)
+_ENGINE_ERRORS = {
+    cls.__name__: cls for cls in (errors.UsageError, errors.NotFoundError, errors.ValidationError, errors.ConflictError)
+}
 
 
 def ensure_dagster_home(root: Path) -> Path:

@@ -12,7 +12,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,23 +105,33 @@ class EmbedStats:
     reused_from: str | None
 
 
-def previous_vectors(root: LifecycleRoot, fingerprint: str) -> tuple[str | None, dict[tuple[str, str], np.ndarray]]:
-    """Vectors of the newest complete version embedded with the same embedder, keyed by (uri, content hash)."""
+def earlier_versions(root: LifecycleRoot) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    """(version, directory, catalog meta) of every complete version, newest first; unreadable catalogs are
+    skipped (reuse is an optimization: missing it only costs recomputation)."""
     for info in sorted(root.status(), key=lambda i: i.created or "", reverse=True):
         if info.state not in ("current", "published", "staged"):
             continue
-        path = root.version_dir(info.version) / CATALOG_FILE
+        vdir = root.version_dir(info.version)
         try:
-            if catalog.read_meta(path).get("embedder_fingerprint") != fingerprint:
-                continue
-            with catalog.connect_read_only(path) as con:
+            yield info.version, vdir, catalog.read_meta(vdir / CATALOG_FILE)
+        except (duckdb.Error, KgError):
+            continue
+
+
+def previous_vectors(root: LifecycleRoot, fingerprint: str) -> tuple[str | None, dict[tuple[str, str], np.ndarray]]:
+    """Vectors of the newest complete version embedded with the same embedder, keyed by (uri, content hash)."""
+    for version, vdir, meta in earlier_versions(root):
+        if meta.get("embedder_fingerprint") != fingerprint:
+            continue
+        try:
+            with catalog.connect_read_only(vdir / CATALOG_FILE) as con:
                 table = con.sql("SELECT uri, content_hash, embedding FROM chunks").to_arrow_table()
         except (duckdb.Error, KgError):  # an unreadable old catalog only costs a full re-embed
             continue
         flat = table.column("embedding").combine_chunks().flatten().to_numpy().astype(np.float32)
         vectors = flat.reshape(table.num_rows, -1)
         keys = zip(table.column("uri").to_pylist(), table.column("content_hash").to_pylist(), strict=True)
-        return info.version, {key: vectors[i] for i, key in enumerate(keys)}
+        return version, {key: vectors[i] for i, key in enumerate(keys)}
     return None, {}
 
 
@@ -196,17 +206,10 @@ def build_scip(root: LifecycleRoot, repo: Path, staging: Path, project_name: str
     """
     digest = python_sources_digest(repo)
     reused_from = None
-    for info in sorted(root.status(), key=lambda i: i.created or "", reverse=True):
-        vdir = root.version_dir(info.version) if info.state in ("current", "published", "staged") else None
-        if vdir is None or not (vdir / CATALOG_FILE).is_file():
-            continue
-        try:
-            meta = catalog.read_meta(vdir / CATALOG_FILE)
-        except (duckdb.Error, KgError):
-            continue
+    for version, vdir, meta in earlier_versions(root):
         if meta.get("scip_digest") == digest and meta.get("scip_project") == project_name:
             copy_file(vdir / SCIP_FILE, staging / SCIP_FILE)
-            reused_from = info.version
+            reused_from = version
             break
     if reused_from is None:
         scip.run_scip_python(repo, staging / SCIP_FILE, project_name, digest[:12])
