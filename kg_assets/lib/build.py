@@ -10,9 +10,8 @@ import hashlib
 import io
 import json
 import shutil
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,30 +298,6 @@ def finalize(root: LifecycleRoot, version: str, staging: Path, expected_dim: int
     raise_unless_passed(check_staging(staging, expected_dim))
     shutil.rmtree(staging / BUILD_DIR, ignore_errors=True)
     return root.finalize(version, staging, attrs)
-
-
-def log_progress(log: Callable[[str], None], label: str, every: float = 0.1) -> Progress:
-    """A progress callback: `label done/total (pct, rate)` to `log` at every `every` fraction, and a live bar
-    on stderr when it is a terminal."""
-    t0 = time.perf_counter()
-    state = {"next": every}
-    tty = sys.stderr.isatty()
-
-    def report(done: int, total: int) -> None:
-        if not total:
-            return
-        rate = done / max(time.perf_counter() - t0, 1e-9)
-        if tty:
-            filled = int(30 * done / total)
-            bar = "#" * filled + "-" * (30 - filled)
-            end = "\n" if done == total else ""
-            sys.stderr.write(f"\r{label} [{bar}] {done}/{total} {rate:.1f}/s{end}")
-            sys.stderr.flush()
-        if done / total >= state["next"] or done == total:
-            log(f"{label} {done}/{total} ({100 * done / total:.0f}%, {rate:.1f}/s)")
-            state["next"] = (int(done / total / every) + 1) * every
-
-    return report
 
 
 def raise_unless_passed(results: list[CheckResult]) -> None:

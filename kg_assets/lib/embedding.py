@@ -13,7 +13,7 @@ import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from kg_assets.lib.errors import UsageError, ValidationError
+from kg_assets.lib.progress import Progress
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
     from tokenizers import Tokenizer
-
-Progress = Callable[[int, int], None]  # (done, total)
 
 
 class Embedder(Protocol):

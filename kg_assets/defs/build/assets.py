@@ -6,7 +6,7 @@ import dagster as dg
 
 from kg_assets.defs.build.resources import BuildSettings, StagingHold
 from kg_assets.defs.lifecycle.resources import LifecycleResource
-from kg_assets.lib import build
+from kg_assets.lib import build, progress
 from kg_assets.lib.errors import NotFoundError
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE
 
@@ -67,8 +67,8 @@ def embeddings(
     root, staging = _staging(context, lifecycle)
     embedder = settings.load_embedder()
     previous = build.previous_vectors(root, embedder.fingerprint)
-    progress = build.log_progress(context.log.info, "embedded")
-    stats = build.build_embeddings(staging, embedder, previous, progress=progress)
+    report = progress.log_progress(context.log.info, "embedded")
+    stats = build.build_embeddings(staging, embedder, previous, progress=report)
     rate = stats.embedded / stats.seconds if stats.seconds else 0.0
     return dg.MaterializeResult(
         metadata={
