@@ -198,12 +198,66 @@ def read_meta(path: Path) -> dict[str, str]:
 
 
 def hydrate(path: Path, chunk_ids: list[int]) -> dict[int, dict]:
-    """Catalog rows (uri, lines, text) for the given chunk ids, keyed by id."""
+    """Catalog rows (uri, language, lines, text, symbols defined) for the given chunk ids, keyed by id."""
     with connect_read_only(path) as con:
         rows = con.execute(
-            "SELECT chunk_id, uri, language, start_line, end_line, text FROM chunks WHERE chunk_id IN "
+            "SELECT chunk_id, uri, language, start_line, end_line, text, symbols FROM chunks WHERE chunk_id IN "
             "(SELECT unnest(?::BIGINT[]))",
             [chunk_ids],
         ).fetchall()
-    keys = ("chunk_id", "uri", "language", "start_line", "end_line", "text")
+    keys = ("chunk_id", "uri", "language", "start_line", "end_line", "text", "symbols")
     return {row[0]: dict(zip(keys, row, strict=True)) for row in rows}
+
+
+# ---- eval pool and coverage views ---------------------------------------------------------------------
+
+COVERAGE_SOURCES = {  # tables the coverage view joins, copied from the evaluated version's catalog when absent
+    "chunks": "SELECT chunk_id, uri, language, start_line, end_line, symbols FROM src.chunks",
+    "modules": "SELECT * FROM src.modules",
+}
+
+
+def install_pool_views(db_path: Path, pool_path: Path, source_catalog: Path, version: str) -> None:
+    """Create or refresh `v_faiss_pool` (the eval pool's rows) and `v_pool_coverage` (pool rows joined with
+    `chunks` on chunk_id and `modules` on repo path) in the DuckDB file `db_path`.
+
+    `chunks` and `modules` are the database's own when it has them (a catalog of the operator's); otherwise they
+    are copied (without vectors or text) from the evaluated version's catalog, attached read-only, and recorded in
+    `kg_eval_sources` so the next eval replaces them. `pool_path` is usually the `latest` link, so the views
+    follow the newest run. The source catalog is never written.
+    """
+    db_path = Path(db_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(db_path))
+    except duckdb.Error as exc:
+        raise ValidationError(f"cannot open {db_path} for writing ({str(exc).splitlines()[0]})") from None
+    with con:
+        con.execute("CREATE TABLE IF NOT EXISTS kg_eval_sources (table_name VARCHAR PRIMARY KEY, version VARCHAR)")
+        ours = {r[0] for r in con.execute("SELECT table_name FROM kg_eval_sources").fetchall()}
+        have = {
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database()"
+            ).fetchall()
+        }
+        con.execute("BEGIN")
+        con.execute(f"ATTACH '{_sql_literal(source_catalog)}' AS src (READ_ONLY)")
+        for table, query in COVERAGE_SOURCES.items():
+            if table in ours or table not in have:
+                con.execute(f"CREATE OR REPLACE TABLE {table} AS {query}")
+                con.execute("INSERT OR REPLACE INTO kg_eval_sources VALUES (?, ?)", [table, version])
+        con.execute(f"CREATE OR REPLACE VIEW v_faiss_pool AS SELECT * FROM read_parquet('{_sql_literal(pool_path)}')")
+        con.execute(
+            """CREATE OR REPLACE VIEW v_pool_coverage AS
+            SELECT p.*, c.language, m.repo_path, m.module_name
+            FROM v_faiss_pool p
+            LEFT JOIN chunks c ON c.chunk_id = p.chunk_id
+            LEFT JOIN modules m ON m.repo_path = p.uri"""
+        )
+        con.execute("COMMIT")
+        con.execute("DETACH src")
+
+
+def _sql_literal(path: Path) -> str:
+    return str(Path(path).absolute()).replace("'", "''")

@@ -124,16 +124,31 @@ class MiniLMOnnx:
         order = np.argsort([len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), self.batch_size):
             rows = order[start : start + self.batch_size]
-            encoded = self._tokenizer.encode_batch([texts[i] for i in rows])
-            ids = np.array([e.ids for e in encoded], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            hidden = self._session.run(None, feeds)[0]
+            hidden, mask = self._hidden_states([texts[i] for i in rows])
             weights = mask[..., None].astype(np.float32)
             out[rows] = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
             if progress:
                 progress(min(start + self.batch_size, len(texts)), len(texts))
         return normalize(out)
+
+    def token_vectors(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """L2-normalized contextual vectors of each text's tokens (padding dropped), for late interaction."""
+        out: list[np.ndarray] = [np.empty((0, self.dim), np.float32)] * len(texts)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            hidden, mask = self._hidden_states([texts[i] for i in rows])
+            for row, states, keep in zip(rows, hidden, mask.astype(bool), strict=True):
+                out[row] = normalize(states[keep])
+        return out
+
+    def _hidden_states(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The model's last hidden states (batch, tokens, dim) and attention mask for one padded batch."""
+        encoded = self._tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        return self._session.run(None, feeds)[0], mask
 
 
 class OpenAICompatible:

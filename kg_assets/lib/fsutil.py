@@ -14,6 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from kg_assets.lib.errors import ConflictError
 
 _FICLONE = 0x40049409  # ioctl number of Linux FICLONE (copy-on-write clone of a whole file)
@@ -56,6 +59,25 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Pretty-printed, key-sorted JSON with a trailing newline, written atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+    """A zstd-compressed Parquet file, written atomically."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def atomic_symlink(link: Path, target: str) -> None:
+    """Point `link` at `target` by renaming a new link over it: readers see the old target or the new one."""
+    tmp = temp_sibling(link)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(link.parent)
 
 
 def sha256_file(path: Path) -> str:

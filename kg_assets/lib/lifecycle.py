@@ -32,6 +32,7 @@ import numpy as np
 from kg_assets.lib import catalog, faiss_index, idmap, scip, tuning
 from kg_assets.lib.errors import ConflictError, NotFoundError, UsageError, ValidationError
 from kg_assets.lib.fsutil import (
+    atomic_symlink,
     atomic_write_json,
     atomic_write_text,
     copy_file,
@@ -39,7 +40,6 @@ from kg_assets.lib.fsutil import (
     fsync_dir,
     is_locked,
     sha256_file,
-    temp_sibling,
     tree_size,
 )
 from kg_assets.lib.tuning import AUDIT_FILE, TUNING_FILE
@@ -397,10 +397,7 @@ class LifecycleRoot:
         return Flip(action, current, version, changed=True)
 
     def _point_link(self, version: str) -> None:
-        tmp = temp_sibling(self.current_link)
-        os.symlink(os.path.join("versions", version), tmp)
-        os.replace(tmp, self.current_link)
-        fsync_dir(self.root)
+        atomic_symlink(self.current_link, os.path.join("versions", version))
 
     @contextlib.contextmanager
     def _root_lock(self) -> Iterator[None]:

@@ -3,7 +3,6 @@ or record manual overrides; or report the active profile."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from kg_assets.lib import catalog, faiss_index, tuning
+from kg_assets.lib import catalog, faiss_index, query_sets, tuning
 from kg_assets.lib.embedding import load_embedder
 from kg_assets.lib.errors import NotFoundError, UsageError
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
@@ -29,32 +28,11 @@ class QuerySet:
     counts: dict[str, int]  # queries per source: self, docstrings, file
 
 
-def docstring_queries(catalog_path: Path, limit: int) -> list[str]:
-    """First sentences of the repository's docstrings (from SCIP symbol documentation), at least 4 words."""
-    with catalog.connect_read_only(catalog_path) as con:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "scip_symbols" not in tables:
-            return []
-        docs = con.execute(
-            "SELECT DISTINCT documentation FROM scip_symbols WHERE documentation <> '' ORDER BY documentation"
-        ).fetchall()
-    queries = []
-    for (doc,) in docs:
-        lines = [line.strip() for line in doc.splitlines() if line.strip() and not line.startswith("(")]
-        if not lines:
-            continue
-        sentence = re.split(r"(?<=[.!?])\s", " ".join(lines))[0].strip()
-        if len(sentence.split()) >= 4:
-            queries.append(sentence)
-    return queries[:limit]
-
-
 def query_set(
     vdir: Path, ids: np.ndarray, vectors: np.ndarray, samples: int, seed: int, queries_file: Path | None, texts: bool
 ) -> QuerySet:
     """Seeded self-queries from the catalog, plus served-style text queries (a file, the docstrings)."""
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(len(ids), size=min(samples, len(ids)), replace=False))
+    rows = query_sets.self_sample(ids, samples, seed)
     parts, counts = [vectors[rows]], {"self": len(rows)}
     text_queries: dict[str, list[str]] = {}
     if queries_file is not None:
@@ -62,7 +40,8 @@ def query_set(
             raise NotFoundError(f"queries file not found: {queries_file}")
         text_queries["file"] = [q.strip() for q in queries_file.read_text(encoding="utf-8").splitlines() if q.strip()]
     if texts:
-        text_queries["docstrings"] = docstring_queries(vdir / CATALOG_FILE, MAX_DOC_QUERIES)
+        generated = query_sets.docstring_queries(vdir / CATALOG_FILE, MAX_DOC_QUERIES, seed)
+        text_queries["docstrings"] = [q.text for q in generated]
     wanted = {k: v for k, v in text_queries.items() if v}
     if wanted:
         meta = catalog.read_meta(vdir / CATALOG_FILE)

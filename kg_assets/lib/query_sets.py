@@ -1,0 +1,122 @@
+"""Query sets for tuning and evaluation: seeded self-queries, labelled JSONL files, and labelled queries generated
+from the repository's documented definitions. Positives are always `chunk_id`s."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kg_assets.lib import catalog
+from kg_assets.lib.errors import NotFoundError, UsageError
+
+MIN_SENTENCE_WORDS = 4
+
+
+@dataclass(frozen=True)
+class TextQuery:
+    qid: str
+    text: str
+    positives: frozenset[int]  # empty when the query has no labels
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring, on one line ('' when it has none); signature lines are skipped."""
+    lines = [line.strip() for line in doc.splitlines() if line.strip() and not line.startswith("(")]
+    return re.split(r"(?<=[.!?])\s", " ".join(lines))[0].strip() if lines else ""
+
+
+def docstring_queries(catalog_path: Path, limit: int, seed: int = 0) -> list[TextQuery]:
+    """First sentences (at least 4 words) of documented definitions, each labelled with the chunk defining it.
+
+    A sentence shared by several definitions is one query whose positives are all of their chunks. More than
+    `limit` candidates are sampled with `seed`, so a set is reproducible.
+    """
+    with catalog.connect_read_only(catalog_path) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if not {"scip_symbols", "v_chunk_symbols"} <= tables:
+            return []
+        rows = con.execute(
+            """SELECT s.documentation, list(DISTINCT c.chunk_id ORDER BY c.chunk_id)
+            FROM scip_symbols s JOIN v_chunk_symbols c USING (symbol)
+            WHERE s.documentation <> '' GROUP BY s.documentation ORDER BY s.documentation"""
+        ).fetchall()
+    labelled: dict[str, set[int]] = {}
+    for doc, chunk_ids in rows:
+        sentence = first_sentence(doc)
+        if len(sentence.split()) >= MIN_SENTENCE_WORDS:
+            labelled.setdefault(sentence, set()).update(chunk_ids)
+    sentences = sorted(labelled)
+    if len(sentences) > limit:
+        picked = np.random.default_rng(seed).choice(len(sentences), size=limit, replace=False)
+        sentences = [sentences[i] for i in sorted(picked)]
+    return [TextQuery(f"doc:{i}", s, frozenset(labelled[s])) for i, s in enumerate(sentences)]
+
+
+def self_sample(ids: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """Row numbers of a seeded random sample (sorted, without replacement) of a corpus of `len(ids)` vectors."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(len(ids), size=min(samples, len(ids)), replace=False))
+
+
+def read_labelled_queries(path: Path, catalog_path: Path) -> list[TextQuery]:
+    """Queries from a JSONL file: one `{"qid", "text", "positives"}` object per line.
+
+    A positive is a chunk id (integer) or `path:line` (the chunk of that repo-relative file covering the 1-based
+    line). UsageError, naming the line, for malformed lines and positives that match no chunk.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"queries file not found: {path}")
+    parsed: list[tuple[int, str, str, list]] = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
+            raise UsageError(f"{path}:{lineno}: expected an object with a non-empty string 'text'")
+        positives = obj.get("positives", [])
+        if not isinstance(positives, list):
+            raise UsageError(f"{path}:{lineno}: 'positives' must be a list of chunk ids or 'path:line' strings")
+        parsed.append((lineno, str(obj.get("qid", f"q{lineno}")), obj["text"], positives))
+    if not parsed:
+        raise UsageError(f"{path} holds no queries")
+    qids = [qid for _, qid, _, _ in parsed]
+    if len(set(qids)) != len(qids):
+        raise UsageError(f"{path}: qids must be unique")
+    with catalog.connect_read_only(catalog_path) as con:
+        known = {r[0] for r in con.execute("SELECT chunk_id FROM chunks").fetchall()}
+        spans = con.execute("SELECT uri, start_line, end_line, chunk_id FROM chunks").fetchall()
+    by_uri: dict[str, list[tuple[int, int, int]]] = {}
+    for uri, start, end, chunk_id in spans:
+        by_uri.setdefault(uri, []).append((start, end, chunk_id))
+    queries = []
+    for lineno, qid, text, positives in parsed:
+        resolved = set()
+        for positive in positives:
+            resolved.add(_resolve_positive(positive, known, by_uri, f"{path}:{lineno}"))
+        queries.append(TextQuery(qid, text, frozenset(resolved)))
+    return queries
+
+
+def _resolve_positive(
+    positive: object, known: set[int], by_uri: dict[str, list[tuple[int, int, int]]], where: str
+) -> int:
+    if isinstance(positive, int) and not isinstance(positive, bool):
+        if positive not in known:
+            raise UsageError(f"{where}: chunk id {positive} is not in this version")
+        return positive
+    if isinstance(positive, str) and ":" in positive:
+        uri, _, line = positive.rpartition(":")
+        if line.isdigit():
+            for start, end, chunk_id in by_uri.get(uri, ()):
+                if start <= int(line) <= end:
+                    return chunk_id
+            raise UsageError(f"{where}: {positive} matches no chunk of this version")
+    raise UsageError(f"{where}: positive {positive!r} is neither a chunk id nor 'path:line'")
