@@ -6,15 +6,17 @@ from kg_assets.defs.build.assets import BUILD_ASSETS
 from kg_assets.defs.build.checks import catalog_consistent
 from kg_assets.defs.build.jobs import build, faiss_idmap_export, faiss_join, faiss_join_refresh
 from kg_assets.defs.build.resources import BuildSettings, StagingHold
+from kg_assets.defs.eval.assets import evaluation_assets
+from kg_assets.defs.eval.jobs import eval_job
 from kg_assets.defs.lifecycle.jobs import JOBS
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.defs.tuning.assets import tuning_profile
 from kg_assets.defs.tuning.jobs import nightly_quick_tune, tune
 
 defs = dg.Definitions(
-    assets=[*BUILD_ASSETS, tuning_profile, faiss_idmap_export, faiss_join],
+    assets=[*BUILD_ASSETS, tuning_profile, evaluation_assets, faiss_idmap_export, faiss_join],
     asset_checks=[catalog_consistent],
-    jobs=[*JOBS, build, tune, faiss_join_refresh],
+    jobs=[*JOBS, build, tune, eval_job, faiss_join_refresh],
     schedules=[nightly_quick_tune],
     resources={"lifecycle": LifecycleResource(), "settings": BuildSettings(), "hold": StagingHold()},
     # In-process: the multiprocess default spawns an interpreter per step (~2 s each on these machines).

@@ -112,13 +112,20 @@ def test_asset_graph_snapshot() -> None:
         "catalog": ["chunks", "embeddings", "faiss_idmap", "scip_index"],
         "index_version": ["catalog", "faiss_idmap", "faiss_index", "scip_index"],
         "tuning_profile": ["catalog", "faiss_index"],
+        "eval_pool": ["catalog", "faiss_index", "tuning_profile"],
+        "eval_metrics": ["eval_pool"],
         "faiss_idmap_export": [],
         "faiss_join": [],
     }
     checks = sorted(key.to_user_string() for key in graph.asset_check_keys)
-    assert checks == ["catalog:catalog_consistent"]
+    assert checks == [
+        "catalog:catalog_consistent",
+        "eval_metrics:ann_recall_floor",
+        "eval_metrics:mrr_no_regression",
+    ]
     assert sorted(job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")) == [
         "build",
+        "eval",
         "faiss_join_refresh",
         "gc",
         "publish",

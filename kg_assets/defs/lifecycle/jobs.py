@@ -7,6 +7,8 @@ import dagster as dg
 import pydantic
 
 from kg_assets.defs.lifecycle.resources import LifecycleResource
+from kg_assets.lib import evaluation
+from kg_assets.lib.errors import ValidationError
 from kg_assets.lib.lifecycle import Flip
 
 LIFECYCLE_POOL = "lifecycle"
@@ -30,6 +32,7 @@ class FlipConfig(dg.Config):
 
     version: str
     expect_current: str | None = None
+    force: bool = False  # publish only: publish even though the version's last eval failed the gate
 
 
 class GcConfig(dg.Config):
@@ -76,19 +79,25 @@ def _flip_op(action: str) -> dg.OpDefinition:
     def flip(context: dg.OpExecutionContext, config: FlipConfig, lifecycle: LifecycleResource) -> dict:
         root = lifecycle.get_root()
         move = root.publish if action == "publish" else root.rollback
+        refusal = evaluation.gate_refusal(root, config.version) if action == "publish" else None
+        if refusal and not config.force:
+            raise ValidationError(f"{refusal}; fix it and re-run indexctl eval, or publish with --force")
+        if refusal:
+            context.log.warning(f"publishing despite the eval gate (--force): {refusal}")
         kwargs: dict[str, Any] = {}
         if config.expect_current is not None:
             kwargs["expect_current"] = config.expect_current or None
         result: Flip = move(config.version, **kwargs)
         _register_partition(context, config.version)
-        context.add_output_metadata(
-            {
-                "from": result.from_version or "<none>",
-                "to": result.to_version,
-                "changed": result.changed,
-                "root": dg.MetadataValue.path(str(root.root)),
-            }
-        )
+        metadata = {
+            "from": result.from_version or "<none>",
+            "to": result.to_version,
+            "changed": result.changed,
+            "root": dg.MetadataValue.path(str(root.root)),
+        }
+        if action == "publish":
+            metadata["eval_gate"] = f"failed, forced: {refusal}" if refusal else "not failed"
+        context.add_output_metadata(metadata)
         return asdict(result)
 
     return flip

@@ -1,0 +1,1 @@
+"""Offline evaluation assets, checks and jobs."""
