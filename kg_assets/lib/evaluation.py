@@ -282,6 +282,7 @@ def evaluate_version(
             applied["nprobe"] = settings.nprobe
         else:
             notes.append(f"--nprobe {settings.nprobe} ignored: {faiss_index.factory_string(index)} has no IVF lists")
+    _check_catalog(catalog_path)
     corpus = _Corpus(*catalog.chunk_vectors(catalog_path))
     k = min(settings.k, len(corpus.ids))
     meta = catalog.read_meta(catalog_path)
@@ -587,6 +588,20 @@ def gate_refusal(root: LifecycleRoot, version: str) -> str | None:
     if record is None or record["gate"]["passed"]:
         return None
     return f"{version}'s last eval ({record['run_id']}) failed the gate: " + "; ".join(record["gate"]["failures"])
+
+
+REQUIRED_COLUMNS = ("chunk_id", "uri", "language", "start_line", "end_line", "text", "symbols", "embedding")
+
+
+def _check_catalog(catalog_path: Path) -> None:
+    with catalog.connect_read_only(catalog_path) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        columns = {r[0] for r in con.execute("DESCRIBE chunks").fetchall()} if "chunks" in tables else set()
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns] + [t for t in ("modules",) if t not in tables]
+    if missing:
+        raise ValidationError(
+            f"{catalog_path} lacks {', '.join(missing)}: eval needs a catalog written by indexctl build"
+        )
 
 
 def _texts(catalog_path: Path, chunk_ids: list[int]) -> dict[int, str]:

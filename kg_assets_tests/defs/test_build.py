@@ -18,14 +18,16 @@ from kg_assets_tests.sample_repo import write_repo
 pytestmark = pytest.mark.skipif(not SCIP_PYTHON.exists(), reason="run scripts/setup.sh (npm ci) for scip-python")
 
 
-def run_build(root: LifecycleRoot, repo: Path, version: str, instance: dg.DagsterInstance) -> Any:
+def run_build(root: LifecycleRoot, repo: Path, version: str, instance: dg.DagsterInstance, **settings: Any) -> Any:
+    """One in-process run of the build job for `version`; `settings` override BuildSettings (e.g. factory)."""
     instance.add_dynamic_partitions("index_versions", [version])
     rooted = {"config": {"root": str(root.root)}}
+    config = {"repo": str(repo), **settings}
     return defs.resolve_job_def("build").execute_in_process(
         partition_key=version,
         instance=instance,
         raise_on_error=False,
-        run_config={"resources": {"lifecycle": rooted, "hold": rooted, "settings": {"config": {"repo": str(repo)}}}},
+        run_config={"resources": {"lifecycle": rooted, "hold": rooted, "settings": {"config": config}}},
     )
 
 
