@@ -61,3 +61,29 @@ def published_state(root: LifecycleRoot) -> dict[str, object]:
         "dirs": sorted(p.name for p in root.versions_dir.iterdir()) if root.versions_dir.is_dir() else None,
         "files": files,
     }
+
+
+PLANTED_FILE = "parsing.py"
+
+
+@pytest.fixture(scope="session")
+def built_pair(tmp_path_factory: pytest.TempPathFactory) -> LifecycleRoot:
+    """A root with v1 built from the sample repository and v2 from a copy where one function of `PLANTED_FILE`
+    changed (two real builds, about 20 s; v2 reuses v1's vectors). Treat it as read-only."""
+    import dagster as dg
+
+    from kg_assets_tests.defs.test_build import run_build
+    from kg_assets_tests.lib.test_scip import SCIP_PYTHON
+    from kg_assets_tests.sample_repo import write_repo
+
+    if not SCIP_PYTHON.exists():
+        pytest.skip("run scripts/setup.sh (npm ci) for scip-python")
+    base = tmp_path_factory.mktemp("built-pair")
+    root = LifecycleRoot(base / "indexes")
+    first, second = write_repo(base / "repo-v1"), write_repo(base / "repo-v2")
+    planted = second / PLANTED_FILE
+    planted.write_text(planted.read_text().replace("return [w.lower() for w in text.split()]", "return text.split()"))
+    with dg.instance_for_test() as instance:
+        for version, repo in (("v1", first), ("v2", second)):
+            assert run_build(root, repo, version, instance).success
+    return root

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from kg_assets.lib.errors import KgError, NotFoundError, UsageError
+from kg_assets.lib.errors import KgError, NotFoundError, UsageError, ValidationError
 from kg_assets.lib.lifecycle import (
     CATALOG_FILE,
     FAISS_FILE,
@@ -186,10 +186,8 @@ def status(ctx: _Context, as_json: bool) -> None:
         click.echo("no versions")
         return
     rows = [("VERSION", "STATE", "CREATED", "SIZE")]
-    rows += [(i.version, i.state, i.created or "-", _size(i.size_bytes)) for i in infos]
-    widths = [max(len(row[col]) for row in rows) for col in range(4)]
-    for row, info in zip(rows, [None, *infos], strict=True):
-        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+    rows += [(i.version, i.state, i.created, _size(i.size_bytes)) for i in infos]
+    for line, info in zip(_table(rows), [None, *infos], strict=True):
         click.echo(line + (f"  ({info.problem})" if info and info.problem else ""))
 
 
@@ -433,10 +431,98 @@ def show_profile(ctx: _Context, version: str | None, as_json: bool) -> None:
         _print_profile(report)
 
 
+@cli.command()
+@click.option("--version", "version", help="Check this version instead of the current one.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def health(ctx: _Context, version: str | None, as_json: bool) -> None:
+    """Check the current (or given) version: files against the manifest's sha256; index, ID map, catalog,
+    views, tuning profile and the current pointer in agreement. Exit 4 when any check fails."""
+    from kg_assets.lib.health import version_health
+
+    report = version_health(ctx.lifecycle, version)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        role = " (current)" if report.version == report.current else ""
+        click.echo(f"version: {report.version}{role}  root: {report.root}")
+        for line in _table([(c.status.upper(), c.name, c.detail) for c in report.checks]):
+            click.echo(f"  {line}")
+    if not report.ok:
+        failed = ", ".join(c.name for c in report.failures())
+        raise ValidationError(f"version {report.version} is unhealthy: {failed} failed")
+
+
+@cli.command()
+@click.argument("old")
+@click.argument("new")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def diff(ctx: _Context, old: str, new: str, as_json: bool) -> None:
+    """Compare version OLD with NEW: chunk and file churn, factory and size, tuning point, latest eval."""
+    from kg_assets.lib.version_diff import diff_versions
+
+    result = diff_versions(ctx.lifecycle, old, new)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        _print_diff(result)
+
+
+def _print_diff(result: dict[str, Any], listed: int = 20) -> None:
+    sides = [result["old"], result["new"]]
+    tunings = [side["tuning"] or {} for side in sides]
+    evals = [side["eval"] or {} for side in sides]
+    rows = [("", *(side["version"] for side in sides))]
+    for label, key in (("created", "created"), ("factory", "factory"), ("dimension", "dim"), ("vectors", "ntotal")):
+        rows.append((label, *(side[key] for side in sides)))
+    rows.append(("size", *(_size(side["bytes"]) for side in sides)))
+    rows.append(("embedder", *(side["embedder"] for side in sides)))
+    rows.append(("tuning", *(_knobs(t["active"]) if t else "no tuning.json" for t in tunings)))
+    rows.append(("  recall@k", *(t.get("recall_at_k") and f"{t['recall_at_k']} (k={t['k']})" for t in tunings)))
+    rows.append(("  ms/query", *(t.get("latency_ms") for t in tunings)))
+    rows.append(("eval", *(f"{e['run_id']} ({e['at']})" if e else "no eval" for e in evals)))
+    rows.append(("  gate", *(("passed" if e["gate"]["passed"] else "FAILED") if e else None for e in evals)))
+    metrics = sorted({key for e in evals for key in e.get("summary", {})})
+    rows += [(f"  {key}", *(_metric(e.get("summary", {}).get(key)) for e in evals)) for key in metrics]
+    for line in _table(rows):
+        click.echo(line)
+    chunks, files = result["chunks"], result["files"]
+    click.echo(
+        f"chunks: {chunks['old']} -> {chunks['new']}: +{chunks['added']} added, -{chunks['removed']} removed, "
+        f"~{chunks['changed']} changed, {chunks['unchanged']} unchanged; {chunks['new_texts']} with new content"
+    )
+    click.echo(
+        f"files: +{len(files['added'])} added, -{len(files['removed'])} removed, ~{len(files['changed'])} changed, "
+        f"{files['unchanged']} unchanged"
+    )
+    for mark, key in (("+", "added"), ("-", "removed"), ("~", "changed")):
+        for uri in files[key][:listed]:
+            click.echo(f"  {mark} {uri}")
+        if len(files[key]) > listed:
+            click.echo(f"  {mark} ... {len(files[key]) - listed} more (--json lists them all)")
+    if result["same_embedder"] is False:
+        click.echo("note: the versions were embedded differently; their vectors and scores are not comparable")
+
+
+def _knobs(active: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in active.items()) or "none (exact search)"
+
+
+def _metric(value: Any) -> Any:
+    return f"{value:.4f}" if isinstance(value, float) else value
+
+
+def _table(rows: list[tuple[Any, ...]]) -> list[str]:
+    """Rows as left-aligned columns (None shown as '-'), trailing spaces stripped."""
+    cells = [["-" if cell is None else str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[col]) for row in cells) for col in range(len(cells[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
+
+
 def _print_profile(report: dict[str, Any]) -> None:
-    active = ", ".join(f"{k}={v:g}" for k, v in report["active"].items()) or "none (exact search)"
     click.echo(f"version: {report['version']}  factory: {report['factory']}")
-    click.echo(f"active: {active}")
+    click.echo(f"active: {_knobs(report['active'])}")
     click.echo(f"overrides: {json.dumps(report['overrides'])}")
     click.echo(f"param_str: {report['param_str'] or '-'}")
     if report["recall_at_k"] is not None:

@@ -153,7 +153,9 @@ def test_read_only_verbs_do_not_import_dagster_or_create_anything(tmp_path: Path
     probe = (
         "import sys\n"
         "from kg_assets.cli.main import main\n"
-        "for verb in (['status'], ['status', '--json'], ['ls'], ['ls', '--json'], ['show-profile'], ['search', 'x']):\n"
+        "verbs = (['status'], ['status', '--json'], ['ls'], ['ls', '--json'], ['show-profile'], ['search', 'x'],\n"
+        "         ['health'], ['health', '--json'], ['diff', 'v1', 'v2'])\n"
+        "for verb in verbs:\n"
         "    try:\n"
         "        main(verb)\n"
         "    except SystemExit as exc:\n"

@@ -1,0 +1,209 @@
+"""Health of a complete version: its files against the manifest, and whether index, ID map, catalog, views,
+tuning profile and the `current` pointer still agree. Reads only: no lock, no repair, DuckDB opened read-only.
+
+Every check runs even when an earlier one failed, so one report names every problem. A check is `ok`,
+`failed`, or `skipped` (what it checks is absent from this version, e.g. a catalog staged without views).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from typing import Any
+
+import duckdb
+import faiss
+import numpy as np
+
+from kg_assets.lib import catalog, faiss_index, tuning
+from kg_assets.lib.errors import KgError
+from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot, validate_artifacts
+from kg_assets.lib.search import resolve_version
+from kg_assets.lib.tuning import TUNING_FILE
+
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+# What a check may run into on a damaged version; anything else is a bug and propagates.
+_DAMAGE = (KgError, duckdb.Error, RuntimeError, OSError, ValueError, KeyError)
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    name: str
+    status: str  # ok | failed | skipped
+    detail: str
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    root: str
+    version: str
+    current: str | None
+    checks: list[HealthCheck]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != FAILED for c in self.checks)
+
+    def failures(self) -> list[HealthCheck]:
+        return [c for c in self.checks if c.status == FAILED]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, **asdict(self)}
+
+
+class _Version:
+    """One version's files, each read at most once and only when a check needs it."""
+
+    def __init__(self, root: LifecycleRoot, version: str) -> None:
+        self.root = root
+        self.version = version
+        self.vdir = root.version_dir(version)
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        return self.root.read_manifest(self.version)
+
+    @cached_property
+    def index(self) -> faiss.Index:
+        return faiss_index.read_index(self.vdir / FAISS_FILE)
+
+    @cached_property
+    def index_ids(self) -> np.ndarray:
+        return faiss_index.external_ids(self.index)
+
+
+def _objects(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Names of the catalog's tables and views."""
+    return {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def _files_match_manifest(v: _Version) -> tuple[str, str]:
+    manifest = v.root.verify_version(v.version)
+    files = manifest.get("files", {})
+    mutable = sum(1 for entry in files.values() if entry.get("mutable"))
+    return OK, f"{len(files) - mutable} immutable files match their sha256, {mutable} mutable sidecar(s) parse"
+
+
+def _artifacts_agree(v: _Version) -> tuple[str, str]:
+    """Dimension, ntotal, ID map and catalog agree now (validate_artifacts), and as the manifest recorded."""
+    attrs = validate_artifacts(v.vdir)
+    drift = _differences(v.manifest.get("attrs", {}), attrs)
+    meta_dim = _meta(v).get("embedder_dim")
+    if meta_dim is not None and int(meta_dim) != attrs["faiss_dim"]:
+        drift.append(f"kg_meta embedder_dim {meta_dim} but the index has dimension {attrs['faiss_dim']}")
+    if drift:
+        return FAILED, "; ".join(drift)
+    parts = [f"dim {attrs['faiss_dim']}", f"{attrs['faiss_ntotal']} vectors ({attrs['faiss_factory']})"]
+    labels = (("chunk_count", "chunks"), ("idmap_rows", "ID-map rows"))
+    parts += [f"{attrs[key]} {label}" for key, label in labels if key in attrs]
+    return OK, ", ".join(parts) + f", SCIP {attrs.get('scip_documents', 0)} documents"
+
+
+def _differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`key: recorded X, now Y` for every key both have with different values."""
+    return [
+        f"{k}: recorded {recorded[k]!r}, now {value!r}" for k, value in now.items() if recorded.get(k, value) != value
+    ]
+
+
+def _meta(v: _Version) -> dict[str, str]:
+    with catalog.connect_read_only(v.vdir / CATALOG_FILE) as con:
+        if "kg_meta" not in _objects(con):
+            return {}
+        return dict(con.execute("SELECT key, value FROM kg_meta").fetchall())
+
+
+def _idmap_views_resolve(v: _Version) -> tuple[str, str]:
+    """`faiss_idmap` maps every FAISS row, in order, to the index's own id; `v_faiss_join` joins each to a chunk."""
+    with catalog.connect_read_only(v.vdir / CATALOG_FILE) as con:
+        missing = {"faiss_idmap", "v_faiss_join"} - _objects(con)
+        if missing:
+            return SKIPPED, f"catalog has no {', '.join(sorted(missing))} (refresh with indexctl materialize-join)"
+        mapped = con.execute("SELECT faiss_row, external_id FROM faiss_idmap ORDER BY faiss_row").fetchnumpy()
+        joined = con.execute(
+            "SELECT count(*), count(DISTINCT chunk_id), min(faiss_row), max(faiss_row) FROM v_faiss_join"
+        ).fetchone()
+    n = v.index.ntotal
+    if not np.array_equal(mapped["faiss_row"], np.arange(n)):
+        return FAILED, f"faiss_idmap has {len(mapped['faiss_row'])} rows, not exactly the FAISS rows 0..{n - 1}"
+    if not np.array_equal(mapped["external_id"], v.index_ids):
+        return FAILED, "faiss_idmap external_id values differ from the FAISS index's ids"
+    if tuple(joined) != (n, n, 0 if n else None, n - 1 if n else None):
+        return FAILED, f"v_faiss_join has {joined[0]} rows ({joined[1]} distinct chunks) for {n} FAISS rows"
+    return OK, f"faiss_idmap and v_faiss_join resolve all {n} FAISS rows to distinct chunks"
+
+
+def _chunk_symbols_resolve(v: _Version) -> tuple[str, str]:
+    with catalog.connect_read_only(v.vdir / CATALOG_FILE) as con:
+        if "v_chunk_symbols" not in _objects(con):
+            return SKIPPED, "catalog has no v_chunk_symbols"
+        rows, chunks, orphans = con.execute(
+            "SELECT count(*), count(DISTINCT s.chunk_id), count(*) FILTER (WHERE c.chunk_id IS NULL) "
+            "FROM v_chunk_symbols s LEFT JOIN chunks c USING (chunk_id)"
+        ).fetchone()
+    if orphans:
+        return FAILED, f"{orphans} of {rows} v_chunk_symbols rows name no chunk"
+    return OK, f"{rows} symbol definitions inside {chunks} chunks"
+
+
+def _tuning_fits_index(v: _Version) -> tuple[str, str]:
+    path = v.vdir / TUNING_FILE
+    if not path.exists():
+        return OK, "no tuning.json: the index runs with the knobs it was built with"
+    profile = tuning.load_profile(path)
+    factory = faiss_index.factory_string(v.index)
+    drift = _differences(profile, {"factory": factory, "ntotal": v.index.ntotal})
+    if drift:
+        return FAILED, "tuning.json was measured on another index: " + "; ".join(drift)
+    applied = tuning.apply_profile(v.index, profile)
+    ignored = sorted(set(tuning.active_params(profile)) - set(applied))
+    detail = f"applies {tuning.param_string(applied) or 'no FAISS knobs'}"
+    if "k_factor" in applied:
+        detail += f", k_factor={applied['k_factor']:g}"
+    if profile.get("recall_at_k") is not None:
+        detail += f" (measured recall@{profile.get('k')} {profile['recall_at_k']})"
+    if ignored:
+        detail += f"; ignores {', '.join(ignored)} (not knobs of {factory})"
+    return OK, detail
+
+
+def _pointer_consistent(v: _Version) -> tuple[str, str]:
+    current = v.root.current()
+    if current is None:
+        return SKIPPED, "nothing is published"
+    link = v.root.current_link
+    target = os.readlink(link) if link.is_symlink() else None
+    if target != os.path.join("versions", current):
+        return FAILED, (
+            f"CURRENT is {current} but the current link points at {target or 'nothing'}; "
+            f"`indexctl publish {current}` repairs it"
+        )
+    if current not in v.root.list_versions():
+        return FAILED, f"CURRENT names {current}, which is not a complete version"
+    return OK, f"CURRENT and the current link both name {current}"
+
+
+CHECKS: dict[str, Callable[[_Version], tuple[str, str]]] = {
+    "files_match_manifest": _files_match_manifest,
+    "artifacts_agree": _artifacts_agree,
+    "idmap_views_resolve": _idmap_views_resolve,
+    "chunk_symbols_resolve": _chunk_symbols_resolve,
+    "tuning_fits_index": _tuning_fits_index,
+    "pointer_consistent": _pointer_consistent,
+}
+
+
+def version_health(root: LifecycleRoot, version: str | None = None) -> HealthReport:
+    """Run every check on `version` (default: the current one); NotFoundError when there is no such version."""
+    version = resolve_version(root, version)
+    subject = _Version(root, version)
+    checks = []
+    for name, check in CHECKS.items():
+        try:
+            status, detail = check(subject)
+        except _DAMAGE as exc:
+            status, detail = FAILED, (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        checks.append(HealthCheck(name, status, detail))
+    return HealthReport(str(root.root), version, root.current(), checks)

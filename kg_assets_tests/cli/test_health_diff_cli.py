@@ -1,0 +1,65 @@
+"""`indexctl health` and `indexctl diff` as operators run them: output, JSON, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kg_assets.lib.lifecycle import LifecycleRoot
+from kg_assets_tests.cli.test_indexctl import indexctl
+from kg_assets_tests.conftest import stage_sample
+from kg_assets_tests.lib.test_health import flip_bytes
+
+
+@pytest.fixture
+def staged(root: LifecycleRoot, samples: dict) -> LifecycleRoot:
+    """The `cli_env` root with sample versions v1 (published) and v2."""
+    stage_sample(root, "v1", samples["a"])
+    stage_sample(root, "v2", samples["b"])
+    root.publish("v1")
+    return root
+
+
+def test_health_exits_0_on_a_good_version_and_4_on_a_corrupted_one(
+    staged: LifecycleRoot, cli_env: dict[str, str]
+) -> None:
+    done = indexctl(cli_env, "health")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("version: v1 (current)")
+    rows = {line.split()[1]: line.split()[0] for line in done.stdout.splitlines()[1:]}
+    assert rows["files_match_manifest"] == "OK" and rows["idmap_views_resolve"] == "SKIPPED"
+    path = staged.version_dir("v2") / "faiss.index"
+    flip_bytes(path, path.stat().st_size // 2)
+    done = indexctl(cli_env, "health", "--version", "v2")
+    assert done.returncode == 4
+    failed = [line.split(None, 2) for line in done.stdout.splitlines() if line.split()[0] == "FAILED"]
+    assert failed == [["FAILED", "files_match_manifest", "version v2: faiss.index does not match its manifest sha256"]]
+    assert done.stderr == "indexctl: error: version v2 is unhealthy: files_match_manifest failed\n"
+    done = indexctl(cli_env, "health", "--version", "v2", "--json")
+    assert done.returncode == 4
+    report = json.loads(done.stdout)
+    assert report["ok"] is False and report["version"] == "v2" and report["current"] == "v1"
+    assert [c["name"] for c in report["checks"] if c["status"] == "failed"] == ["files_match_manifest"]
+
+
+def test_health_with_nothing_published_is_not_found(root: LifecycleRoot, cli_env: dict[str, str]) -> None:
+    done = indexctl(cli_env, "health")
+    assert done.returncode == 3 and "nothing is published" in done.stderr
+
+
+def test_diff_prints_both_versions_side_by_side(staged: LifecycleRoot, cli_env: dict[str, str]) -> None:
+    done = indexctl(cli_env, "diff", "v1", "v2")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["v1", "v2"]
+    squeezed = [" ".join(line.split()) for line in lines]
+    assert "factory IVF8,Flat IVF8,Flat" in squeezed and "eval no eval no eval" in squeezed
+    assert "chunks: 500 -> 500: +500 added, -500 removed, ~0 changed, 0 unchanged; 0 with new content" in lines
+    diff = json.loads(indexctl(cli_env, "diff", "v1", "v2", "--json").stdout)
+    assert (diff["old"]["version"], diff["new"]["version"], diff["chunks"]["new_texts"]) == ("v1", "v2", 0)
+
+
+def test_diff_of_an_unknown_version_is_not_found(staged: LifecycleRoot, cli_env: dict[str, str]) -> None:
+    done = indexctl(cli_env, "diff", "v1", "v9")
+    assert done.returncode == 3 and "unknown version v9" in done.stderr

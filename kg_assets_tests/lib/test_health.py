@@ -1,0 +1,127 @@
+"""Version health on real artifacts: a good version passes, each kind of damage fails its own check, and
+checking never writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from kg_assets.lib.errors import NotFoundError
+from kg_assets.lib.health import FAILED, OK, SKIPPED, version_health
+from kg_assets.lib.lifecycle import LifecycleRoot
+from kg_assets_tests.conftest import published_state, stage_sample
+
+
+def statuses(root: LifecycleRoot, version: str | None = None) -> dict[str, str]:
+    return {c.name: c.status for c in version_health(root, version).checks}
+
+
+DUCKDB_HEADERS = 3 * 4096  # a DuckDB file's header blocks; checksummed data blocks follow
+
+
+def flip_bytes(path: Path, offset: int, count: int = 64) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(offset, offset + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def staged(root: LifecycleRoot, samples: dict) -> LifecycleRoot:
+    stage_sample(root, "v1", samples["a"])
+    stage_sample(root, "v2", samples["b"])
+    root.publish("v1")
+    return root
+
+
+def test_built_version_passes_every_check_including_the_views(built_pair: LifecycleRoot) -> None:
+    report = version_health(built_pair, "v2")
+    assert report.ok and report.current is None
+    assert {c.name: c.status for c in report.checks} == {
+        "files_match_manifest": OK,
+        "artifacts_agree": OK,
+        "idmap_views_resolve": OK,
+        "chunk_symbols_resolve": OK,
+        "tuning_fits_index": OK,
+        "pointer_consistent": SKIPPED,  # nothing published in this root
+    }
+    detail = {c.name: c.detail for c in report.checks}
+    ntotal = built_pair.read_manifest("v2")["attrs"]["faiss_ntotal"]
+    assert f"resolve all {ntotal} FAISS rows" in detail["idmap_views_resolve"]
+
+
+def test_staged_version_without_views_is_healthy_with_those_checks_skipped(staged: LifecycleRoot) -> None:
+    report = version_health(staged)
+    assert report.ok and report.version == "v1" == report.current
+    checks = {c.name: c.status for c in report.checks}
+    assert checks["idmap_views_resolve"] == checks["chunk_symbols_resolve"] == SKIPPED
+    assert checks["pointer_consistent"] == OK
+
+
+def test_corrupted_index_fails_the_manifest_check_and_the_other_checks_still_run(staged: LifecycleRoot) -> None:
+    path = staged.version_dir("v2") / "faiss.index"
+    flip_bytes(path, path.stat().st_size // 2)
+    report = version_health(staged, "v2")
+    assert not report.ok
+    (failure,) = report.failures()
+    assert failure.name == "files_match_manifest" and "faiss.index does not match its manifest sha256" in failure.detail
+    assert len(report.checks) == 6
+
+
+def test_corrupted_catalog_fails_every_check_that_reads_it(staged: LifecycleRoot) -> None:
+    path = staged.version_dir("v1") / "catalog.duckdb"
+    flip_bytes(path, DUCKDB_HEADERS, path.stat().st_size - DUCKDB_HEADERS)  # every data block
+    checks = statuses(staged)
+    assert checks["files_match_manifest"] == checks["artifacts_agree"] == FAILED
+    assert checks["tuning_fits_index"] == checks["pointer_consistent"] == OK
+
+
+def test_views_that_disagree_with_the_index_fail(built_pair: LifecycleRoot, tmp_path: Path) -> None:
+    copy = LifecycleRoot(tmp_path / "indexes")
+    shutil.copytree(built_pair.version_dir("v1"), copy.version_dir("v1"))
+    with duckdb.connect(str(copy.version_dir("v1") / "catalog.duckdb")) as con:
+        shifted = "SELECT faiss_row, external_id + 1 AS external_id FROM faiss_idmap_mat"
+        con.execute(f"CREATE OR REPLACE VIEW faiss_idmap AS {shifted}")
+    report = version_health(copy, "v1")
+    views = next(c for c in report.checks if c.name == "idmap_views_resolve")
+    assert views.status == FAILED and "differ from the FAISS index's ids" in views.detail
+
+
+def test_tuning_profile_measured_on_another_index_fails(staged: LifecycleRoot) -> None:
+    path = staged.version_dir("v1") / "tuning.json"
+    path.write_text(json.dumps({"nprobe": 4, "factory": "HNSW32", "ntotal": 500}))
+    checks = version_health(staged).checks
+    tuning = next(c for c in checks if c.name == "tuning_fits_index")
+    assert tuning.status == FAILED and "factory: recorded 'HNSW32', now 'IVF8,Flat'" in tuning.detail
+    assert next(c for c in checks if c.name == "files_match_manifest").status == OK  # a mutable sidecar
+
+
+def test_lagging_current_link_fails_and_is_left_as_found(staged: LifecycleRoot) -> None:
+    link = staged.current_link
+    link.unlink()
+    os.symlink(os.path.join("versions", "v2"), link)
+    before = published_state(staged)
+    checks = {c.name: c for c in version_health(staged, "v2").checks}
+    assert checks["pointer_consistent"].status == FAILED
+    assert "`indexctl publish v1` repairs it" in checks["pointer_consistent"].detail
+    assert published_state(staged) == before
+
+
+def test_checking_writes_nothing(staged: LifecycleRoot) -> None:
+    flip_bytes(staged.version_dir("v2") / "catalog.duckdb", 20_000)
+    before = published_state(staged)
+    listing = sorted(p.relative_to(staged.root) for p in staged.root.rglob("*"))
+    for version in ("v1", "v2"):
+        version_health(staged, version)
+    assert published_state(staged) == before
+    assert sorted(p.relative_to(staged.root) for p in staged.root.rglob("*")) == listing
+
+
+def test_unknown_version_is_not_found(staged: LifecycleRoot) -> None:
+    with pytest.raises(NotFoundError, match="unknown version v9"):
+        version_health(staged, "v9")
