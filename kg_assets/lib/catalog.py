@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from kg_assets.lib.errors import NotFoundError, ValidationError
-from kg_assets.lib.fsutil import fsync_dir, sha256_file, temp_sibling
+from kg_assets.lib.fsutil import atomic_write_npy, fsync_dir, sha256_file, temp_sibling
 
 
 @dataclass(frozen=True)
@@ -183,13 +183,35 @@ def refresh_join(duckdb_path: Path, idmap_path: Path) -> JoinRefresh:
         return refresh_idmap(con, idmap_path)
 
 
-def chunk_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(chunk ids, embeddings) of a catalog, ordered by chunk id."""
+def chunk_vectors(path: Path, cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(chunk ids, embeddings) of a catalog, ordered by chunk id.
+
+    With `cache_dir`, a directory whose name pins this catalog's exact bytes (its sha256), both arrays are saved
+    there as .npy on the first call and memory-mapped read-only afterwards: a million 384-d vectors then load in
+    milliseconds instead of seconds of DuckDB scan and Arrow conversion. The catalog stays the source of truth.
+    """
+    if cache_dir is not None:
+        ids_path, vectors_path = cache_dir / "ids.npy", cache_dir / "vectors.npy"
+        if ids_path.is_file():  # written last, so the vectors beside it are complete
+            return np.load(ids_path), np.load(vectors_path, mmap_mode="r")
     with connect_read_only(path) as con:
-        table = con.sql("SELECT chunk_id, embedding FROM chunks ORDER BY chunk_id").to_arrow_table()
+        # The table is written in chunk_id order and scans keep it; sorting here would cost more than checking.
+        table = con.sql("SELECT chunk_id, embedding FROM chunks").to_arrow_table()
     ids = table.column("chunk_id").to_numpy()
-    flat = table.column("embedding").combine_chunks().flatten().to_numpy()
-    return ids, flat.reshape(len(ids), -1).astype(np.float32)
+    dim = table.schema.field("embedding").type.list_size
+    vectors = np.concatenate(
+        [chunk.flatten().to_numpy().reshape(-1, dim) for chunk in table.column("embedding").chunks]
+        or [np.empty((0, dim), np.float32)]
+    ).astype(np.float32, copy=False)
+    del table
+    if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+        order = np.argsort(ids, kind="stable")
+        ids, vectors = ids[order], vectors[order]
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_npy(vectors_path, vectors)
+        atomic_write_npy(ids_path, ids)
+    return ids, vectors
 
 
 def read_meta(path: Path) -> dict[str, str]:

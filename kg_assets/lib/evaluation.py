@@ -31,7 +31,7 @@ from kg_assets.lib.fsutil import atomic_symlink, atomic_write_json, atomic_write
 from kg_assets.lib.late_interaction import LateInteractionScorer
 from kg_assets.lib.lexical import LexicalIndex, code_tokens
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
-from kg_assets.lib.search import resolve_version
+from kg_assets.lib.search import resolve_version, version_vectors
 
 POOL_FILE = "pool.parquet"
 METRICS_FILE = "metrics.json"
@@ -283,7 +283,7 @@ def evaluate_version(
         else:
             notes.append(f"--nprobe {settings.nprobe} ignored: {faiss_index.factory_string(index)} has no IVF lists")
     _check_catalog(catalog_path)
-    corpus = _Corpus(*catalog.chunk_vectors(catalog_path))
+    corpus = _Corpus(*version_vectors(root, version))
     k = min(settings.k, len(corpus.ids))
     meta = catalog.read_meta(catalog_path)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from kg_assets.lib import catalog, faiss_index, tuning
 from kg_assets.lib.embedding import load_embedder
 from kg_assets.lib.errors import NotFoundError, UsageError, ValidationError
@@ -31,6 +33,13 @@ def resolve_version(root: LifecycleRoot, version: str | None) -> str:
             raise NotFoundError(f"nothing is published under {root.root}; publish a version or pass --version")
     root.check_flip_target(version)
     return version
+
+
+def version_vectors(root: LifecycleRoot, version: str) -> tuple[np.ndarray, np.ndarray]:
+    """(chunk ids, embeddings) of a complete version's catalog, through a cache keyed by the catalog's sha256
+    (`<root>/.cache/vectors/`), so exact search over the whole corpus does not re-read DuckDB every time."""
+    digest = root.read_manifest(version)["files"][CATALOG_FILE]["sha256"]
+    return catalog.chunk_vectors(root.version_dir(version) / CATALOG_FILE, root.root / ".cache" / "vectors" / digest)
 
 
 def search_version(root: LifecycleRoot, text: str, k: int = 10, version: str | None = None) -> tuple[str, list[Hit]]:

@@ -15,7 +15,7 @@ from kg_assets.lib import catalog, faiss_index, query_sets, tuning
 from kg_assets.lib.embedding import load_embedder
 from kg_assets.lib.errors import NotFoundError, UsageError
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
-from kg_assets.lib.search import resolve_version
+from kg_assets.lib.search import resolve_version, version_vectors
 
 QUICK_SAMPLES = 200
 FULL_SAMPLES = 1000
@@ -75,7 +75,7 @@ def tune_version(
     version = resolve_version(root, version)
     vdir = root.version_dir(version)
     index = faiss_index.read_index(vdir / FAISS_FILE)
-    ids, vectors = catalog.chunk_vectors(vdir / CATALOG_FILE)
+    ids, vectors = version_vectors(root, version)
     samples = samples or (FULL_SAMPLES if full else QUICK_SAMPLES)
     queries = query_set(vdir, ids, vectors, samples, seed, queries_file, text_queries)
     k = min(k, len(ids))
