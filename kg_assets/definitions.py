@@ -2,6 +2,9 @@
 
 import dagster as dg
 
+from kg_assets.defs.automation.resources import RepoWatch
+from kg_assets.defs.automation.schedules import SCHEDULES
+from kg_assets.defs.automation.sensors import SENSORS
 from kg_assets.defs.build.assets import BUILD_ASSETS
 from kg_assets.defs.build.checks import catalog_consistent
 from kg_assets.defs.build.jobs import build, faiss_idmap_export, faiss_join, faiss_join_refresh
@@ -11,14 +14,20 @@ from kg_assets.defs.eval.jobs import eval_job
 from kg_assets.defs.lifecycle.jobs import JOBS
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.defs.tuning.assets import tuning_profile
-from kg_assets.defs.tuning.jobs import nightly_quick_tune, tune
+from kg_assets.defs.tuning.jobs import tune
 
 defs = dg.Definitions(
     assets=[*BUILD_ASSETS, tuning_profile, evaluation_assets, faiss_idmap_export, faiss_join],
     asset_checks=[catalog_consistent],
     jobs=[*JOBS, build, tune, eval_job, faiss_join_refresh],
-    schedules=[nightly_quick_tune],
-    resources={"lifecycle": LifecycleResource(), "settings": BuildSettings(), "hold": StagingHold()},
+    schedules=SCHEDULES,
+    sensors=SENSORS,
+    resources={
+        "lifecycle": LifecycleResource(),
+        "settings": BuildSettings(),
+        "hold": StagingHold(),
+        "watch": RepoWatch(),
+    },
     # In-process: the multiprocess default spawns an interpreter per step (~2 s each on these machines).
     executor=dg.in_process_executor,
 )

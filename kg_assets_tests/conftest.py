@@ -34,6 +34,15 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def sample_versions(root: LifecycleRoot, samples: dict[str, dict[str, Path]]) -> LifecycleRoot:
+    """The `root` (and `cli_env`) root with samples a and b staged as v1 (published) and v2."""
+    stage_sample(root, "v1", samples["a"])
+    stage_sample(root, "v2", samples["b"])
+    root.publish("v1")
+    return root
+
+
 def stage_sample(root: LifecycleRoot, version: str, sample: dict[str, Path]) -> Path:
     """Stage one sample artifact set with every optional file."""
     return root.stage(

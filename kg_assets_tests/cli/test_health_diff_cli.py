@@ -4,32 +4,20 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets_tests.cli.test_indexctl import indexctl
-from kg_assets_tests.conftest import stage_sample
 from kg_assets_tests.lib.test_health import flip_bytes
 
 
-@pytest.fixture
-def staged(root: LifecycleRoot, samples: dict) -> LifecycleRoot:
-    """The `cli_env` root with sample versions v1 (published) and v2."""
-    stage_sample(root, "v1", samples["a"])
-    stage_sample(root, "v2", samples["b"])
-    root.publish("v1")
-    return root
-
-
 def test_health_exits_0_on_a_good_version_and_4_on_a_corrupted_one(
-    staged: LifecycleRoot, cli_env: dict[str, str]
+    sample_versions: LifecycleRoot, cli_env: dict[str, str]
 ) -> None:
     done = indexctl(cli_env, "health")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("version: v1 (current)")
     rows = {line.split()[1]: line.split()[0] for line in done.stdout.splitlines()[1:]}
     assert rows["files_match_manifest"] == "OK" and rows["idmap_views_resolve"] == "SKIPPED"
-    path = staged.version_dir("v2") / "faiss.index"
+    path = sample_versions.version_dir("v2") / "faiss.index"
     flip_bytes(path, path.stat().st_size // 2)
     done = indexctl(cli_env, "health", "--version", "v2")
     assert done.returncode == 4
@@ -48,7 +36,7 @@ def test_health_with_nothing_published_is_not_found(root: LifecycleRoot, cli_env
     assert done.returncode == 3 and "nothing is published" in done.stderr
 
 
-def test_diff_prints_both_versions_side_by_side(staged: LifecycleRoot, cli_env: dict[str, str]) -> None:
+def test_diff_prints_both_versions_side_by_side(sample_versions: LifecycleRoot, cli_env: dict[str, str]) -> None:
     done = indexctl(cli_env, "diff", "v1", "v2")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -60,6 +48,6 @@ def test_diff_prints_both_versions_side_by_side(staged: LifecycleRoot, cli_env: 
     assert (diff["old"]["version"], diff["new"]["version"], diff["chunks"]["new_texts"]) == ("v1", "v2", 0)
 
 
-def test_diff_of_an_unknown_version_is_not_found(staged: LifecycleRoot, cli_env: dict[str, str]) -> None:
+def test_diff_of_an_unknown_version_is_not_found(sample_versions: LifecycleRoot, cli_env: dict[str, str]) -> None:
     done = indexctl(cli_env, "diff", "v1", "v9")
     assert done.returncode == 3 and "unknown version v9" in done.stderr

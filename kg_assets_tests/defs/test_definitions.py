@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -133,24 +132,5 @@ def test_asset_graph_snapshot() -> None:
         "stage",
         "tune",
     ]
-    assert [s.name for s in defs.schedules] == ["nightly_quick_tune"]
-
-
-def test_nightly_tune_schedule_targets_the_current_version(
-    root: LifecycleRoot, samples: dict, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from kg_assets.defs.tuning.jobs import nightly_quick_tune
-
-    monkeypatch.setenv("KG_INDEXES_DIR", str(root.root))
-    assert nightly_quick_tune.default_status == dg.DefaultScheduleStatus.STOPPED
-    with dg.instance_for_test() as instance:
-        when = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
-        context = dg.build_schedule_context(
-            instance=instance, scheduled_execution_time=when, repository_def=defs.get_repository_def()
-        )
-        assert isinstance(nightly_quick_tune.evaluate_tick(context).skip_message, str)
-        stage_sample(root, "v3", samples["a"])
-        root.publish("v3")
-        instance.add_dynamic_partitions("index_versions", ["v3"])  # what the stage and publish jobs do
-        (request,) = nightly_quick_tune.evaluate_tick(context).run_requests
-    assert request.partition_key == "v3"
+    assert [s.name for s in defs.schedules] == ["nightly_quick_tune", "nightly_eval"]
+    assert [s.name for s in defs.sensors] == ["new_commit_build", "auto_eval_after_build", "auto_publish_after_eval"]

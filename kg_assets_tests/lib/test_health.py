@@ -14,7 +14,7 @@ import pytest
 from kg_assets.lib.errors import NotFoundError
 from kg_assets.lib.health import FAILED, OK, SKIPPED, version_health
 from kg_assets.lib.lifecycle import LifecycleRoot
-from kg_assets_tests.conftest import published_state, stage_sample
+from kg_assets_tests.conftest import published_state
 
 
 def statuses(root: LifecycleRoot, version: str | None = None) -> dict[str, str]:
@@ -29,14 +29,6 @@ def flip_bytes(path: Path, offset: int, count: int = 64) -> None:
     for i in range(offset, offset + count):
         data[i] ^= 0xFF
     path.write_bytes(bytes(data))
-
-
-@pytest.fixture
-def staged(root: LifecycleRoot, samples: dict) -> LifecycleRoot:
-    stage_sample(root, "v1", samples["a"])
-    stage_sample(root, "v2", samples["b"])
-    root.publish("v1")
-    return root
 
 
 def test_built_version_passes_every_check_including_the_views(built_pair: LifecycleRoot) -> None:
@@ -55,28 +47,30 @@ def test_built_version_passes_every_check_including_the_views(built_pair: Lifecy
     assert f"resolve all {ntotal} FAISS rows" in detail["idmap_views_resolve"]
 
 
-def test_staged_version_without_views_is_healthy_with_those_checks_skipped(staged: LifecycleRoot) -> None:
-    report = version_health(staged)
+def test_staged_version_without_views_is_healthy_with_those_checks_skipped(sample_versions: LifecycleRoot) -> None:
+    report = version_health(sample_versions)
     assert report.ok and report.version == "v1" == report.current
     checks = {c.name: c.status for c in report.checks}
     assert checks["idmap_views_resolve"] == checks["chunk_symbols_resolve"] == SKIPPED
     assert checks["pointer_consistent"] == OK
 
 
-def test_corrupted_index_fails_the_manifest_check_and_the_other_checks_still_run(staged: LifecycleRoot) -> None:
-    path = staged.version_dir("v2") / "faiss.index"
+def test_corrupted_index_fails_the_manifest_check_and_the_other_checks_still_run(
+    sample_versions: LifecycleRoot,
+) -> None:
+    path = sample_versions.version_dir("v2") / "faiss.index"
     flip_bytes(path, path.stat().st_size // 2)
-    report = version_health(staged, "v2")
+    report = version_health(sample_versions, "v2")
     assert not report.ok
     (failure,) = report.failures()
     assert failure.name == "files_match_manifest" and "faiss.index does not match its manifest sha256" in failure.detail
     assert len(report.checks) == 6
 
 
-def test_corrupted_catalog_fails_every_check_that_reads_it(staged: LifecycleRoot) -> None:
-    path = staged.version_dir("v1") / "catalog.duckdb"
+def test_corrupted_catalog_fails_every_check_that_reads_it(sample_versions: LifecycleRoot) -> None:
+    path = sample_versions.version_dir("v1") / "catalog.duckdb"
     flip_bytes(path, DUCKDB_HEADERS, path.stat().st_size - DUCKDB_HEADERS)  # every data block
-    checks = statuses(staged)
+    checks = statuses(sample_versions)
     assert checks["files_match_manifest"] == checks["artifacts_agree"] == FAILED
     assert checks["tuning_fits_index"] == checks["pointer_consistent"] == OK
 
@@ -92,36 +86,36 @@ def test_views_that_disagree_with_the_index_fail(built_pair: LifecycleRoot, tmp_
     assert views.status == FAILED and "differ from the FAISS index's ids" in views.detail
 
 
-def test_tuning_profile_measured_on_another_index_fails(staged: LifecycleRoot) -> None:
-    path = staged.version_dir("v1") / "tuning.json"
+def test_tuning_profile_measured_on_another_index_fails(sample_versions: LifecycleRoot) -> None:
+    path = sample_versions.version_dir("v1") / "tuning.json"
     path.write_text(json.dumps({"nprobe": 4, "factory": "HNSW32", "ntotal": 500}))
-    checks = version_health(staged).checks
+    checks = version_health(sample_versions).checks
     tuning = next(c for c in checks if c.name == "tuning_fits_index")
     assert tuning.status == FAILED and "factory: recorded 'HNSW32', now 'IVF8,Flat'" in tuning.detail
     assert next(c for c in checks if c.name == "files_match_manifest").status == OK  # a mutable sidecar
 
 
-def test_lagging_current_link_fails_and_is_left_as_found(staged: LifecycleRoot) -> None:
-    link = staged.current_link
+def test_lagging_current_link_fails_and_is_left_as_found(sample_versions: LifecycleRoot) -> None:
+    link = sample_versions.current_link
     link.unlink()
     os.symlink(os.path.join("versions", "v2"), link)
-    before = published_state(staged)
-    checks = {c.name: c for c in version_health(staged, "v2").checks}
+    before = published_state(sample_versions)
+    checks = {c.name: c for c in version_health(sample_versions, "v2").checks}
     assert checks["pointer_consistent"].status == FAILED
     assert "`indexctl publish v1` repairs it" in checks["pointer_consistent"].detail
-    assert published_state(staged) == before
+    assert published_state(sample_versions) == before
 
 
-def test_checking_writes_nothing(staged: LifecycleRoot) -> None:
-    flip_bytes(staged.version_dir("v2") / "catalog.duckdb", 20_000)
-    before = published_state(staged)
-    listing = sorted(p.relative_to(staged.root) for p in staged.root.rglob("*"))
+def test_checking_writes_nothing(sample_versions: LifecycleRoot) -> None:
+    flip_bytes(sample_versions.version_dir("v2") / "catalog.duckdb", 20_000)
+    before = published_state(sample_versions)
+    listing = sorted(p.relative_to(sample_versions.root) for p in sample_versions.root.rglob("*"))
     for version in ("v1", "v2"):
-        version_health(staged, version)
-    assert published_state(staged) == before
-    assert sorted(p.relative_to(staged.root) for p in staged.root.rglob("*")) == listing
+        version_health(sample_versions, version)
+    assert published_state(sample_versions) == before
+    assert sorted(p.relative_to(sample_versions.root) for p in sample_versions.root.rglob("*")) == listing
 
 
-def test_unknown_version_is_not_found(staged: LifecycleRoot) -> None:
+def test_unknown_version_is_not_found(sample_versions: LifecycleRoot) -> None:
     with pytest.raises(NotFoundError, match="unknown version v9"):
-        version_health(staged, "v9")
+        version_health(sample_versions, "v9")

@@ -1,0 +1,1 @@
+"""Automation: nightly schedules and the new-commit sensors (all off by default)."""
