@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from kg_assets.lib import progress
 from kg_assets.lib.errors import KgError, NotFoundError, UsageError, ValidationError
 from kg_assets.lib.lifecycle import (
     CATALOG_FILE,
@@ -129,14 +130,17 @@ def stage(
     )
 
 
-def _flip(ctx: _Context, action: str, version: str, expect_current: str | None) -> None:
+def _flip(ctx: _Context, action: str, version: str, expect_current: str | None, force: bool = False) -> None:
     check_version_id(version)
     ctx.lifecycle.check_flip_target(version)
     if expect_current is None:  # compare-and-swap against what this operator saw when the command started
         expect_current = ctx.lifecycle.current() or ""
     elif expect_current.lower() == "none":
         expect_current = ""
-    result = ctx.run(action, {"version": version, "expect_current": expect_current})
+    config: dict[str, Any] = {"version": version, "expect_current": expect_current}
+    if force:
+        config["force"] = True
+    result = ctx.run(action, config)
     before = result["from_version"] or "<none>"
     if not result["changed"]:
         click.echo(f"{version} is already current; nothing changed")
@@ -154,10 +158,11 @@ _EXPECT_HELP = (
 @cli.command()
 @click.argument("version")
 @click.option("--expect-current", metavar="VERSION", help=_EXPECT_HELP)
+@click.option("--force", is_flag=True, help="Publish even though the version's last eval failed the gate.")
 @pass_ctx
-def publish(ctx: _Context, version: str, expect_current: str | None) -> None:
-    """Make VERSION current (verifies its files against the manifest first)."""
-    _flip(ctx, "publish", version, expect_current)
+def publish(ctx: _Context, version: str, expect_current: str | None, force: bool) -> None:
+    """Make VERSION current (verifies its files against the manifest, and refuses a failed eval gate)."""
+    _flip(ctx, "publish", version, expect_current, force)
 
 
 @cli.command()
@@ -249,6 +254,9 @@ def build(
     """Build VERSION from a repository (one Dagster run of the build assets), optionally publishing it."""
     from kg_assets.lib.embedding import load_embedder
     from kg_assets.lib.faiss_index import check_factory
+
+    if as_json:
+        progress.silence()
 
     check_version_id(version)
     ctx.lifecycle.check_new_version(version)
@@ -371,6 +379,9 @@ def tune(
     """Sweep the runtime knobs against exact search and write tuning.json, or persist manual overrides."""
     from kg_assets.lib.search import resolve_version
 
+    if as_json:
+        progress.silence()
+
     overrides = {
         "nprobe": nprobe,
         "efSearch": ef_search,
@@ -429,6 +440,119 @@ def show_profile(ctx: _Context, version: str | None, as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2))
     else:
         _print_profile(report)
+
+
+@cli.command(name="eval")
+@click.option("--k", "-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per channel.")
+@click.option("--k-factor", type=click.FloatRange(min=1.0), default=2.0, show_default=True, help="ANN over-fetch.")
+@click.option("--nprobe", type=click.IntRange(min=1), help="IVF lists probed (default: the tuning profile's).")
+@click.option("--xtr-oracle/--no-xtr-oracle", default=False, show_default=True, help="Add the MaxSim channel.")
+@click.option("--version", "version", help="Evaluate this complete version instead of the current one.")
+@click.option("--samples", type=click.IntRange(min=0), default=200, show_default=True, help="Self-queries.")
+@click.option("--queries", "queries_file", type=click.Path(dir_okay=False, path_type=Path), help="Labelled JSONL.")
+@click.option("--no-generated-queries", is_flag=True, help="Skip the queries made from documented definitions.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: artifacts/eval.")
+@click.option("--duckdb", "duckdb_path", type=click.Path(dir_okay=False, path_type=Path), help="Views go here.")
+@click.option("--recall-floor", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Gate.")
+@click.option("--max-mrr-drop", type=click.FloatRange(min=0), default=0.02, show_default=True, help="Gate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@pass_ctx
+def evaluate(
+    ctx: _Context,
+    k: int,
+    k_factor: float,
+    nprobe: int | None,
+    xtr_oracle: bool,
+    version: str | None,
+    samples: int,
+    queries_file: Path | None,
+    no_generated_queries: bool,
+    seed: int,
+    out_dir: Path | None,
+    duckdb_path: Path | None,
+    recall_floor: float,
+    max_mrr_drop: float,
+    as_json: bool,
+) -> None:
+    """Compare the ANN index with exact search and other channels; write pool.parquet and metrics.json.
+
+    Output: <out-dir>/<version>/<run>/ (and <version>/latest); views v_faiss_pool and v_pool_coverage in --duckdb
+    (default <out-dir>/analytics.duckdb). The gate (ANN recall floor, MRR drop) decides whether publish accepts it.
+    """
+    from kg_assets.lib.evaluation import latest_eval, resolve_out_dir
+    from kg_assets.lib.search import resolve_version
+
+    version = resolve_version(ctx.lifecycle, version)
+    if queries_file is not None and not queries_file.is_file():
+        raise NotFoundError(f"queries file not found: {queries_file}")
+    config = {
+        "k": k,
+        "k_factor": k_factor,
+        "nprobe": nprobe or 0,
+        "xtr_oracle": xtr_oracle,
+        "samples": samples,
+        "seed": seed,
+        "queries_file": str(queries_file.absolute()) if queries_file else "",
+        "generated_queries": not no_generated_queries,
+        "out_dir": str(resolve_out_dir(out_dir)),
+        "duckdb": str(duckdb_path.absolute()) if duckdb_path else "",
+        "recall_floor": recall_floor,
+        "max_mrr_drop": max_mrr_drop,
+    }
+    from kg_assets.cli.runs import run_job
+
+    run_job(ctx.lifecycle.root, "eval", {"ops": {"evaluation": {"config": config}}}, partition_key=version)
+    record = latest_eval(ctx.lifecycle, version)
+    assert record is not None  # the run just wrote it
+    metrics = json.loads(Path(record["metrics_path"]).read_text(encoding="utf-8"))
+    if as_json:
+        click.echo(json.dumps({**record, "metrics": metrics}, indent=2))
+    else:
+        _print_eval(record, metrics)
+    if not record["gate"]["passed"]:
+        click.echo(
+            "warning: the eval gate failed (" + "; ".join(record["gate"]["failures"]) + "); publish will refuse "
+            f"{version} unless --force",
+            err=True,
+        )
+
+
+def _print_eval(record: dict[str, Any], metrics: dict[str, Any]) -> None:
+    k, ann = metrics["k"], metrics["ann"]
+    sets = ", ".join(f"{name} {info['queries']}" for name, info in metrics["query_sets"].items())
+    params = metrics["params"]
+    click.echo(f"Evaluated {record['version']} (run {record['run_id']}, {metrics['seconds']:.1f}s): {sets} queries")
+    click.echo(
+        f"  k {k}, k_factor {params['k_factor']:g}, nprobe {params['nprobe'] or 'profile'}, "
+        f"factory {params['factory']}, profile {_knobs(params['profile']['applied'])}"
+    )
+    for note in metrics["notes"]:
+        click.echo(f"  note: {note}")
+    per_query = ann["per_query"]
+    click.echo(
+        f"ANN recall@{k} vs flat: {ann['recall_at_k']:.4f} (tie-tolerant {ann['tie_recall_at_k']:.4f}; "
+        f"per query min {per_query['min']:.3f}, p10 {per_query['p10']:.3f}, median {per_query['p50']:.3f})"
+    )
+    rows: list[tuple[Any, ...]] = [("CHANNEL", f"RECALL@{k}", f"MRR@{k}", f"NDCG@{k}", "MS/QUERY")]
+    for channel, latency in metrics["latency_ms_per_query"].items():
+        figures = metrics["channels"].get(channel, {})
+        rows.append(
+            (channel, *(_metric(figures.get(key)) for key in ("recall_at_k", "mrr_at_k", "ndcg_at_k")), latency)
+        )
+    click.echo(f"labelled queries: {metrics['labelled_queries']}")
+    for line in _table(rows):
+        click.echo("  " + line)
+    for channel, reason in metrics["channels_unavailable"].items():
+        click.echo(f"  {channel}: not available ({reason})")
+    if metrics["delta"]:
+        changes = ", ".join(f"{key} {value:+.4f}" for key, value in metrics["delta"].items() if value)
+        click.echo(f"vs {metrics['baseline']['version']} ({metrics['baseline']['run_id']}): {changes or 'no change'}")
+    gate = record["gate"]
+    click.echo("gate: " + ("passed" if gate["passed"] else "FAILED: " + "; ".join(gate["failures"])))
+    click.echo(f"pool    -> {record['pool_path']} ({record['pool_rows']} rows)")
+    click.echo(f"metrics -> {record['metrics_path']}")
+    click.echo(f"views   -> v_faiss_pool, v_pool_coverage in {record['duckdb']}")
 
 
 @cli.command()
