@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import kg_assets
-from kg_assets.lib import errors
+from kg_assets.lib import errors, progress
 from kg_assets.lib.fsutil import atomic_write_bytes, exclusive_lock
 from kg_assets.lib.lifecycle import LOCK_TIMEOUT_S
 
@@ -72,6 +72,7 @@ def run_job(
             instance.event_log_storage.get_concurrency_keys()
             if partition_key is not None:
                 instance.add_dynamic_partitions("index_versions", [partition_key])
+        progress.claim_terminal()  # the step's stderr will be redirected into Dagster's compute logs
         with instance:
             result = job.execute_in_process(
                 run_config=full_config,

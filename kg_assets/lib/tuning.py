@@ -22,6 +22,7 @@ import numpy as np
 
 from kg_assets.lib.errors import NotFoundError, UsageError, ValidationError
 from kg_assets.lib.fsutil import atomic_write_json
+from kg_assets.lib.progress import Progress
 
 # Runtime knobs a profile may set, with the type each must have.
 KNOBS: dict[str, type] = {"nprobe": int, "efSearch": int, "quantizer_efSearch": int, "k_factor": float}
@@ -202,14 +203,22 @@ def pareto(points: Sequence[Point]) -> list[Point]:
 
 
 def sweep(
-    index: faiss.Index, queries: np.ndarray, truth: np.ndarray, target: float, *, full: bool, repeats: int = 3
+    index: faiss.Index,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    target: float,
+    *,
+    full: bool,
+    repeats: int = 3,
+    progress: Progress | None = None,
 ) -> tuple[Point, list[Point], list[Point]]:
     """Find the fastest point reaching `target` recall; return (chosen, frontier, all measured points).
 
     Quick: for each k_factor, bisect the (monotone) main knob with single searches, skipping a k_factor whose
     largest main-knob value already misses the target; then time each k_factor's cheapest passing point with a
     warm-up and `repeats` batches and keep the fastest. Full: every grid point timed that way, and every
-    frontier point re-timed once more before choosing.
+    frontier point re-timed once more before choosing. `progress` gets (steps done, steps): one step per
+    k_factor, one for the final timing.
     """
     knobs = index_knobs(index)
     main = next((k for k in ("nprobe", "efSearch", "quantizer_efSearch") if k in knobs), None)
@@ -225,7 +234,10 @@ def sweep(
         return measured[key]
 
     candidates: list[Point] = []
-    for factor in factors:
+    steps = len(factors) + 1
+    for done, factor in enumerate(factors):
+        if progress:
+            progress(done, steps)
         if full or main is None:
             candidates += [at(value, factor) for value in values]
             continue
@@ -239,6 +251,8 @@ def sweep(
             else:
                 lo = mid + 1
         candidates.append(at(values[lo], factor))
+    if progress:
+        progress(len(factors), steps)
     points = list(measured.values())
     if full:
         candidates = pareto(points)
@@ -247,6 +261,8 @@ def sweep(
         best = max(p.recall for p in points)
         candidates = [p for p in pareto(points) if p.recall >= best - 0.005]
     timed = [measure(index, p.params, queries, truth, max(repeats, 3)) for p in candidates]
+    if progress:
+        progress(steps, steps)
     reaching = [p for p in timed if p.recall >= target]
     chosen = min(reaching or timed, key=lambda p: p.latency_ms)
     return chosen, pareto(points), points

@@ -15,6 +15,7 @@ from kg_assets.lib import catalog, faiss_index, query_sets, tuning
 from kg_assets.lib.embedding import load_embedder
 from kg_assets.lib.errors import NotFoundError, UsageError
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
+from kg_assets.lib.progress import Progress
 from kg_assets.lib.search import resolve_version, version_vectors
 
 QUICK_SAMPLES = 200
@@ -68,6 +69,7 @@ def tune_version(
     queries_file: Path | None = None,
     text_queries: bool = True,
     run_id: str | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Sweep the version's runtime knobs against exact ground truth and write its `tuning.json`."""
     if not 0 < target <= 1:
@@ -81,7 +83,7 @@ def tune_version(
     k = min(k, len(ids))
     cache = tuning.ground_truth_cache(root.root / ".cache" / "tuning", version, queries.vectors, k)
     _, truth = tuning.cached_exact_topk(cache, queries.vectors, vectors, ids, k)
-    chosen, frontier, measured = tuning.sweep(index, queries.vectors, truth, target, full=full)
+    chosen, frontier, measured = tuning.sweep(index, queries.vectors, truth, target, full=full, progress=progress)
     previous = tuning.load_profile(vdir / tuning.TUNING_FILE) if (vdir / tuning.TUNING_FILE).exists() else {}
     now = datetime.now(UTC).isoformat(timespec="seconds")
     profile = {

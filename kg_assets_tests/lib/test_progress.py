@@ -55,4 +55,4 @@ def test_no_bar_when_stderr_is_not_a_terminal(monkeypatch: pytest.MonkeyPatch) -
     report = progress.log_progress(None, "x")
     report(1, 1)
     report(0, 0)  # an empty job reports nothing
-    assert pipe.getvalue() == "" and not progress.bar_enabled()
+    assert pipe.getvalue() == "" and progress.bar_stream() is None

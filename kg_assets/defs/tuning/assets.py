@@ -4,7 +4,7 @@ import dagster as dg
 
 from kg_assets.defs.build.assets import catalog, faiss_index, index_versions
 from kg_assets.defs.lifecycle.resources import LifecycleResource
-from kg_assets.lib import tuning_run
+from kg_assets.lib import progress, tuning_run
 from kg_assets.lib.errors import UsageError
 
 
@@ -81,6 +81,7 @@ def tuning_profile(
         queries_file=config.queries_file or None,
         text_queries=config.docstring_queries,
         run_id=context.run_id,
+        progress=progress.log_progress(context.log.info, "tuning sweep"),
     )
     if not profile["met_target"]:
         context.log.warning(
