@@ -483,6 +483,8 @@ def evaluate(
     from kg_assets.lib.evaluation import latest_eval, resolve_out_dir
     from kg_assets.lib.search import resolve_version
 
+    if as_json:
+        progress.silence()
     version = resolve_version(ctx.lifecycle, version)
     if queries_file is not None and not queries_file.is_file():
         raise NotFoundError(f"queries file not found: {queries_file}")

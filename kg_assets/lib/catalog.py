@@ -239,14 +239,15 @@ COVERAGE_SOURCES = {  # tables the coverage view joins, copied from the evaluate
 }
 
 
-def install_pool_views(db_path: Path, pool_path: Path, source_catalog: Path, version: str) -> None:
+def install_pool_views(db_path: Path, pool_path: Path, source_catalog: Path, source_key: str) -> None:
     """Create or refresh `v_faiss_pool` (the eval pool's rows) and `v_pool_coverage` (pool rows joined with
     `chunks` on chunk_id and `modules` on repo path) in the DuckDB file `db_path`.
 
     `chunks` and `modules` are the database's own when it has them (a catalog of the operator's); otherwise they
-    are copied (without vectors or text) from the evaluated version's catalog, attached read-only, and recorded in
-    `kg_eval_sources` so the next eval replaces them. `pool_path` is usually the `latest` link, so the views
-    follow the newest run. The source catalog is never written.
+    are copied (without vectors or text) from the evaluated catalog, attached read-only, and recorded in
+    `kg_eval_sources` under `source_key` (the catalog's sha256), so they are copied again only when the source
+    changes. `pool_path` is usually the `latest` link, so the views follow the newest run. The source catalog is
+    never written.
     """
     db_path = Path(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,20 +256,21 @@ def install_pool_views(db_path: Path, pool_path: Path, source_catalog: Path, ver
     except duckdb.Error as exc:
         raise ValidationError(f"cannot open {db_path} for writing ({str(exc).splitlines()[0]})") from None
     with con:
-        con.execute("CREATE TABLE IF NOT EXISTS kg_eval_sources (table_name VARCHAR PRIMARY KEY, version VARCHAR)")
-        ours = {r[0] for r in con.execute("SELECT table_name FROM kg_eval_sources").fetchall()}
+        con.execute("CREATE TABLE IF NOT EXISTS kg_eval_sources (table_name VARCHAR PRIMARY KEY, source VARCHAR)")
+        ours = dict(con.execute("SELECT table_name, source FROM kg_eval_sources").fetchall())
         have = {
             r[0]
             for r in con.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database()"
             ).fetchall()
         }
+        stale = [t for t in COVERAGE_SOURCES if (t in ours or t not in have) and ours.get(t) != source_key]
         con.execute("BEGIN")
-        con.execute(f"ATTACH '{_sql_literal(source_catalog)}' AS src (READ_ONLY)")
-        for table, query in COVERAGE_SOURCES.items():
-            if table in ours or table not in have:
-                con.execute(f"CREATE OR REPLACE TABLE {table} AS {query}")
-                con.execute("INSERT OR REPLACE INTO kg_eval_sources VALUES (?, ?)", [table, version])
+        if stale:
+            con.execute(f"ATTACH '{_sql_literal(source_catalog)}' AS src (READ_ONLY)")
+        for table in stale:
+            con.execute(f"CREATE OR REPLACE TABLE {table} AS {COVERAGE_SOURCES[table]}")
+            con.execute("INSERT OR REPLACE INTO kg_eval_sources VALUES (?, ?)", [table, source_key])
         con.execute(f"CREATE OR REPLACE VIEW v_faiss_pool AS SELECT * FROM read_parquet('{_sql_literal(pool_path)}')")
         con.execute(
             """CREATE OR REPLACE VIEW v_pool_coverage AS
@@ -278,7 +280,8 @@ def install_pool_views(db_path: Path, pool_path: Path, source_catalog: Path, ver
             LEFT JOIN modules m ON m.repo_path = p.uri"""
         )
         con.execute("COMMIT")
-        con.execute("DETACH src")
+        if stale:
+            con.execute("DETACH src")
 
 
 def _sql_literal(path: Path) -> str:

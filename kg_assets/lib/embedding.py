@@ -131,7 +131,7 @@ class MiniLMOnnx:
                 progress(min(start + self.batch_size, len(texts)), len(texts))
         return normalize(out)
 
-    def token_vectors(self, texts: Sequence[str]) -> list[np.ndarray]:
+    def token_vectors(self, texts: Sequence[str], *, progress: Progress | None = None) -> list[np.ndarray]:
         """L2-normalized contextual vectors of each text's tokens (padding dropped), for late interaction."""
         out: list[np.ndarray] = [np.empty((0, self.dim), np.float32)] * len(texts)
         order = np.argsort([len(t) for t in texts], kind="stable")
@@ -140,6 +140,8 @@ class MiniLMOnnx:
             hidden, mask = self._hidden_states([texts[i] for i in rows])
             for row, states, keep in zip(rows, hidden, mask.astype(bool), strict=True):
                 out[row] = normalize(states[keep])
+            if progress:
+                progress(min(start + self.batch_size, len(texts)), len(texts))
         return out
 
     def _hidden_states(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ the vector channels; text query sets run every channel. Everything is in the `ch
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from kg_assets.lib.fsutil import atomic_symlink, atomic_write_json, atomic_write
 from kg_assets.lib.late_interaction import LateInteractionScorer
 from kg_assets.lib.lexical import LexicalIndex, code_tokens
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
+from kg_assets.lib.progress import Progress
 from kg_assets.lib.search import resolve_version, version_vectors
 
 POOL_FILE = "pool.parquet"
@@ -40,11 +42,13 @@ ANALYTICS_DB = "analytics.duckdb"
 GATE_DIR = ".eval"  # under the lifecycle root: <root>/.eval/<version>.json, the newest eval of each version
 DEFAULT_OUT_DIR = "artifacts/eval"
 RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.)
+WARMUP_QUERIES = 8
 TIE_EPS = 1e-5  # a hit scoring within this of the k-th exact score counts for the tie-tolerant recall
 CHANNELS = ("faiss", "flat", "bm25", "xtr", "hybrid")  # in the order reports list them
 FUSED = ("faiss", "bm25", "xtr")
 
 Log = Callable[[str], None]
+ProgressFor = Callable[[str], Progress | None]  # a progress callback for a labelled stage
 
 
 @dataclass(frozen=True)
@@ -218,17 +222,18 @@ def _r(value: float) -> float:
     return round(float(value), 4)
 
 
-def symbol_hits(query: str, symbols: list[str]) -> list[str]:
-    """The chunk's symbols the query names: a symbol's name (last dotted part) as a whole token of the query,
-    or all of its identifier parts present in the query."""
-    tokens = set(code_tokens(query))
-    hits = []
-    for symbol in symbols:
-        name = symbol.rsplit(".", 1)[-1]
-        parts = code_tokens(name)
-        if parts and (name.lower().strip("_") in tokens or set(parts) <= tokens):
-            hits.append(symbol)
-    return hits
+def symbol_hits(query_tokens: frozenset[str], symbols: list[str]) -> list[str]:
+    """The chunk's symbols a query names: a symbol's name (last dotted part) as a whole token of the query, or
+    all of its identifier parts among the query's tokens (`query_tokens` = `code_tokens` of the query)."""
+    return [s for s in symbols if _names(s) and (_names(s)[0] in query_tokens or _names(s)[1] <= query_tokens)]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _names(symbol: str) -> tuple[str, frozenset[str]] | None:
+    """(whole lowercase name, identifier parts) of a symbol's last dotted part; None when it has no tokens."""
+    name = symbol.rsplit(".", 1)[-1]
+    parts = frozenset(code_tokens(name))
+    return (name.lower().strip("_"), parts) if parts else None
 
 
 def gate(
@@ -261,7 +266,13 @@ def gate(
 
 
 def evaluate_version(
-    root: LifecycleRoot, version: str | None, settings: EvalSettings, *, run_id: str, log: Log = lambda _: None
+    root: LifecycleRoot,
+    version: str | None,
+    settings: EvalSettings,
+    *,
+    run_id: str,
+    log: Log = lambda _: None,
+    progress: ProgressFor = lambda _: None,
 ) -> dict[str, Any]:
     """Run the evaluation, write `pool.parquet` and `metrics.json` (and `latest`), refresh the coverage views and
     record the gate. Returns the record (paths, gate, headline summary) that `latest_eval` reads back."""
@@ -287,14 +298,16 @@ def evaluate_version(
     k = min(settings.k, len(corpus.ids))
     meta = catalog.read_meta(catalog_path)
 
-    sets, embedder = _query_sets(catalog_path, corpus, meta, settings)
+    sets, embedder = _query_sets(catalog_path, corpus, meta, settings, progress)
     unavailable = {"splade": "no SPLADE model is configured; none installs with the project"}
     scorer = None
     if settings.xtr:
         if embedder is None or not hasattr(embedder, "token_vectors"):
             unavailable["xtr"] = "the version's embedder gives no token vectors"
         else:
-            scorer = LateInteractionScorer(embedder.token_vectors, lambda ids: _texts(catalog_path, ids))
+            scorer = LateInteractionScorer(
+                embedder.token_vectors, lambda ids: _texts(catalog_path, ids), progress("xtr token vectors")
+            )
     lexical = None
     if any(s.text_channels for s in sets):
         t0 = time.perf_counter()
@@ -351,14 +364,15 @@ def evaluate_version(
     owner = root.owning_version(db)
     if owner:
         raise UsageError(f"{db} belongs to complete version {owner}, which is immutable; pass another --duckdb")
-    catalog.install_pool_views(db, settings.out_dir / version / LATEST_LINK / POOL_FILE, catalog_path, version)
+    catalog_sha = root.read_manifest(version)["files"][CATALOG_FILE]["sha256"]
+    catalog.install_pool_views(db, settings.out_dir / version / LATEST_LINK / POOL_FILE, catalog_path, catalog_sha)
     record["duckdb"] = str(db)
     atomic_write_json(gate_record_path(root, version), record)
     return {**record, "metrics": metrics}
 
 
 def _query_sets(
-    catalog_path: Path, corpus: _Corpus, meta: dict[str, str], settings: EvalSettings
+    catalog_path: Path, corpus: _Corpus, meta: dict[str, str], settings: EvalSettings, progress: ProgressFor
 ) -> tuple[list[QuerySet], Any]:
     sets = []
     if settings.samples:
@@ -392,7 +406,8 @@ def _query_sets(
     for name, queries in labelled.items():
         texts = [q.text for q in queries]
         positives = [q.positives for q in queries]
-        sets.append(QuerySet(name, [q.qid for q in queries], texts, embedder.embed(texts), positives, True))
+        vectors = embedder.embed(texts, progress=progress(f"embedding {name} queries"))
+        sets.append(QuerySet(name, [q.qid for q in queries], texts, vectors, positives, True))
     if not sets:
         raise UsageError("no queries: use --samples > 0, --queries FILE, or generated docstring queries")
     return sets, embedder
@@ -412,6 +427,7 @@ def _run_channels(
         scores, ids = fn()
         return Hits(scores, ids, time.perf_counter() - t0)
 
+    ann_search(index, corpus, qs.vectors[:WARMUP_QUERIES], k, k_factor)  # untimed: first calls pay for start-up
     hits = {
         "faiss": timed(lambda: ann_search(index, corpus, qs.vectors, k, k_factor)),
         "flat": timed(lambda: tuning.exact_topk(qs.vectors, corpus.vectors, corpus.ids, k)),
@@ -501,27 +517,30 @@ def _delta(summary: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str
 
 
 def _pool_table(sets: list[QuerySet], results: dict[str, dict[str, Hits]], catalog_path: Path) -> pa.Table:
-    hit_ids = {int(i) for per_set in results.values() for h in per_set.values() for i in h.ids.ravel() if i != -1}
-    rows = catalog.hydrate(catalog_path, sorted(hit_ids))
+    """One row per hit, hydrated from the catalog (uri, lines, the chunk's symbols the query names)."""
+    hit_ids = np.unique(np.concatenate([h.ids.ravel() for per_set in results.values() for h in per_set.values()]))
+    rows = catalog.hydrate(catalog_path, hit_ids[hit_ids != -1].tolist())
     cols: dict[str, list[Any]] = {name: [] for name in POOL_SCHEMA.names}
     for qs in sets:
+        tokens = [frozenset(code_tokens(text)) for text in qs.texts]
         for channel, h in results[qs.name].items():
-            for q, (qid, text) in enumerate(zip(qs.qids, qs.texts, strict=True)):
-                for rank, (chunk_id, score) in enumerate(zip(h.ids[q].tolist(), h.scores[q].tolist(), strict=True)):
-                    if chunk_id == -1:
-                        continue
-                    row = rows[chunk_id]
-                    cols["query_id"].append(qid)
-                    cols["query_set"].append(qs.name)
-                    cols["channel"].append(channel)
-                    cols["rank"].append(rank + 1)
-                    cols["chunk_id"].append(chunk_id)
-                    cols["score"].append(score)
-                    cols["uri"].append(row["uri"])
-                    cols["start_line"].append(row["start_line"])
-                    cols["end_line"].append(row["end_line"])
-                    cols["symbol_hits"].append(symbol_hits(text, row["symbols"]))
-                    cols["is_positive"].append(None if qs.positives is None else chunk_id in qs.positives[q])
+            queries, ranks = np.nonzero(h.ids != -1)
+            chunk_ids = h.ids[queries, ranks].tolist()
+            hits = [rows[i] for i in chunk_ids]
+            cols["query_id"] += [qs.qids[q] for q in queries]
+            cols["query_set"] += [qs.name] * len(hits)
+            cols["channel"] += [channel] * len(hits)
+            cols["rank"] += (ranks + 1).tolist()
+            cols["chunk_id"] += chunk_ids
+            cols["score"] += h.scores[queries, ranks].tolist()
+            cols["uri"] += [r["uri"] for r in hits]
+            cols["start_line"] += [r["start_line"] for r in hits]
+            cols["end_line"] += [r["end_line"] for r in hits]
+            cols["symbol_hits"] += [symbol_hits(tokens[q], r["symbols"]) for q, r in zip(queries, hits, strict=True)]
+            if qs.positives is None:
+                cols["is_positive"] += [None] * len(hits)
+            else:
+                cols["is_positive"] += [c in qs.positives[q] for q, c in zip(queries, chunk_ids, strict=True)]
     return pa.table(cols, schema=POOL_SCHEMA)
 
 

@@ -27,12 +27,17 @@ class IndexSummary:
 
 
 def read_index(path: Path) -> faiss.Index:
-    """Load a FAISS index; NotFoundError if absent, ValidationError if FAISS cannot parse it."""
+    """Load a FAISS index; NotFoundError if absent, ValidationError if FAISS cannot parse it.
+
+    Flat code arrays (Flat, the RFlat re-rank store) are memory-mapped rather than copied: loading a million
+    384-d vectors then costs milliseconds, and pages are shared between processes. Callers never modify codes
+    of a loaded index (a replaced file keeps its old inode, so the mapping stays valid).
+    """
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"FAISS index not found: {path}")
     try:
-        return faiss.read_index(str(path))
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
         raise ValidationError(f"{path} is not a readable FAISS index ({reason})") from None

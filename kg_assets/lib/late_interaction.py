@@ -8,10 +8,15 @@ cosine with any of the chunk's tokens (ColBERT's MaxSim, averaged so scores comp
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
-TokenEncoder = Callable[[Sequence[str]], list[np.ndarray]]
+from kg_assets.lib.progress import Progress
+
+
+class TokenEncoder(Protocol):
+    def __call__(self, texts: Sequence[str], *, progress: Progress | None = None) -> list[np.ndarray]: ...
 
 
 def maxsim(query_tokens: np.ndarray, doc_tokens: np.ndarray) -> float:
@@ -24,9 +29,15 @@ def maxsim(query_tokens: np.ndarray, doc_tokens: np.ndarray) -> float:
 class LateInteractionScorer:
     """Rescores candidate chunk ids per query; token vectors of each chunk are computed once and kept (float16)."""
 
-    def __init__(self, encode: TokenEncoder, chunk_texts: Callable[[list[int]], dict[int, str]]) -> None:
+    def __init__(
+        self,
+        encode: TokenEncoder,
+        chunk_texts: Callable[[list[int]], dict[int, str]],
+        progress: Progress | None = None,
+    ) -> None:
         self._encode = encode
         self._chunk_texts = chunk_texts
+        self._progress = progress
         self._tokens: dict[int, np.ndarray] = {}
 
     def rescore(
@@ -36,7 +47,8 @@ class LateInteractionScorer:
         wanted = sorted({int(c) for pool in candidates for c in pool if c != -1} - self._tokens.keys())
         if wanted:
             texts = self._chunk_texts(wanted)
-            for chunk_id, vectors in zip(wanted, self._encode([texts[c] for c in wanted]), strict=True):
+            encoded = self._encode([texts[c] for c in wanted], progress=self._progress)
+            for chunk_id, vectors in zip(wanted, encoded, strict=True):
                 self._tokens[chunk_id] = vectors.astype(np.float16)
         scores = np.zeros((len(queries), k), dtype=np.float32)
         found = np.full((len(queries), k), -1, dtype=np.int64)

@@ -13,7 +13,7 @@ import dagster as dg
 from kg_assets.defs.build.assets import catalog, faiss_index, index_versions
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.defs.tuning.assets import tuning_profile
-from kg_assets.lib import evaluation
+from kg_assets.lib import evaluation, progress
 
 EVAL_GROUP = "eval"
 eval_pool = dg.AssetSpec(
@@ -95,7 +95,12 @@ def channel_table(metrics: dict) -> str:
 )
 def evaluation_assets(context: dg.AssetExecutionContext, config: EvalConfig, lifecycle: LifecycleResource):
     record = evaluation.evaluate_version(
-        lifecycle.get_root(), context.partition_key, config.settings(), run_id=_run_name(context), log=context.log.info
+        lifecycle.get_root(),
+        context.partition_key,
+        config.settings(),
+        run_id=_run_name(context),
+        log=context.log.info,
+        progress=lambda label: progress.log_progress(context.log.info, label),
     )
     metrics = record["metrics"]
     gate = metrics["gate"]
