@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Build a version from a repository with the same Dagster build job `indexctl build` runs.
 
     python scripts/index_all.py --repo . --out indexes/versions/v1.staging   # builds version v1 under indexes/

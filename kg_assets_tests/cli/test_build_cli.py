@@ -87,8 +87,10 @@ def test_export_idmap_and_materialize_join(published: tuple, tmp_path: Path) -> 
 
 
 def test_index_all_builds_a_staging_dir_under_the_root(published: tuple) -> None:
+    """Runbook section 1 as written: `bin/index_all.py --repo . --out indexes/versions/v2.staging`."""
     env, root, repo = published
-    script = [sys.executable, str(REPO_ROOT / "scripts" / "index_all.py"), "--repo", str(repo)]
+    env = {**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}  # an activated venv
+    script = [str(REPO_ROOT / "bin" / "index_all.py"), "--repo", str(repo)]
     done = subprocess.run(
         [*script, "--out", str(root.versions_dir / "v2.staging")], env=env, capture_output=True, text=True
     )

@@ -1,0 +1,1 @@
+../scripts/index_all.py
