@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End to end on this repository's own source tree: build a version (chunks, MiniLM embeddings, scip-python,
-# FAISS, DuckDB catalog) as one Dagster run, publish it, search it, and show the lifecycle state.
+# FAISS, DuckDB catalog) as one Dagster run, publish it, search it, evaluate it, and show the lifecycle state.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -18,6 +18,9 @@ indexctl search "atomically flip the CURRENT pointer" -k 5
 echo
 echo "== indexctl search \"split python files into chunks along function definitions\" -k 5"
 indexctl search "split python files into chunks along function definitions" -k 5
+echo
+echo "== indexctl eval --k 12 --k-factor 2.0 --nprobe 64 --xtr-oracle   (runbook section 5)"
+KG_EVAL_DIR="$demo/eval" indexctl eval --k 12 --k-factor 2.0 --nprobe 64 --xtr-oracle
 echo
 echo "== indexctl status"
 indexctl status

@@ -521,6 +521,8 @@ def evaluate(
 
 
 def _print_eval(record: dict[str, Any], metrics: dict[str, Any]) -> None:
+    from kg_assets.lib.evaluation import CHANNELS
+
     k, ann = metrics["k"], metrics["ann"]
     sets = ", ".join(f"{name} {info['queries']}" for name, info in metrics["query_sets"].items())
     params = metrics["params"]
@@ -537,11 +539,11 @@ def _print_eval(record: dict[str, Any], metrics: dict[str, Any]) -> None:
         f"per query min {per_query['min']:.3f}, p10 {per_query['p10']:.3f}, median {per_query['p50']:.3f})"
     )
     rows: list[tuple[Any, ...]] = [("CHANNEL", f"RECALL@{k}", f"MRR@{k}", f"NDCG@{k}", "MS/QUERY")]
-    for channel, latency in metrics["latency_ms_per_query"].items():
+    latencies = metrics["latency_ms_per_query"]
+    for channel in sorted(latencies, key=CHANNELS.index):
         figures = metrics["channels"].get(channel, {})
-        rows.append(
-            (channel, *(_metric(figures.get(key)) for key in ("recall_at_k", "mrr_at_k", "ndcg_at_k")), latency)
-        )
+        cells = (_metric(figures.get(key)) for key in ("recall_at_k", "mrr_at_k", "ndcg_at_k"))
+        rows.append((channel, *cells, latencies[channel]))
     click.echo(f"labelled queries: {metrics['labelled_queries']}")
     for line in _table(rows):
         click.echo("  " + line)

@@ -74,8 +74,9 @@ def channel_table(metrics: dict) -> str:
     """Per-channel figures as a markdown table: labelled recall/MRR/nDCG@k and latency per query."""
     k = metrics["k"]
     rows = [f"| channel | recall@{k} | MRR@{k} | nDCG@{k} | ms/query |", "| --- | ---: | ---: | ---: | ---: |"]
-    for channel, latency in metrics["latency_ms_per_query"].items():
-        figures = metrics["channels"].get(channel, {})
+    latencies = metrics["latency_ms_per_query"]
+    for channel in sorted(latencies, key=evaluation.CHANNELS.index):
+        figures, latency = metrics["channels"].get(channel, {}), latencies[channel]
         cells = [f"{figures[key]:.3f}" if key in figures else "-" for key in ("recall_at_k", "mrr_at_k", "ndcg_at_k")]
         rows.append(f"| {channel} | {' | '.join(cells)} | {latency:.3f} |")
     for channel, reason in metrics["channels_unavailable"].items():
