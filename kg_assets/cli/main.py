@@ -444,7 +444,11 @@ def show_profile(ctx: _Context, version: str | None, as_json: bool) -> None:
 
 @cli.command(name="eval")
 @click.option("--k", "-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per channel.")
-@click.option("--k-factor", type=click.FloatRange(min=1.0), default=2.0, show_default=True, help="ANN over-fetch.")
+@click.option(
+    "--k-factor",
+    type=click.FloatRange(min=1.0),
+    help="Exact re-rank of k * k_factor candidates (an IndexRefine's knob; default: what the version serves).",
+)
 @click.option("--nprobe", type=click.IntRange(min=1), help="IVF lists probed (default: the tuning profile's).")
 @click.option("--xtr-oracle/--no-xtr-oracle", default=False, show_default=True, help="Add the MaxSim channel.")
 @click.option("--version", "version", help="Evaluate this complete version instead of the current one.")
@@ -461,7 +465,7 @@ def show_profile(ctx: _Context, version: str | None, as_json: bool) -> None:
 def evaluate(
     ctx: _Context,
     k: int,
-    k_factor: float,
+    k_factor: float | None,
     nprobe: int | None,
     xtr_oracle: bool,
     version: str | None,
@@ -480,7 +484,7 @@ def evaluate(
     Output: <out-dir>/<version>/<run>/ (and <version>/latest); views v_faiss_pool and v_pool_coverage in --duckdb
     (default <out-dir>/analytics.duckdb). The gate (ANN recall floor, MRR drop) decides whether publish accepts it.
     """
-    from kg_assets.lib.evaluation import latest_eval, resolve_out_dir
+    from kg_assets.lib.evaluation import resolve_out_dir
     from kg_assets.lib.search import resolve_version
 
     if as_json:
@@ -490,7 +494,7 @@ def evaluate(
         raise NotFoundError(f"queries file not found: {queries_file}")
     config = {
         "k": k,
-        "k_factor": k_factor,
+        "k_factor": k_factor or 0.0,
         "nprobe": nprobe or 0,
         "xtr_oracle": xtr_oracle,
         "samples": samples,
@@ -504,33 +508,31 @@ def evaluate(
     }
     from kg_assets.cli.runs import run_job
 
-    run_job(ctx.lifecycle.root, "eval", {"ops": {"evaluation": {"config": config}}}, partition_key=version)
-    record = latest_eval(ctx.lifecycle, version)
-    assert record is not None  # the run just wrote it
-    metrics = json.loads(Path(record["metrics_path"]).read_text(encoding="utf-8"))
+    result = run_job(ctx.lifecycle.root, "eval", {"ops": {"evaluation": {"config": config}}}, partition_key=version)
+    (event,) = result.asset_materializations_for_node("evaluation")[1:]  # eval_pool, then eval_metrics
+    metrics = json.loads(Path(event.metadata["path"].value).read_text(encoding="utf-8"))  # this run's own
     if as_json:
-        click.echo(json.dumps({**record, "metrics": metrics}, indent=2))
+        click.echo(json.dumps(metrics, indent=2))
     else:
-        _print_eval(record, metrics)
-    if not record["gate"]["passed"]:
+        _print_eval(metrics)
+    gate = metrics["gate"]
+    if not gate["passed"]:
+        failures = "; ".join(gate["failures"])
         click.echo(
-            "warning: the eval gate failed (" + "; ".join(record["gate"]["failures"]) + "); publish will refuse "
-            f"{version} unless --force",
-            err=True,
+            f"warning: the eval gate failed ({failures}); publish will refuse {version} unless --force", err=True
         )
 
 
-def _print_eval(record: dict[str, Any], metrics: dict[str, Any]) -> None:
-    from kg_assets.lib.evaluation import CHANNELS
+def _print_eval(metrics: dict[str, Any]) -> None:
+    from kg_assets.lib.evaluation import channel_rows
 
-    k, ann = metrics["k"], metrics["ann"]
+    k, ann, params, outputs = metrics["k"], metrics["ann"], metrics["params"], metrics["outputs"]
     sets = ", ".join(f"{name} {info['queries']}" for name, info in metrics["query_sets"].items())
-    params = metrics["params"]
-    click.echo(f"Evaluated {record['version']} (run {record['run_id']}, {metrics['seconds']:.1f}s): {sets} queries")
-    click.echo(
-        f"  k {k}, k_factor {params['k_factor']:g}, nprobe {params['nprobe'] or 'profile'}, "
-        f"factory {params['factory']}, profile {_knobs(params['profile']['applied'])}"
-    )
+    click.echo(f"Evaluated {metrics['version']} (run {metrics['run_id']}, {metrics['seconds']:.1f}s): {sets} queries")
+    click.echo(f"  k {k}, factory {params['factory']}, faiss ran with {_knobs(params['active'])}")
+    if metrics["gate"]["measured_overrides"]:
+        served = _knobs(params["profile"]["served"])
+        click.echo(f"  note: not what search serves ({served}): {json.dumps(metrics['gate']['measured_overrides'])}")
     for note in metrics["notes"]:
         click.echo(f"  note: {note}")
     per_query = ann["per_query"]
@@ -538,13 +540,9 @@ def _print_eval(record: dict[str, Any], metrics: dict[str, Any]) -> None:
         f"ANN recall@{k} vs flat: {ann['recall_at_k']:.4f} (tie-tolerant {ann['tie_recall_at_k']:.4f}; "
         f"per query min {per_query['min']:.3f}, p10 {per_query['p10']:.3f}, median {per_query['p50']:.3f})"
     )
-    rows: list[tuple[Any, ...]] = [("CHANNEL", f"RECALL@{k}", f"MRR@{k}", f"NDCG@{k}", "MS/QUERY")]
-    latencies = metrics["latency_ms_per_query"]
-    for channel in sorted(latencies, key=CHANNELS.index):
-        figures = metrics["channels"].get(channel, {})
-        cells = (_metric(figures.get(key)) for key in ("recall_at_k", "mrr_at_k", "ndcg_at_k"))
-        rows.append((channel, *cells, latencies[channel]))
     click.echo(f"labelled queries: {metrics['labelled_queries']}")
+    rows: list[tuple[Any, ...]] = [("CHANNEL", f"RECALL@{k}", f"MRR@{k}", f"NDCG@{k}", "MS/QUERY")]
+    rows += [(channel, *map(_metric, figures), latency) for channel, *figures, latency in channel_rows(metrics)]
     for line in _table(rows):
         click.echo("  " + line)
     for channel, reason in metrics["channels_unavailable"].items():
@@ -552,11 +550,11 @@ def _print_eval(record: dict[str, Any], metrics: dict[str, Any]) -> None:
     if metrics["delta"]:
         changes = ", ".join(f"{key} {value:+.4f}" for key, value in metrics["delta"].items() if value)
         click.echo(f"vs {metrics['baseline']['version']} ({metrics['baseline']['run_id']}): {changes or 'no change'}")
-    gate = record["gate"]
+    gate = metrics["gate"]
     click.echo("gate: " + ("passed" if gate["passed"] else "FAILED: " + "; ".join(gate["failures"])))
-    click.echo(f"pool    -> {record['pool_path']} ({record['pool_rows']} rows)")
-    click.echo(f"metrics -> {record['metrics_path']}")
-    click.echo(f"views   -> v_faiss_pool, v_pool_coverage in {record['duckdb']}")
+    click.echo(f"pool    -> {outputs['pool']} ({outputs['pool_rows']} rows)")
+    click.echo(f"metrics -> {outputs['metrics']}")
+    click.echo(f"views   -> v_faiss_pool, v_pool_coverage in {outputs['duckdb']}")
 
 
 @cli.command()

@@ -10,7 +10,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from kg_assets.lib.errors import NotFoundError, ValidationError
+from kg_assets.lib.errors import ConflictError, NotFoundError, ValidationError
 from kg_assets.lib.fsutil import atomic_write_npy, fsync_dir, sha256_file, temp_sibling
 
 
@@ -253,6 +253,8 @@ def install_pool_views(db_path: Path, pool_path: Path, source_catalog: Path, sou
     db_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         con = duckdb.connect(str(db_path))
+    except duckdb.IOException as exc:  # DuckDB allows one writing process: another one has it open
+        raise ConflictError(f"{db_path} is in use ({str(exc).splitlines()[0]})") from None
     except duckdb.Error as exc:
         raise ValidationError(f"cannot open {db_path} for writing ({str(exc).splitlines()[0]})") from None
     with con:

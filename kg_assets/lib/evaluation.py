@@ -1,18 +1,17 @@
 """Offline evaluation of a complete version (runbook section 5): the same queries through every retrieval channel,
 one pool of hits, metrics against exact search and labels, and the publish gate.
 
-Channels: `faiss` (the version's ANN index with its tuning profile, `nprobe` and a k_factor re-rank applied),
-`flat` (exact inner product over the whole corpus: the oracle), `bm25` (lexical, code-aware tokens), `xtr`
-(token-level MaxSim rescoring of the other channels' candidates; XTR-style, not the XTR model) and `hybrid`
-(reciprocal-rank fusion of faiss, bm25 and xtr). Self-queries (stored vectors) measure ANN fidelity and run only
-the vector channels; text query sets run every channel. Everything is in the `chunk_id` id space.
+Channels: `faiss` (the version's ANN index with its tuning profile and the run's overrides), `flat` (exact inner
+product over the whole corpus: the oracle), `bm25` (lexical, code-aware tokens), `xtr` (token-level MaxSim
+rescoring of the faiss and bm25 candidates; XTR-style, not the XTR model) and `hybrid` (reciprocal-rank fusion of
+faiss, bm25 and xtr). Self-queries (stored vectors) measure ANN fidelity and run only the vector channels; text
+query sets run every channel. Everything is in the `chunk_id` id space.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -21,18 +20,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import pyarrow as pa
 
 from kg_assets.lib import catalog, faiss_index, query_sets, tuning
 from kg_assets.lib.build import embedding_text
-from kg_assets.lib.embedding import load_embedder
-from kg_assets.lib.errors import NotFoundError, UsageError, ValidationError
+from kg_assets.lib.channels import Corpus, ann_search, fuse
+from kg_assets.lib.embedding import Embedder, version_embedder
+from kg_assets.lib.errors import ConflictError, NotFoundError, UsageError, ValidationError
 from kg_assets.lib.fsutil import atomic_symlink, atomic_write_json, atomic_write_parquet, fsync_dir
 from kg_assets.lib.late_interaction import LateInteractionScorer
 from kg_assets.lib.lexical import LexicalIndex, code_tokens
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
 from kg_assets.lib.progress import Progress
+from kg_assets.lib.retrieval_metrics import (
+    ann_fidelity,
+    compare_mrr,
+    r4,
+    ranking_metrics,
+    recall_summary,
+    reciprocal_ranks,
+)
 from kg_assets.lib.search import resolve_version, version_vectors
 
 POOL_FILE = "pool.parquet"
@@ -41,22 +50,28 @@ LATEST_LINK = "latest"
 ANALYTICS_DB = "analytics.duckdb"
 GATE_DIR = ".eval"  # under the lifecycle root: <root>/.eval/<version>.json, the newest eval of each version
 DEFAULT_OUT_DIR = "artifacts/eval"
-RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.)
 WARMUP_QUERIES = 8
-TIE_EPS = 1e-5  # a hit scoring within this of the k-th exact score counts for the tie-tolerant recall
 CHANNELS = ("faiss", "flat", "bm25", "xtr", "hybrid")  # in the order reports list them
 FUSED = ("faiss", "bm25", "xtr")
+REQUIRED_COLUMNS = ("chunk_id", "uri", "language", "start_line", "end_line", "text", "symbols", "embedding")
 
 Log = Callable[[str], None]
 ProgressFor = Callable[[str], Progress | None]  # a progress callback for a labelled stage
 
 
+def resolve_out_dir(value: str | os.PathLike[str] | None) -> Path:
+    """The eval output directory: `value`, else $KG_EVAL_DIR, else $EVAL_OUTPUT_DIR, else ./artifacts/eval."""
+    chosen = value or os.environ.get("KG_EVAL_DIR") or os.environ.get("EVAL_OUTPUT_DIR") or DEFAULT_OUT_DIR
+    return Path(chosen).expanduser().absolute()
+
+
 @dataclass(frozen=True)
 class EvalSettings:
-    """Parameters of one eval run (the CLI flags and the eval asset's config)."""
+    """Parameters of one eval run (the CLI flags and the eval asset's config). `nprobe` and `k_factor` None: what
+    the version serves with (its profile)."""
 
     k: int = 10
-    k_factor: float = 2.0
+    k_factor: float | None = None
     nprobe: int | None = None
     xtr: bool = False
     samples: int = 200
@@ -72,7 +87,7 @@ class EvalSettings:
     def check(self) -> None:
         if self.k < 1:
             raise UsageError("--k must be at least 1")
-        if self.k_factor < 1:
+        if self.k_factor is not None and self.k_factor < 1:
             raise UsageError("--k-factor must be at least 1.0")
         if self.nprobe is not None and self.nprobe < 1:
             raise UsageError("--nprobe must be at least 1")
@@ -83,11 +98,9 @@ class EvalSettings:
         if self.max_mrr_drop < 0:
             raise UsageError("--max-mrr-drop must be 0 or more")
 
-
-def resolve_out_dir(value: str | os.PathLike[str] | None) -> Path:
-    """The eval output directory: `value`, else $KG_EVAL_DIR, else $EVAL_OUTPUT_DIR, else ./artifacts/eval."""
-    chosen = value or os.environ.get("KG_EVAL_DIR") or os.environ.get("EVAL_OUTPUT_DIR") or DEFAULT_OUT_DIR
-    return Path(chosen).expanduser().absolute()
+    @property
+    def analytics_db(self) -> Path:
+        return Path(self.duckdb).absolute() if self.duckdb else self.out_dir / ANALYTICS_DB
 
 
 @dataclass
@@ -109,117 +122,315 @@ class Hits:
     seconds: float
 
 
-class _Corpus:
-    """The version's stored vectors, ordered by chunk id, with id -> row lookups."""
+@dataclass(frozen=True)
+class Knobs:
+    """What the faiss channel ran with, against what the version serves with (search applies only the profile)."""
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        self.ids, self.vectors = ids, vectors
+    served: dict[str, float]
+    active: dict[str, float]
+    rerank_factor: float  # > 1: an exact re-rank from stored vectors outside the index (it has no IndexRefine)
+    notes: tuple[str, ...]
 
-    def rows(self, chunk_ids: np.ndarray) -> np.ndarray:
-        rows = np.searchsorted(self.ids, chunk_ids).clip(0, len(self.ids) - 1)
-        return np.where(self.ids[rows] == chunk_ids, rows, -1)
-
-    def exact_scores(self, queries: np.ndarray, chunk_ids: np.ndarray) -> np.ndarray:
-        """Inner product of each query with each of its candidate chunks (-inf for -1 / unknown ids)."""
-        rows = self.rows(chunk_ids)
-        scores = np.einsum("nkd,nd->nk", self.vectors[rows.clip(0)], queries)
-        return np.where(rows >= 0, scores, -np.inf).astype(np.float32)
-
-
-# ---- channels -----------------------------------------------------------------------------------------
+    @property
+    def differences(self) -> dict[str, float]:
+        """Settings of this run that serving does not use: the gate then measured a what-if."""
+        diff = {name: value for name, value in self.active.items() if self.served.get(name) != value}
+        if self.rerank_factor > 1:
+            diff["rerank_k_factor"] = self.rerank_factor
+        return diff
 
 
-def ann_search(index: Any, corpus: _Corpus, queries: np.ndarray, k: int, k_factor: float) -> tuple[np.ndarray, ...]:
-    """The served ANN path: k * k_factor candidates from the index, re-ranked exactly from the stored vectors
-    when k_factor > 1, top k kept. Returns (scores, chunk ids)."""
-    fetch = min(max(k, math.ceil(k * k_factor)), index.ntotal)
-    scores, ids = faiss_index.search(index, queries, fetch)
-    if fetch > k:
-        scores = corpus.exact_scores(queries, ids)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
-        ids = np.where(np.isfinite(scores), ids, -1)
-        scores = np.where(np.isfinite(scores), scores, 0).astype(np.float32)
-    return _pad(scores, ids, k)
+def set_knobs(index: faiss.Index, profile: dict[str, Any] | None, settings: EvalSettings) -> Knobs:
+    """Apply the version's profile, then the run's `nprobe` and `k_factor`. On an index with an exact re-rank
+    stage (IndexRefine) `k_factor` is that stage's knob, as in `tune --k-factor`; on a lossy index without one it
+    re-ranks k * k_factor candidates from the stored vectors; an index that scores exactly needs neither."""
+    tuning.apply_profile(index, profile)
+    served = tuning.current_knobs(index)
+    have = tuning.index_knobs(index)
+    notes = []
+    if settings.nprobe is not None:
+        if "nprobe" in have:
+            tuning.set_knobs(index, {"nprobe": settings.nprobe})
+        else:
+            notes.append(f"--nprobe {settings.nprobe} ignored: {faiss_index.factory_string(index)} has no IVF lists")
+    rerank = 1.0
+    if settings.k_factor is not None:
+        if "k_factor" in have:
+            tuning.set_knobs(index, {"k_factor": settings.k_factor})
+        elif faiss_index.scores_exactly(index):
+            if settings.k_factor > 1:
+                notes.append(f"--k-factor ignored: {faiss_index.factory_string(index)} already scores exactly")
+        else:
+            rerank = settings.k_factor
+    return Knobs(served, tuning.current_knobs(index), rerank, tuple(notes))
 
 
-def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    if ids.shape[1] >= k:
-        return scores[:, :k], ids[:, :k]
-    extra = k - ids.shape[1]
-    return np.pad(scores, ((0, 0), (0, extra))), np.pad(ids, ((0, 0), (0, extra)), constant_values=-1)
+# ---- the run ------------------------------------------------------------------------------------------
 
 
-def fuse(channels: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reciprocal-rank fusion: each chunk scores sum(1 / (RRF_K + rank)) over the channels that found it."""
-    n = channels[0].shape[0]
-    scores = np.zeros((n, k), dtype=np.float32)
-    ids = np.full((n, k), -1, dtype=np.int64)
-    for row in range(n):
-        fused: dict[int, float] = {}
-        for found in channels:
-            for rank, chunk_id in enumerate(found[row].tolist(), start=1):
-                if chunk_id != -1:
-                    fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
-        best = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
-        for rank, (chunk_id, score) in enumerate(best):
-            ids[row, rank], scores[row, rank] = chunk_id, score
-    return scores, ids
+def evaluate_version(
+    root: LifecycleRoot,
+    version: str | None,
+    settings: EvalSettings,
+    *,
+    run_id: str,
+    log: Log = lambda _: None,
+    progress: ProgressFor = lambda _: None,
+) -> dict[str, Any]:
+    """Run the evaluation; write `pool.parquet`, `metrics.json`, the gate record and `latest`, then refresh the
+    coverage views. Returns the gate record (paths, gate, headline summary) with the metrics under "metrics"."""
+    settings.check()
+    version = resolve_version(root, version)
+    vdir = root.version_dir(version)
+    catalog_path = vdir / CATALOG_FILE
+    db = settings.analytics_db
+    owner = root.owning_version(db)
+    if owner:
+        raise UsageError(f"{db} is inside version {owner}, whose files are immutable; pass another --duckdb")
+    catalog_sha = root.read_manifest(version)["files"][CATALOG_FILE]["sha256"]
+    _check_catalog(catalog_path)
+    started = datetime.now(UTC)
+    t_start = time.perf_counter()
+
+    index = faiss_index.read_index(vdir / FAISS_FILE)
+    profile = tuning.load_profile(vdir / tuning.TUNING_FILE) if (vdir / tuning.TUNING_FILE).exists() else None
+    knobs = set_knobs(index, profile, settings)
+    corpus = Corpus(*version_vectors(root, version))
+    k = min(settings.k, len(corpus.ids))
+    notes = [*knobs.notes, *([f"k {settings.k} cut to the corpus size {k}"] if k < settings.k else [])]
+    embedder = version_embedder(catalog.read_meta(catalog_path), version)
+    sets = _query_sets(catalog_path, corpus, embedder, settings, progress)
+
+    unavailable = {"splade": "no SPLADE model is configured; none installs with the project"}
+    scorer = None
+    if settings.xtr:
+        if embedder is None or not hasattr(embedder, "token_vectors"):
+            unavailable["xtr"] = "the version's embedder gives no token vectors"
+        else:
+            texts_of = functools.partial(_texts, catalog_path)
+            scorer = LateInteractionScorer(embedder.token_vectors, texts_of, progress("xtr token vectors"))
+    lexical = None
+    if any(s.text_channels for s in sets):
+        t0 = time.perf_counter()
+        cache = root.root / ".cache" / "bm25" / catalog_sha
+        lexical = LexicalIndex.load_or_build(cache, functools.partial(_all_texts, catalog_path))
+        log(f"bm25 index over {len(corpus.ids)} chunks ready in {time.perf_counter() - t0:.1f}s")
+
+    results: dict[str, dict[str, Hits]] = {}
+    for qs in sets:
+        results[qs.name] = _run_channels(qs, index, corpus, k, knobs.rerank_factor, lexical, scorer)
+        log(f"{qs.name}: {len(qs.qids)} queries through {', '.join(results[qs.name])}")
+
+    metrics = _metrics(sets, results, corpus, k)
+    current = root.current()
+    baseline = latest_eval(root, current) if current else None
+    base_metrics = read_metrics(baseline) if baseline else None
+    gate = _gate(metrics, baseline, base_metrics, settings)
+    gate["measured_overrides"] = knobs.differences
+    summary = _summary(metrics)
+    run_dir = settings.out_dir / version / run_id
+    metrics.update(
+        version=version,
+        run_id=run_id,
+        started_at=started.isoformat(timespec="seconds"),
+        seconds=r4(time.perf_counter() - t_start),
+        params={
+            "k": k,
+            "k_factor": settings.k_factor,
+            "nprobe": settings.nprobe,
+            "profile": {"param_str": (profile or {}).get("param_str", ""), "served": knobs.served},
+            "active": knobs.active,
+            "rerank_k_factor": knobs.rerank_factor,
+            "factory": faiss_index.factory_string(index),
+            "ntotal": index.ntotal,
+            "seed": settings.seed,
+            "samples": settings.samples,
+            "xtr_oracle": settings.xtr,
+            "recall_floor": settings.recall_floor,
+            "max_mrr_drop": settings.max_mrr_drop,
+        },
+        query_sets={qs.name: {"queries": len(qs.qids), "labelled": qs.positives is not None} for qs in sets},
+        channels_run=[ch for ch in CHANNELS if any(ch in per_set for per_set in results.values())],
+        channels_unavailable=unavailable,
+        notes=notes,
+        gate=gate,
+        baseline={"version": baseline["version"], "run_id": baseline["run_id"]} if baseline else None,
+        delta=_delta(summary, (baseline or {}).get("summary")),
+        outputs={"pool": str(run_dir / POOL_FILE), "metrics": str(run_dir / METRICS_FILE), "duckdb": str(db)},
+    )
+    pool = _pool_table(sets, results, catalog_path)
+    metrics["outputs"]["pool_rows"] = pool.num_rows
+    record = _write_outputs(root, version, run_dir, pool, metrics, summary, catalog_sha)
+    try:
+        catalog.install_pool_views(db, settings.out_dir / version / LATEST_LINK / POOL_FILE, catalog_path, catalog_sha)
+    except ConflictError as exc:
+        raise ConflictError(
+            f"pool and metrics are written ({run_dir}), but the views were not refreshed: {exc}; "
+            "re-run when it is free or pass another --duckdb"
+        ) from None
+    return {**record, "metrics": metrics}
 
 
-# ---- metrics ------------------------------------------------------------------------------------------
+def _query_sets(
+    catalog_path: Path, corpus: Corpus, embedder: Embedder | None, settings: EvalSettings, progress: ProgressFor
+) -> list[QuerySet]:
+    sets = []
+    if settings.samples:
+        rows = query_sets.self_sample(corpus.ids, settings.samples, settings.seed)
+        chosen = corpus.ids[rows].tolist()
+        texts = _texts(catalog_path, chosen)
+        qids = [f"self:{i}" for i in chosen]
+        sets.append(QuerySet("self", qids, [texts[i] for i in chosen], corpus.vectors[rows], None, False))
+    labelled: dict[str, list[query_sets.TextQuery]] = {}
+    if settings.queries_file is not None:
+        labelled["file"] = query_sets.read_labelled_queries(settings.queries_file, catalog_path)
+    if settings.generated_queries:
+        generated = query_sets.docstring_queries(catalog_path, settings.max_generated, settings.seed)
+        if generated:
+            labelled["docstrings"] = generated
+    if labelled and embedder is None:
+        raise ValidationError("this version records no embedder, so text queries cannot be embedded for it")
+    for name, queries in labelled.items():
+        texts = [q.text for q in queries]
+        vectors = embedder.embed(texts, progress=progress(f"embedding {name} queries"))
+        sets.append(QuerySet(name, [q.qid for q in queries], texts, vectors, [q.positives for q in queries], True))
+    if not sets:
+        raise UsageError("no queries: use --samples > 0, --queries FILE, or generated docstring queries")
+    return sets
 
 
-def ann_fidelity(
-    ann_ids: np.ndarray, ann_exact: np.ndarray, flat_ids: np.ndarray, flat_scores: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-query recall@k of the ANN hits against exact top-k, and the tie-tolerant variant that also counts a
-    hit whose exact score reaches the k-th exact score (near-duplicate chunks make the id set ambiguous)."""
-    recall = np.empty(len(ann_ids))
-    tie = np.empty(len(ann_ids))
-    for row, (ann, exact, flat, flat_s) in enumerate(zip(ann_ids, ann_exact, flat_ids, flat_scores, strict=True)):
-        truth = {int(i) for i in flat if i != -1}
-        kth = flat_s[flat != -1].min() if truth else np.inf
-        hits = [int(i) for i in ann if i != -1]
-        recall[row] = len(truth & set(hits)) / max(len(truth), 1)
-        tied = sum(1 for i, s in zip(ann, exact, strict=True) if i != -1 and (int(i) in truth or s >= kth - TIE_EPS))
-        tie[row] = min(tied, len(truth)) / max(len(truth), 1)
-    return recall, tie
+def _run_channels(
+    qs: QuerySet,
+    index: faiss.Index,
+    corpus: Corpus,
+    k: int,
+    rerank_factor: float,
+    lexical: LexicalIndex | None,
+    scorer: LateInteractionScorer | None,
+) -> dict[str, Hits]:
+    def timed(fn: Callable[[], tuple[np.ndarray, np.ndarray]]) -> Hits:
+        t0 = time.perf_counter()
+        scores, ids = fn()
+        return Hits(scores, ids, time.perf_counter() - t0)
+
+    ann_search(index, corpus, qs.vectors[:WARMUP_QUERIES], k, rerank_factor)  # untimed: first calls pay start-up
+    hits = {
+        "faiss": timed(lambda: ann_search(index, corpus, qs.vectors, k, rerank_factor)),
+        "flat": timed(lambda: tuning.exact_topk(qs.vectors, corpus.vectors, corpus.ids, k)),
+    }
+    if not qs.text_channels:
+        return hits
+    if lexical is not None:
+        hits["bm25"] = timed(lambda: lexical.search(qs.texts, k))
+    if scorer is not None:  # the servable candidates only: the flat oracle's hits are not in the pool
+        pools = [
+            np.concatenate([hits[ch].ids[row] for ch in ("faiss", "bm25") if ch in hits]) for row in range(len(qs.qids))
+        ]
+        hits["xtr"] = timed(lambda: scorer.rescore(qs.texts, pools, k))
+    fused = timed(lambda: fuse([hits[ch].ids for ch in FUSED if ch in hits], k))
+    fused.seconds += sum(hits[ch].seconds for ch in FUSED if ch in hits)  # what a served hybrid costs
+    hits["hybrid"] = fused
+    return hits
 
 
-def ranking_metrics(found: np.ndarray, positives: list[frozenset[int]]) -> dict[str, float]:
-    """recall@k, MRR@k and nDCG@k (binary relevance), averaged over queries that have positives."""
-    recall, rr, ndcg = [], [], []
-    for ids, pos in zip(found, positives, strict=True):
-        if not pos:
-            continue
-        flags = [int(i) in pos for i in ids]
-        recall.append(sum(flags) / len(pos))
-        rr.append(next((1.0 / r for r, hit in enumerate(flags, start=1) if hit), 0.0))
-        dcg = sum(1.0 / math.log2(r + 1) for r, hit in enumerate(flags, start=1) if hit)
-        ideal = sum(1.0 / math.log2(r + 1) for r in range(1, min(len(pos), len(ids)) + 1))
-        ndcg.append(dcg / ideal)
-    if not recall:
-        return {}
-    return {"recall_at_k": _r(np.mean(recall)), "mrr_at_k": _r(np.mean(rr)), "ndcg_at_k": _r(np.mean(ndcg))}
-
-
-def distribution(values: np.ndarray) -> dict[str, float]:
-    if not len(values):
-        return {}
-    q = np.percentile(values, [0, 10, 50, 90, 100])
+def _metrics(sets: list[QuerySet], results: dict[str, dict[str, Hits]], corpus: Corpus, k: int) -> dict[str, Any]:
+    fidelity = []
+    per_set: dict[str, Any] = {}
+    found: dict[str, list[np.ndarray]] = {}
+    labels: list[frozenset[int]] = []
+    faiss_rr: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    answered: dict[str, int] = {}
+    for qs in sets:
+        hits = results[qs.name]
+        ann, flat = hits["faiss"], hits["flat"]
+        counts = ann_fidelity(ann.ids, corpus.exact_scores(qs.vectors, ann.ids), flat.ids, flat.scores)
+        fidelity.append(counts)
+        ann_set = recall_summary(*counts)
+        entry: dict[str, Any] = {
+            "queries": len(qs.qids),
+            "ann_recall_at_k": ann_set["recall_at_k"],
+            "ann_tie_recall_at_k": ann_set["tie_recall_at_k"],
+        }
+        for channel, h in hits.items():
+            seconds[channel] = seconds.get(channel, 0.0) + h.seconds
+            answered[channel] = answered.get(channel, 0) + len(qs.qids)
+        if qs.positives is not None:
+            entry["channels"] = {ch: ranking_metrics(h.ids, qs.positives) for ch, h in hits.items()}
+            labels += qs.positives
+            for channel, h in hits.items():
+                found.setdefault(channel, []).append(h.ids)
+            rr = reciprocal_ranks(ann.ids, qs.positives)
+            faiss_rr.update({f"{qs.name}|{q}": r4(v) for q, v, p in zip(qs.qids, rr, qs.positives, strict=True) if p})
+        per_set[qs.name] = entry
+    labelled_sets = sum(1 for qs in sets if qs.positives is not None)
+    labelled_channels = {  # channels that answered every labelled set, over all labelled queries together
+        ch: ranking_metrics(np.vstack(parts), labels) for ch, parts in found.items() if len(parts) == labelled_sets
+    }
     return {
-        "min": _r(q[0]),
-        "p10": _r(q[1]),
-        "p50": _r(q[2]),
-        "mean": _r(values.mean()),
-        "p90": _r(q[3]),
-        "max": _r(q[4]),
+        "k": k,
+        "ann": recall_summary(*(np.concatenate(part) for part in zip(*fidelity, strict=True))),
+        "channels": {ch: labelled_channels[ch] for ch in CHANNELS if labelled_channels.get(ch)},
+        "labelled_queries": len(faiss_rr),
+        "faiss_rr": faiss_rr,
+        "latency_ms_per_query": {ch: r4(1000 * seconds[ch] / answered[ch]) for ch in CHANNELS if ch in seconds},
+        "sets": per_set,
     }
 
 
-def _r(value: float) -> float:
-    return round(float(value), 4)
+def _gate(
+    metrics: dict[str, Any], baseline: dict[str, Any] | None, base_metrics: dict[str, Any] | None, s: EvalSettings
+) -> dict[str, Any]:
+    """ANN recall@k against flat at least the floor; faiss MRR@k at most `max_mrr_drop` below the current
+    version's last eval, on the labelled queries both ran (nothing to compare against: passes, marked skipped)."""
+    recall = metrics["ann"]["recall_at_k"]
+    recall_check = {"floor": s.recall_floor, "value": recall, "passed": recall >= s.recall_floor}
+    if base_metrics and base_metrics.get("faiss_rr"):
+        mrr_check = compare_mrr(
+            metrics["faiss_rr"], metrics["k"], base_metrics["faiss_rr"], base_metrics["k"], s.max_mrr_drop
+        )
+        mrr_check["baseline"] = {"version": baseline["version"], "run_id": baseline["run_id"]}
+    else:
+        reason = "nothing is published" if baseline is None else "the current version's last eval has no labels"
+        mrr_check = {"passed": True, "max_drop": s.max_mrr_drop, "skipped": reason}
+    failures = [] if recall_check["passed"] else [f"ANN recall@k {recall:.4f} is below the floor {s.recall_floor}"]
+    if not mrr_check["passed"]:
+        failures.append(mrr_check["reason"])
+    return {"passed": not failures, "failures": failures, "ann_recall": recall_check, "mrr": mrr_check}
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Headline figures kept in the gate record: what `diff` shows and deltas compare."""
+    summary: dict[str, Any] = {
+        "k": metrics["k"],
+        "ann_recall_at_k": metrics["ann"]["recall_at_k"],
+        "ann_tie_recall_at_k": metrics["ann"]["tie_recall_at_k"],
+        "queries": metrics["ann"]["queries"],
+        "labelled_queries": metrics["labelled_queries"],
+    }
+    for channel, values in metrics["channels"].items():
+        for name, value in values.items():
+            summary[f"{channel}_{name}"] = value
+    return summary
+
+
+def _delta(summary: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, float] | None:
+    if not baseline:
+        return None
+    keys = [key for key, value in summary.items() if isinstance(value, float) and isinstance(baseline.get(key), float)]
+    return {key: r4(summary[key] - baseline[key]) for key in keys}
+
+
+def channel_rows(metrics: dict[str, Any]) -> list[tuple[str, float | None, float | None, float | None, float]]:
+    """(channel, recall@k, MRR@k, nDCG@k, ms/query) per channel run, in report order; None where unlabelled."""
+    rows = []
+    for channel, latency in sorted(metrics["latency_ms_per_query"].items(), key=lambda item: CHANNELS.index(item[0])):
+        figures = metrics["channels"].get(channel, {})
+        rows.append((channel, figures.get("recall_at_k"), figures.get("mrr_at_k"), figures.get("ndcg_at_k"), latency))
+    return rows
+
+
+# ---- outputs ------------------------------------------------------------------------------------------
 
 
 def symbol_hits(query_tokens: frozenset[str], symbols: list[str]) -> list[str]:
@@ -236,284 +447,21 @@ def _names(symbol: str) -> tuple[str, frozenset[str]] | None:
     return (name.lower().strip("_"), parts) if parts else None
 
 
-def gate(
-    ann_recall: float, mrr: float | None, baseline: dict[str, Any] | None, floor: float, max_drop: float
-) -> dict[str, Any]:
-    """The publish gate: ANN recall@k against flat at least `floor`, and faiss MRR@k at most `max_drop` below the
-    current version's last eval (passes, marked skipped, when either side has no labelled queries)."""
-    recall_check = {"floor": floor, "value": ann_recall, "passed": ann_recall >= floor}
-    base_mrr = (baseline or {}).get("summary", {}).get("faiss_mrr_at_k")
-    mrr_check: dict[str, Any] = {"max_drop": max_drop, "mrr_at_k": mrr, "baseline_mrr_at_k": base_mrr, "passed": True}
-    if mrr is None or base_mrr is None:
-        mrr_check["skipped"] = (
-            "no labelled queries on one side" if baseline else "no earlier eval of the current version"
-        )
-    else:
-        mrr_check["baseline"] = {"version": baseline["version"], "run_id": baseline["run_id"]}
-        mrr_check["passed"] = base_mrr - mrr <= max_drop + 1e-9
-    failures = []
-    if not recall_check["passed"]:
-        failures.append(f"ANN recall@k {ann_recall:.4f} is below the floor {floor}")
-    if not mrr_check["passed"]:
-        failures.append(
-            f"faiss MRR@k {mrr:.4f} is {base_mrr - mrr:.4f} below {baseline['version']}'s {base_mrr:.4f} "
-            f"(allowed drop {max_drop})"
-        )
-    return {"passed": not failures, "failures": failures, "ann_recall": recall_check, "mrr": mrr_check}
-
-
-# ---- the run ------------------------------------------------------------------------------------------
-
-
-def evaluate_version(
-    root: LifecycleRoot,
-    version: str | None,
-    settings: EvalSettings,
-    *,
-    run_id: str,
-    log: Log = lambda _: None,
-    progress: ProgressFor = lambda _: None,
-) -> dict[str, Any]:
-    """Run the evaluation, write `pool.parquet` and `metrics.json` (and `latest`), refresh the coverage views and
-    record the gate. Returns the record (paths, gate, headline summary) that `latest_eval` reads back."""
-    settings.check()
-    version = resolve_version(root, version)
-    vdir = root.version_dir(version)
-    catalog_path = vdir / CATALOG_FILE
-    started = datetime.now(UTC)
-    t_start = time.perf_counter()
-
-    index = faiss_index.read_index(vdir / FAISS_FILE)
-    profile = tuning.load_profile(vdir / tuning.TUNING_FILE) if (vdir / tuning.TUNING_FILE).exists() else None
-    applied = tuning.apply_profile(index, profile)
-    notes = []
-    if settings.nprobe is not None:
-        if "nprobe" in tuning.index_knobs(index):
-            tuning.set_knobs(index, {"nprobe": settings.nprobe})
-            applied["nprobe"] = settings.nprobe
-        else:
-            notes.append(f"--nprobe {settings.nprobe} ignored: {faiss_index.factory_string(index)} has no IVF lists")
-    _check_catalog(catalog_path)
-    corpus = _Corpus(*version_vectors(root, version))
-    k = min(settings.k, len(corpus.ids))
-    meta = catalog.read_meta(catalog_path)
-
-    sets, embedder = _query_sets(catalog_path, corpus, meta, settings, progress)
-    unavailable = {"splade": "no SPLADE model is configured; none installs with the project"}
-    scorer = None
-    if settings.xtr:
-        if embedder is None or not hasattr(embedder, "token_vectors"):
-            unavailable["xtr"] = "the version's embedder gives no token vectors"
-        else:
-            scorer = LateInteractionScorer(
-                embedder.token_vectors, lambda ids: _texts(catalog_path, ids), progress("xtr token vectors")
-            )
-    lexical = None
-    if any(s.text_channels for s in sets):
-        t0 = time.perf_counter()
-        lexical = LexicalIndex(*_all_texts(catalog_path))
-        log(f"bm25 index over {len(corpus.ids)} chunks in {time.perf_counter() - t0:.1f}s")
-
-    results: dict[str, dict[str, Hits]] = {}
-    for qs in sets:
-        results[qs.name] = _run_channels(qs, index, corpus, k, settings.k_factor, lexical, scorer)
-        log(f"{qs.name}: {len(qs.qids)} queries through {', '.join(results[qs.name])}")
-
-    metrics = _metrics(sets, results, corpus, k)
-    current = root.current()
-    baseline = latest_eval(root, current) if current else None
-    gate_result = gate(
-        metrics["ann"]["recall_at_k"],
-        metrics["channels"].get("faiss", {}).get("mrr_at_k"),
-        baseline,
-        settings.recall_floor,
-        settings.max_mrr_drop,
-    )
-    summary = _summary(metrics, k)
-    metrics.update(
-        version=version,
-        run_id=run_id,
-        started_at=started.isoformat(timespec="seconds"),
-        seconds=round(time.perf_counter() - t_start, 3),
-        params={
-            "k": k,
-            "k_factor": settings.k_factor,
-            "nprobe": settings.nprobe,
-            "profile": {"param_str": (profile or {}).get("param_str", ""), "applied": applied},
-            "factory": faiss_index.factory_string(index),
-            "ntotal": index.ntotal,
-            "seed": settings.seed,
-            "samples": settings.samples,
-            "xtr_oracle": settings.xtr,
-            "recall_floor": settings.recall_floor,
-            "max_mrr_drop": settings.max_mrr_drop,
-        },
-        query_sets={qs.name: {"queries": len(qs.qids), "labelled": qs.positives is not None} for qs in sets},
-        channels_run=sorted({ch for per_set in results.values() for ch in per_set}),
-        channels_unavailable=unavailable,
-        notes=notes,
-        gate=gate_result,
-        baseline={"version": baseline["version"], "run_id": baseline["run_id"]} if baseline else None,
-        delta=_delta(summary, (baseline or {}).get("summary")),
-    )
-
-    run_dir = settings.out_dir / version / run_id
-    pool = _pool_table(sets, results, catalog_path)
-    record = _write_outputs(root, version, run_dir, pool, metrics, summary)
-    db = settings.duckdb or settings.out_dir / ANALYTICS_DB
-    owner = root.owning_version(db)
-    if owner:
-        raise UsageError(f"{db} belongs to complete version {owner}, which is immutable; pass another --duckdb")
-    catalog_sha = root.read_manifest(version)["files"][CATALOG_FILE]["sha256"]
-    catalog.install_pool_views(db, settings.out_dir / version / LATEST_LINK / POOL_FILE, catalog_path, catalog_sha)
-    record["duckdb"] = str(db)
-    atomic_write_json(gate_record_path(root, version), record)
-    return {**record, "metrics": metrics}
-
-
-def _query_sets(
-    catalog_path: Path, corpus: _Corpus, meta: dict[str, str], settings: EvalSettings, progress: ProgressFor
-) -> tuple[list[QuerySet], Any]:
-    sets = []
-    if settings.samples:
-        rows = query_sets.self_sample(corpus.ids, settings.samples, settings.seed)
-        chosen = corpus.ids[rows]
-        texts = _texts(catalog_path, chosen.tolist())
-        sets.append(
-            QuerySet(
-                "self",
-                [f"self:{i}" for i in chosen],
-                [texts[int(i)] for i in chosen],
-                corpus.vectors[rows],
-                None,
-                False,
-            )
-        )
-    labelled: dict[str, list[query_sets.TextQuery]] = {}
-    if settings.queries_file is not None:
-        labelled["file"] = query_sets.read_labelled_queries(settings.queries_file, catalog_path)
-    if settings.generated_queries:
-        generated = query_sets.docstring_queries(catalog_path, settings.max_generated, settings.seed)
-        if generated:
-            labelled["docstrings"] = generated
-    embedder = None
-    if labelled or settings.xtr:
-        if "embedder_spec" not in meta:
-            if labelled:
-                raise ValidationError("this version records no embedder, so text queries cannot be embedded for it")
-        else:
-            embedder = load_embedder(meta["embedder_spec"])
-    for name, queries in labelled.items():
-        texts = [q.text for q in queries]
-        positives = [q.positives for q in queries]
-        vectors = embedder.embed(texts, progress=progress(f"embedding {name} queries"))
-        sets.append(QuerySet(name, [q.qid for q in queries], texts, vectors, positives, True))
-    if not sets:
-        raise UsageError("no queries: use --samples > 0, --queries FILE, or generated docstring queries")
-    return sets, embedder
-
-
-def _run_channels(
-    qs: QuerySet,
-    index: Any,
-    corpus: _Corpus,
-    k: int,
-    k_factor: float,
-    lexical: LexicalIndex | None,
-    scorer: LateInteractionScorer | None,
-) -> dict[str, Hits]:
-    def timed(fn: Callable[[], tuple[np.ndarray, np.ndarray]]) -> Hits:
-        t0 = time.perf_counter()
-        scores, ids = fn()
-        return Hits(scores, ids, time.perf_counter() - t0)
-
-    ann_search(index, corpus, qs.vectors[:WARMUP_QUERIES], k, k_factor)  # untimed: first calls pay for start-up
-    hits = {
-        "faiss": timed(lambda: ann_search(index, corpus, qs.vectors, k, k_factor)),
-        "flat": timed(lambda: tuning.exact_topk(qs.vectors, corpus.vectors, corpus.ids, k)),
-    }
-    if not qs.text_channels:
-        return hits
-    if lexical is not None:
-        hits["bm25"] = timed(lambda: lexical.search(qs.texts, k))
-    if scorer is not None:
-        pools = [np.concatenate([h.ids[row] for h in hits.values()]) for row in range(len(qs.qids))]
-        hits["xtr"] = timed(lambda: scorer.rescore(qs.texts, pools, k))
-    fused = timed(lambda: fuse([hits[ch].ids for ch in FUSED if ch in hits], k))
-    fused.seconds += sum(hits[ch].seconds for ch in FUSED if ch in hits)  # what a served hybrid costs
-    hits["hybrid"] = fused
-    return hits
-
-
-def _metrics(sets: list[QuerySet], results: dict[str, dict[str, Hits]], corpus: _Corpus, k: int) -> dict[str, Any]:
-    recalls, ties = [], []
-    per_set: dict[str, Any] = {}
-    found: dict[str, list[np.ndarray]] = {}
-    labels: list[frozenset[int]] = []
-    seconds: dict[str, float] = {}
-    queries: dict[str, int] = {}
-    for qs in sets:
-        hits = results[qs.name]
-        ann = hits["faiss"]
-        recall, tie = ann_fidelity(
-            ann.ids, corpus.exact_scores(qs.vectors, ann.ids), hits["flat"].ids, hits["flat"].scores
-        )
-        recalls.append(recall)
-        ties.append(tie)
-        entry: dict[str, Any] = {
-            "queries": len(qs.qids),
-            "ann_recall_at_k": _r(recall.mean()),
-            "ann_tie_recall_at_k": _r(tie.mean()),
-        }
-        for channel, h in hits.items():
-            seconds[channel] = seconds.get(channel, 0.0) + h.seconds
-            queries[channel] = queries.get(channel, 0) + len(qs.qids)
-        if qs.positives is not None:
-            entry["channels"] = {ch: ranking_metrics(h.ids, qs.positives) for ch, h in hits.items()}
-            labels += qs.positives
-            for channel, h in hits.items():
-                found.setdefault(channel, []).append(h.ids)
-        per_set[qs.name] = entry
-    recall_all, tie_all = np.concatenate(recalls), np.concatenate(ties)
-    labelled_sets = sum(1 for qs in sets if qs.positives is not None)
-    labelled_channels = {  # channels that answered every labelled set, over all labelled queries together
-        ch: ranking_metrics(np.vstack(parts), labels) for ch, parts in found.items() if len(parts) == labelled_sets
-    }
-    return {
-        "k": k,
-        "ann": {
-            "recall_at_k": _r(recall_all.mean()),
-            "tie_recall_at_k": _r(tie_all.mean()),
-            "per_query": distribution(recall_all),
-            "queries": len(recall_all),
-        },
-        "channels": labelled_channels,
-        "labelled_queries": sum(1 for p in labels if p),
-        "latency_ms_per_query": {ch: _r(1000 * seconds[ch] / queries[ch]) for ch in CHANNELS if ch in seconds},
-        "sets": per_set,
-    }
-
-
-def _summary(metrics: dict[str, Any], k: int) -> dict[str, Any]:
-    """Headline figures kept in the gate record: what `diff`, the gate and deltas compare."""
-    summary: dict[str, Any] = {
-        "k": k,
-        "ann_recall_at_k": metrics["ann"]["recall_at_k"],
-        "ann_tie_recall_at_k": metrics["ann"]["tie_recall_at_k"],
-        "queries": metrics["ann"]["queries"],
-        "labelled_queries": metrics["labelled_queries"],
-    }
-    for channel, values in metrics["channels"].items():
-        for name, value in values.items():
-            summary[f"{channel}_{name}"] = value
-    return summary
-
-
-def _delta(summary: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, float] | None:
-    if not baseline:
-        return None
-    keys = [key for key, value in summary.items() if isinstance(value, float) and isinstance(baseline.get(key), float)]
-    return {key: _r(summary[key] - baseline[key]) for key in keys}
+POOL_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("query_set", pa.string()),
+        ("channel", pa.string()),
+        ("rank", pa.int32()),
+        ("chunk_id", pa.int64()),
+        ("score", pa.float32()),
+        ("uri", pa.string()),
+        ("start_line", pa.int32()),
+        ("end_line", pa.int32()),
+        ("symbol_hits", pa.list_(pa.string())),
+        ("is_positive", pa.bool_()),
+    ]
+)
 
 
 def _pool_table(sets: list[QuerySet], results: dict[str, dict[str, Hits]], catalog_path: Path) -> pa.Table:
@@ -544,72 +492,103 @@ def _pool_table(sets: list[QuerySet], results: dict[str, dict[str, Hits]], catal
     return pa.table(cols, schema=POOL_SCHEMA)
 
 
-POOL_SCHEMA = pa.schema(
-    [
-        ("query_id", pa.string()),
-        ("query_set", pa.string()),
-        ("channel", pa.string()),
-        ("rank", pa.int32()),
-        ("chunk_id", pa.int64()),
-        ("score", pa.float32()),
-        ("uri", pa.string()),
-        ("start_line", pa.int32()),
-        ("end_line", pa.int32()),
-        ("symbol_hits", pa.list_(pa.string())),
-        ("is_positive", pa.bool_()),
-    ]
-)
-
-
 def _write_outputs(
-    root: LifecycleRoot, version: str, run_dir: Path, pool: pa.Table, metrics: dict[str, Any], summary: dict[str, Any]
+    root: LifecycleRoot,
+    version: str,
+    run_dir: Path,
+    pool: pa.Table,
+    metrics: dict[str, Any],
+    summary: dict[str, Any],
+    catalog_sha: str,
 ) -> dict[str, Any]:
-    """pool.parquet and metrics.json (each atomic) in the run's directory, then `latest` flipped to it."""
-    if run_dir.exists():
-        raise ValidationError(f"{run_dir} already exists; eval run ids are unique")
-    run_dir.mkdir(parents=True)
+    """pool.parquet and metrics.json (each atomic) in a new run directory, then the version's gate record, then
+    `latest` flipped to the run: publish never sees a gate older than the newest run's files."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise ConflictError(f"{run_dir} already exists; eval run ids are unique") from None
     fsync_dir(run_dir.parent)
+    fsync_dir(run_dir.parent.parent)
     atomic_write_parquet(run_dir / POOL_FILE, pool)
     atomic_write_json(run_dir / METRICS_FILE, metrics)
-    atomic_symlink(run_dir.parent / LATEST_LINK, run_dir.name)
-    return {
+    record = {
         "version": version,
         "run_id": metrics["run_id"],
         "at": metrics["started_at"],
+        "catalog_sha256": catalog_sha,
         "metrics_path": str(run_dir / METRICS_FILE),
         "pool_path": str(run_dir / POOL_FILE),
         "pool_rows": pool.num_rows,
+        "duckdb": metrics["outputs"]["duckdb"],
         "gate": metrics["gate"],
         "summary": summary,
     }
-
-
-def gate_record_path(root: LifecycleRoot, version: str) -> Path:
     path = root.root / GATE_DIR / f"{version}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    atomic_write_json(path, record)
+    atomic_symlink(run_dir.parent / LATEST_LINK, run_dir.name)
+    return record
+
+
+# ---- reading evals back -------------------------------------------------------------------------------
 
 
 def latest_eval(root: LifecycleRoot, version: str) -> dict[str, Any] | None:
-    """The record of the version's newest eval (paths, gate, headline summary), or None if it has none."""
+    """The record of the version's newest eval (paths, gate, headline summary), or None if it has none.
+
+    A record whose catalog hash is not the version's (the id was reused by a later build) is ignored.
+    """
     path = root.root / GATE_DIR / f"{version}.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValidationError(f"{path} is not valid JSON ({exc}); re-run indexctl eval --version {version}") from None
-
-
-def gate_refusal(root: LifecycleRoot, version: str) -> str | None:
-    """Why publishing `version` is refused by its last eval, or None when it passed or was never evaluated."""
-    record = latest_eval(root, version)
-    if record is None or record["gate"]["passed"]:
+    try:
+        catalog_sha = root.read_manifest(version)["files"][CATALOG_FILE]["sha256"]
+    except (NotFoundError, ValidationError, KeyError):
         return None
-    return f"{version}'s last eval ({record['run_id']}) failed the gate: " + "; ".join(record["gate"]["failures"])
+    return record if record.get("catalog_sha256") == catalog_sha else None
 
 
-REQUIRED_COLUMNS = ("chunk_id", "uri", "language", "start_line", "end_line", "text", "symbols", "embedding")
+def read_metrics(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics.json a gate record points at, or None when it was removed or is unreadable."""
+    try:
+        return json.loads(Path(record["metrics_path"]).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def publish_refusal(root: LifecycleRoot, version: str) -> str | None:
+    """Why the version's last eval forbids publishing it, or None (passed, or never evaluated).
+
+    The recall floor is the one that eval checked; the MRR comparison is redone against the current version's
+    last eval as of now (the current version may have changed since), falling back to the recorded result when
+    either metrics file is gone. Re-publishing the current version is never refused for MRR.
+    """
+    record = latest_eval(root, version)
+    if record is None:
+        return None
+    gate = record["gate"]
+    recall = gate["ann_recall"]
+    failures = [] if recall["passed"] else [f"ANN recall@k {recall['value']:.4f} is below the floor {recall['floor']}"]
+    current = root.current()
+    if current is not None and current != version:
+        mrr = gate["mrr"]
+        baseline = latest_eval(root, current)
+        ours, theirs = read_metrics(record), read_metrics(baseline) if baseline else None
+        if ours is not None and baseline is not None and theirs is not None and theirs.get("faiss_rr"):
+            mrr = compare_mrr(ours["faiss_rr"], ours["k"], theirs["faiss_rr"], theirs["k"], mrr["max_drop"])
+            mrr["baseline"] = {"version": current, "run_id": baseline["run_id"]}
+        if not mrr["passed"]:
+            failures.append(f"{mrr['reason']} (against {current})")
+    if not failures:
+        return None
+    return f"{version}'s last eval ({record['run_id']}) fails the gate: " + "; ".join(failures)
+
+
+# ---- catalog access -----------------------------------------------------------------------------------
 
 
 def _check_catalog(catalog_path: Path) -> None:
@@ -635,8 +614,5 @@ def _texts(catalog_path: Path, chunk_ids: list[int]) -> dict[int, str]:
 def _all_texts(catalog_path: Path) -> tuple[np.ndarray, list[str]]:
     with catalog.connect_read_only(catalog_path) as con:
         table = con.sql("SELECT chunk_id, uri, text FROM chunks ORDER BY chunk_id").to_arrow_table()
-    texts = [
-        embedding_text(uri, text)
-        for uri, text in zip(table.column("uri").to_pylist(), table.column("text").to_pylist(), strict=True)
-    ]
-    return table.column("chunk_id").to_numpy(), texts
+    uris, texts = table.column("uri").to_pylist(), table.column("text").to_pylist()
+    return table.column("chunk_id").to_numpy(), [embedding_text(u, t) for u, t in zip(uris, texts, strict=True)]

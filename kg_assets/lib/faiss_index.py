@@ -43,6 +43,19 @@ def read_index(path: Path) -> faiss.Index:
         raise ValidationError(f"{path} is not a readable FAISS index ({reason})") from None
 
 
+def scores_exactly(index: faiss.Index) -> bool:
+    """Whether the index scores its candidates with the exact vectors (Flat, IVF-Flat, HNSW-Flat storage, or
+    an exact re-rank stage): re-ranking its results from the stored vectors would change nothing."""
+    node = faiss.downcast_index(index)  # `index` stays referenced while `node` is used
+    if isinstance(node, faiss.IndexIDMap2 | faiss.IndexIDMap | faiss.IndexPreTransform):
+        return scores_exactly(node.index)
+    if isinstance(node, faiss.IndexRefine):
+        return scores_exactly(node.refine_index)
+    if isinstance(node, faiss.IndexHNSW):
+        return scores_exactly(node.storage)
+    return isinstance(node, faiss.IndexFlat | faiss.IndexIVFFlat)
+
+
 def factory_string(index: faiss.Index) -> str:
     """Reconstruct a factory-style description (`IVF64,PQ16x4fs,Refine(Flat)`) from an index's structure."""
     # Keep `index` referenced while `node` is used: a downcast wrapper does not own the C++ object.

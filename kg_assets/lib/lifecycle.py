@@ -165,13 +165,13 @@ class LifecycleRoot:
         return sorted(names, key=natural_key)
 
     def owning_version(self, path: Path) -> str | None:
-        """The complete version whose directory contains `path`, if any (its files must not be rewritten)."""
+        """The version directory (complete or staging) that holds `path`, if any: its files must not be written
+        from outside the build. Symlinks are resolved, so `current/catalog.duckdb` counts as its version's."""
         try:
-            rel = Path(path).absolute().relative_to(self.versions_dir)
+            rel = Path(path).resolve().relative_to(self.versions_dir.resolve())
         except ValueError:
             return None
-        name = rel.parts[0] if rel.parts else ""
-        return name if name in self.list_versions() else None
+        return rel.parts[0] if rel.parts else None
 
     def history(self) -> list[dict[str, Any]]:
         """Every pointer flip so far, oldest first."""

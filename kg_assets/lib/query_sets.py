@@ -3,6 +3,7 @@ from the repository's documented definitions. Positives are always `chunk_id`s."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -32,8 +33,10 @@ def first_sentence(doc: str) -> str:
 def docstring_queries(catalog_path: Path, limit: int, seed: int = 0) -> list[TextQuery]:
     """First sentences (at least 4 words) of documented definitions, each labelled with the chunk defining it.
 
-    A sentence shared by several definitions is one query whose positives are all of their chunks. More than
-    `limit` candidates are sampled with `seed`, so a set is reproducible.
+    A sentence shared by several definitions is one query whose positives are all of their chunks. A query's id
+    is a hash of its sentence, and when there are more than `limit`, the `limit` with the smallest seeded hashes
+    are kept: the same sentence gets the same id and the same fate in every version, so two versions' evals
+    share most of their queries even after the repository changed.
     """
     with catalog.connect_read_only(catalog_path) as con:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -49,11 +52,12 @@ def docstring_queries(catalog_path: Path, limit: int, seed: int = 0) -> list[Tex
         sentence = first_sentence(doc)
         if len(sentence.split()) >= MIN_SENTENCE_WORDS:
             labelled.setdefault(sentence, set()).update(chunk_ids)
-    sentences = sorted(labelled)
-    if len(sentences) > limit:
-        picked = np.random.default_rng(seed).choice(len(sentences), size=limit, replace=False)
-        sentences = [sentences[i] for i in sorted(picked)]
-    return [TextQuery(f"doc:{i}", s, frozenset(labelled[s])) for i, s in enumerate(sentences)]
+    ranked = sorted(labelled, key=lambda sentence: _digest(f"{seed}|{sentence}"))[:limit]
+    return [TextQuery(f"doc:{_digest(s)}", s, frozenset(labelled[s])) for s in sorted(ranked)]
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 
 def self_sample(ids: np.ndarray, samples: int, seed: int) -> np.ndarray:

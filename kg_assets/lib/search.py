@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kg_assets.lib import catalog, faiss_index, tuning
-from kg_assets.lib.embedding import load_embedder
-from kg_assets.lib.errors import NotFoundError, UsageError, ValidationError
+from kg_assets.lib.embedding import load_embedder, version_embedder
+from kg_assets.lib.errors import NotFoundError, UsageError
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
 from kg_assets.lib.tuning import TUNING_FILE
 
@@ -50,12 +50,7 @@ def search_version(root: LifecycleRoot, text: str, k: int = 10, version: str | N
     version = resolve_version(root, version)
     vdir = root.version_dir(version)
     meta = catalog.read_meta(vdir / CATALOG_FILE)
-    embedder = load_embedder(meta.get("embedder_spec", "minilm"))
-    if meta.get("embedder_fingerprint") not in (None, embedder.fingerprint):
-        raise ValidationError(
-            f"version {version} was embedded with {meta.get('embedder')} ({meta.get('embedder_fingerprint')}); "
-            f"the installed model has fingerprint {embedder.fingerprint}; rebuild the version"
-        )
+    embedder = version_embedder(meta, version) or load_embedder("minilm")
     index = faiss_index.read_index(vdir / FAISS_FILE)
     if (vdir / TUNING_FILE).exists():
         tuning.apply_profile(index, tuning.load_profile(vdir / TUNING_FILE))

@@ -99,6 +99,19 @@ def index_knobs(index: faiss.Index, ntotal: int | None = None) -> dict[str, list
     return knobs
 
 
+def current_knobs(index: faiss.Index) -> dict[str, float]:
+    """The knob values a loaded index runs with now (IVF nprobe, HNSW efSearch, IndexRefine k_factor)."""
+    active: dict[str, float] = {}
+    for node in index_nodes(index):
+        if isinstance(node, faiss.IndexIVF):
+            active["nprobe"] = node.nprobe
+        elif isinstance(node, faiss.IndexHNSW):
+            active["efSearch"] = node.hnsw.efSearch
+        elif isinstance(node, faiss.IndexRefine):
+            active["k_factor"] = round(float(node.k_factor), 4)  # stored as float32
+    return active
+
+
 def set_knobs(index: faiss.Index, params: dict[str, float]) -> None:
     """Apply knob values to a loaded index; UsageError for a knob it does not have."""
     have = index_knobs(index)
@@ -152,9 +165,10 @@ def apply_profile(index: faiss.Index, profile: dict[str, Any] | None) -> dict[st
 
 
 def exact_topk(queries: np.ndarray, corpus: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k over the whole corpus, as (scores, chunk ids); FAISS batches the work."""
+    """Exact inner-product top-k over the whole corpus, as (scores, chunk ids); FAISS batches the work.
+    Ids are -1 past the corpus size (k > number of vectors)."""
     scores, rows = faiss.knn(np.ascontiguousarray(queries), np.ascontiguousarray(corpus), k, faiss.METRIC_INNER_PRODUCT)
-    return scores, ids[rows]
+    return scores, np.where(rows >= 0, ids[rows], -1)
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:

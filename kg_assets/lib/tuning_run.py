@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from kg_assets.lib import catalog, faiss_index, query_sets, tuning
-from kg_assets.lib.embedding import load_embedder
+from kg_assets.lib.embedding import version_embedder
 from kg_assets.lib.errors import NotFoundError, UsageError
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
 from kg_assets.lib.progress import Progress
@@ -45,12 +44,11 @@ def query_set(
         text_queries["docstrings"] = [q.text for q in generated]
     wanted = {k: v for k, v in text_queries.items() if v}
     if wanted:
-        meta = catalog.read_meta(vdir / CATALOG_FILE)
-        if "embedder_spec" not in meta:
+        embedder = version_embedder(catalog.read_meta(vdir / CATALOG_FILE), vdir.name)
+        if embedder is None:
             if "file" in wanted:
                 raise UsageError("this version records no embedder, so --queries cannot be embedded for it")
         else:
-            embedder = load_embedder(meta["embedder_spec"])
             for source, texts_of in wanted.items():
                 parts.append(embedder.embed(texts_of))
                 counts[source] = len(texts_of)
@@ -140,14 +138,7 @@ def active_profile(root: LifecycleRoot, version: str | None) -> dict[str, Any]:
     path = vdir / tuning.TUNING_FILE
     profile = tuning.load_profile(path) if path.exists() else None
     tuning.apply_profile(index, profile)
-    active: dict[str, float] = {}
-    for node in tuning.index_nodes(index):
-        if isinstance(node, faiss.IndexIVF):
-            active["nprobe"] = node.nprobe
-        elif isinstance(node, faiss.IndexHNSW):
-            active["efSearch"] = node.hnsw.efSearch
-        elif isinstance(node, faiss.IndexRefine):
-            active["k_factor"] = round(float(node.k_factor), 4)  # stored as float32
+    active = tuning.current_knobs(index)
     profile = profile or {}
     return {
         "version": version,

@@ -67,7 +67,7 @@ def test_publish_refuses_a_failed_eval_gate_unless_forced(two_versions: tuple) -
     assert done.returncode == 0, done.stderr
     assert "gate: FAILED" in done.stdout and "publish will refuse v2 unless --force" in done.stderr
     refused = indexctl(env, "publish", "v2", cwd=workdir)
-    assert refused.returncode == 4 and "failed the gate" in refused.stderr and "--force" in refused.stderr
+    assert refused.returncode == 4 and "fails the gate: ANN recall" in refused.stderr and "--force" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert root.current() == "v1"
     forced = indexctl(env, "publish", "v2", "--force", cwd=workdir)

@@ -164,7 +164,7 @@ def test_auto_publish_chain_publishes_only_a_version_whose_eval_gate_passed(
         starved = {**eval_config, "nprobe": 1, "recall_floor": 1.0}
         failed_gate = _execute(eval_request, "eval", root, instance, evaluation=starved)
         skipped = _on_success(auto_publish_after_eval, failed_gate, root, instance)
-        assert isinstance(skipped, dg.SkipReason) and "failed the eval gate" in skipped.skip_message
+        assert isinstance(skipped, dg.SkipReason) and "fails the gate" in skipped.skip_message
 
         passed = _execute(eval_request, "eval", root, instance, evaluation={**eval_config, "nprobe": 4})
         publish_request = _on_success(auto_publish_after_eval, passed, root, instance)

@@ -17,7 +17,7 @@ from kg_assets.defs.eval.jobs import eval_job
 from kg_assets.defs.lifecycle.jobs import publish
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.lib.commits import head_commit, version_for_commit
-from kg_assets.lib.evaluation import latest_eval
+from kg_assets.lib.evaluation import latest_eval, publish_refusal
 from kg_assets.lib.health import version_health
 
 AUTO_PUBLISH_TAG = "kg/auto_publish"
@@ -95,8 +95,9 @@ def auto_publish_after_eval(
     record = latest_eval(root, version)
     if record is None or not record["run_id"].endswith(run.run_id[:8]):
         return dg.SkipReason(f"the latest eval of {version} is not from run {run.run_id}; not publishing")
-    if not record["gate"]["passed"]:
-        return dg.SkipReason(f"{version} failed the eval gate: " + "; ".join(record["gate"]["failures"]))
+    refusal = publish_refusal(root, version)
+    if refusal:
+        return dg.SkipReason(refusal)
     health = version_health(root, version)
     if not health.ok:
         failed = "; ".join(f"{c.name}: {c.detail}" for c in health.failures())

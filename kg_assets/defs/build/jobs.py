@@ -48,7 +48,7 @@ def refresh_faiss_join(context: dg.OpExecutionContext, config: JoinConfig, lifec
     for target in (config.out, config.duckdb):
         owner = root.owning_version(Path(target)) if target else None
         if owner:
-            raise UsageError(f"{target} belongs to complete version {owner}, which is immutable; write elsewhere")
+            raise UsageError(f"{target} is inside version {owner}, whose files are immutable; write elsewhere")
     outcome: dict = {}
     if config.index and config.out:
         rows = idmap.export_idmap(Path(config.index), Path(config.out))

@@ -38,10 +38,10 @@ MRR_CHECK = "mrr_no_regression"
 
 class EvalConfig(dg.Config):
     """`indexctl eval` flags. `out_dir` empty: $KG_EVAL_DIR, $EVAL_OUTPUT_DIR or ./artifacts/eval; `duckdb` empty:
-    `<out_dir>/analytics.duckdb`; `nprobe` 0: the profile's."""
+    `<out_dir>/analytics.duckdb`; `nprobe`, `k_factor` 0: what the version serves with (its profile)."""
 
     k: int = 10
-    k_factor: float = 2.0
+    k_factor: float = 0.0
     nprobe: int = 0
     xtr_oracle: bool = False
     samples: int = 200
@@ -56,7 +56,7 @@ class EvalConfig(dg.Config):
     def settings(self) -> evaluation.EvalSettings:
         return evaluation.EvalSettings(
             k=self.k,
-            k_factor=self.k_factor,
+            k_factor=self.k_factor or None,
             nprobe=self.nprobe or None,
             xtr=self.xtr_oracle,
             samples=self.samples,
@@ -74,13 +74,10 @@ def channel_table(metrics: dict) -> str:
     """Per-channel figures as a markdown table: labelled recall/MRR/nDCG@k and latency per query."""
     k = metrics["k"]
     rows = [f"| channel | recall@{k} | MRR@{k} | nDCG@{k} | ms/query |", "| --- | ---: | ---: | ---: | ---: |"]
-    latencies = metrics["latency_ms_per_query"]
-    for channel in sorted(latencies, key=evaluation.CHANNELS.index):
-        figures, latency = metrics["channels"].get(channel, {}), latencies[channel]
-        cells = [f"{figures[key]:.3f}" if key in figures else "-" for key in ("recall_at_k", "mrr_at_k", "ndcg_at_k")]
-        rows.append(f"| {channel} | {' | '.join(cells)} | {latency:.3f} |")
-    for channel, reason in metrics["channels_unavailable"].items():
-        rows.append(f"| {channel} | not available: {reason} | | | |")
+    for channel, *figures, latency in evaluation.channel_rows(metrics):
+        cells = " | ".join("-" if value is None else f"{value:.3f}" for value in figures)
+        rows.append(f"| {channel} | {cells} | {latency:.3f} |")
+    rows += [f"| {channel} | not available: {why} | | | |" for channel, why in metrics["channels_unavailable"].items()]
     return "\n".join(rows)
 
 
@@ -112,6 +109,7 @@ def evaluation_assets(context: dg.AssetExecutionContext, config: EvalConfig, lif
         metadata={
             "path": dg.MetadataValue.path(record["pool_path"]),
             "rows": record["pool_rows"],
+            "run": record["run_id"],
             "query_sets": dg.MetadataValue.json(metrics["query_sets"]),
             "channels": ", ".join(metrics["channels_run"]),
             "duckdb": dg.MetadataValue.path(record["duckdb"]),
@@ -128,6 +126,8 @@ def evaluation_assets(context: dg.AssetExecutionContext, config: EvalConfig, lif
             "labelled_queries": metrics["labelled_queries"],
             "channels": dg.MetadataValue.md(channel_table(metrics)),
             "gate_passed": gate["passed"],
+            "gate_failures": "; ".join(gate["failures"]) or "-",
+            "measured_overrides": dg.MetadataValue.json(gate["measured_overrides"]),
             "delta": dg.MetadataValue.json(metrics["delta"] or {}),
         },
     )
@@ -143,10 +143,8 @@ def evaluation_assets(context: dg.AssetExecutionContext, config: EvalConfig, lif
         check_name=MRR_CHECK,
         passed=mrr["passed"],
         metadata={
-            "mrr_at_k": mrr["mrr_at_k"] if mrr["mrr_at_k"] is not None else "-",
-            "baseline_mrr_at_k": mrr["baseline_mrr_at_k"] if mrr["baseline_mrr_at_k"] is not None else "-",
-            "max_drop": mrr["max_drop"],
-            "skipped": mrr.get("skipped", "-"),
+            key: mrr.get(key, "-")
+            for key in ("mrr_at_k", "baseline_mrr_at_k", "shared_queries", "max_drop", "skipped", "reason")
         },
     )
 

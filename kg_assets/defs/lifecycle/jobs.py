@@ -79,7 +79,7 @@ def _flip_op(action: str) -> dg.OpDefinition:
     def flip(context: dg.OpExecutionContext, config: FlipConfig, lifecycle: LifecycleResource) -> dict:
         root = lifecycle.get_root()
         move = root.publish if action == "publish" else root.rollback
-        refusal = evaluation.gate_refusal(root, config.version) if action == "publish" else None
+        refusal = evaluation.publish_refusal(root, config.version) if action == "publish" else None
         if refusal and not config.force:
             raise ValidationError(f"{refusal}; fix it and re-run indexctl eval, or publish with --force")
         if refusal:
