@@ -225,7 +225,7 @@ def list_versions(ctx: _Context, as_json: bool) -> None:
 def gc(ctx: _Context, keep: int, staging_max_age: float, dry_run: bool, as_json: bool) -> None:
     """Remove the oldest versions beyond --keep (never current or the one before it) and stale staging dirs."""
     if not ctx.lifecycle.versions_dir.is_dir():
-        report = {"removed_versions": [], "removed_staging": [], "kept": []}
+        report = {"removed_versions": [], "removed_staging": [], "kept": [], "removed_derived": []}
     else:
         config = {"keep": keep, "staging_max_age_hours": staging_max_age, "dry_run": dry_run}
         report = ctx.run("gc", config)
@@ -235,6 +235,8 @@ def gc(ctx: _Context, keep: int, staging_max_age: float, dry_run: bool, as_json:
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} versions: {', '.join(report['removed_versions']) or '-'}")
     click.echo(f"{verb} staging: {', '.join(report['removed_staging']) or '-'}")
+    if report["removed_derived"]:
+        click.echo(f"removed caches and eval records of removed versions: {len(report['removed_derived'])}")
     click.echo(f"kept: {', '.join(report['kept']) or '-'}")
 
 

@@ -119,6 +119,7 @@ class GcReport:
     removed_versions: list[str] = field(default_factory=list)
     removed_staging: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    removed_derived: list[str] = field(default_factory=list)  # caches and eval records of versions now gone
 
 
 class LifecycleRoot:
@@ -451,9 +452,30 @@ class LifecycleRoot:
             fsync_dir(self.versions_dir)
             for leftover in self.root.glob(".*.tmp-*"):
                 leftover.unlink(missing_ok=True)
-        for path in dict.fromkeys(trash):
-            shutil.rmtree(path, ignore_errors=True)
+            derived = self._orphaned_derived()
+            report.removed_derived = [str(p.relative_to(self.root)) for p in derived]
+        for path in dict.fromkeys([*trash, *derived]):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         return report
+
+    def _orphaned_derived(self) -> list[Path]:
+        """Files derived from versions that no longer exist: caches keyed by a catalog sha256 no remaining
+        version has (`.cache/vectors`, `.cache/bm25`), tuning ground truth and eval records by version id."""
+        versions = set(self.list_versions())
+        shas = set()
+        for version in versions:
+            try:
+                shas.add(self.read_manifest(version)["files"][CATALOG_FILE]["sha256"])
+            except (ValidationError, KeyError):
+                continue
+        cache = self.root / ".cache"
+        orphans = [p for kind in ("vectors", "bm25") for p in (cache / kind).glob("*") if p.name not in shas]
+        orphans += [p for p in (cache / "tuning").glob("*.npz") if p.name.rsplit("-", 1)[0] not in versions]
+        orphans += [p for p in (self.root / ".eval").glob("*.json") if p.stem not in versions]
+        return sorted(orphans)
 
     def _not_found(self, version: str) -> NotFoundError:
         if self.staging_dir(version).exists():

@@ -241,6 +241,28 @@ def test_gc_keeps_newest_and_protects_current_and_previous(root: LifecycleRoot, 
     assert not list(root.versions_dir.glob(".trash-*"))
 
 
+def test_gc_removes_caches_and_eval_records_of_removed_versions_only(root: LifecycleRoot, samples: dict) -> None:
+    stage_sample(root, "v1", samples["a"])
+    stage_sample(root, "v2", samples["b"])
+    root.publish("v2")
+    derived = {}
+    for version in ("v1", "v2"):
+        sha = root.read_manifest(version)["files"]["catalog.duckdb"]["sha256"]
+        derived[version] = [
+            root.root / ".cache" / "vectors" / sha / "ids.npy",
+            root.root / ".cache" / "bm25" / sha / "chunk_ids.npy",
+            root.root / ".cache" / "tuning" / f"{version}-0123abcd.npz",
+            root.root / ".eval" / f"{version}.json",
+        ]
+        for path in derived[version]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")
+    report = root.gc(keep=0)
+    assert report.removed_versions == ["v1"] and len(report.removed_derived) == 4
+    assert not any(p.exists() for p in derived["v1"][2:]) and not derived["v1"][0].parent.exists()
+    assert all(p.exists() for p in derived["v2"])
+
+
 def test_gc_removes_only_old_unlocked_staging(root: LifecycleRoot) -> None:
     root.versions_dir.mkdir(parents=True)
     (root.root / ".locks").mkdir()

@@ -113,6 +113,7 @@ def collect_garbage(context: dg.OpExecutionContext, config: GcConfig, lifecycle:
         {
             "removed_versions": ", ".join(report.removed_versions) or "-",
             "removed_staging": ", ".join(report.removed_staging) or "-",
+            "removed_derived": len(report.removed_derived),
             "dry_run": config.dry_run,
         }
     )
