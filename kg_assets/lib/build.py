@@ -7,11 +7,11 @@ intermediate files live in its `build/` subdirectory and are dropped when the ve
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from kg_assets.lib import catalog, chunking, faiss_index, idmap, scip
 from kg_assets.lib.embedding import Embedder, Progress
 from kg_assets.lib.errors import KgError, ValidationError
-from kg_assets.lib.fsutil import atomic_write_bytes, copy_file
+from kg_assets.lib.fsutil import atomic_write_bytes, atomic_write_npy, atomic_write_parquet, copy_file
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
 
 BUILD_DIR = "build"
@@ -52,18 +52,6 @@ def embedding_text(uri: str, text: str) -> str:
     return f"{uri}\n{text}"
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
-
-
-def _write_npy(array: np.ndarray, path: Path) -> None:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 @dataclass(frozen=True)
 class ChunkStats:
     chunks: int
@@ -84,7 +72,7 @@ def build_chunks(repo: Path, staging: Path, embedder: Embedder) -> ChunkStats:
             value = getattr(chunk, name)
             columns[name].append(list(value) if name == "symbols" else value)
     (staging / BUILD_DIR).mkdir(exist_ok=True)
-    _write_parquet(pa.table(columns, schema=CHUNK_SCHEMA), staging / BUILD_DIR / CHUNKS_FILE)
+    atomic_write_parquet(staging / BUILD_DIR / CHUNKS_FILE, pa.table(columns, schema=CHUNK_SCHEMA))
     languages: dict[str, int] = {}
     for chunk in result.chunks:
         languages[chunk.language] = languages.get(chunk.language, 0) + 1
@@ -151,7 +139,7 @@ def build_embeddings(
             todo.append(row)
     if todo:
         vectors[todo] = embedder.embed([embedding_text(uris[i], texts[i]) for i in todo], progress=progress)
-    _write_npy(vectors, staging / BUILD_DIR / EMBEDDINGS_FILE)
+    atomic_write_npy(staging / BUILD_DIR / EMBEDDINGS_FILE, vectors)
     return EmbedStats(len(todo), chunks.num_rows - len(todo), embedder.dim, time.perf_counter() - t0, source)
 
 
@@ -196,27 +184,42 @@ class ScipStats:
     summary: scip.ScipSummary
     digest: str
     reused_from: str | None
+    seconds: float  # from the start of the step to its result
+    waited: float  # of which the caller spent blocked in `finish`
 
 
-def build_scip(root: LifecycleRoot, repo: Path, staging: Path, project_name: str) -> ScipStats:
-    """Run scip-python, or copy the previous version's index.scip when the Python sources are identical.
+@contextmanager
+def scip_started(
+    root: LifecycleRoot, repo: Path, staging: Path, project_name: str
+) -> Iterator[Callable[[], ScipStats]]:
+    """Start the SCIP step and yield `finish`, which waits for it and records the result; the caller can embed
+    meanwhile (scip-python is a child process, mostly one core). Leaving the block unfinished kills scip-python.
 
-    The project version passed to scip-python is the sources digest, so symbols only change with the code.
+    The previous version's index.scip is copied instead when its Python sources are identical: the project version
+    passed to scip-python is the sources digest, so symbols only change with the code.
     """
+    t0 = time.perf_counter()
     digest = python_sources_digest(repo)
-    reused_from = None
+    reused_from, run = None, None
     for version, vdir, meta in earlier_versions(root):
         if meta.get("scip_digest") == digest and meta.get("scip_project") == project_name:
             copy_file(vdir / SCIP_FILE, staging / SCIP_FILE)
             reused_from = version
             break
-    if reused_from is None:
-        scip.run_scip_python(repo, staging / SCIP_FILE, project_name, digest[:12])
-    summary = scip.summarize(scip.read_index(staging / SCIP_FILE))
-    record = {"digest": digest, "project": project_name, "reused_from": reused_from}
-    (staging / BUILD_DIR).mkdir(exist_ok=True)
-    atomic_write_bytes(staging / BUILD_DIR / SCIP_SOURCES_FILE, json.dumps(record).encode())
-    return ScipStats(summary, digest, reused_from)
+    else:
+        run = scip.ScipPythonRun(repo, staging / SCIP_FILE, project_name, digest[:12])
+
+    def finish() -> ScipStats:
+        t1 = time.perf_counter()
+        index = run.wait() if run else scip.read_index(staging / SCIP_FILE)
+        waited = time.perf_counter() - t1
+        record = {"digest": digest, "project": project_name, "reused_from": reused_from}
+        (staging / BUILD_DIR).mkdir(exist_ok=True)
+        atomic_write_bytes(staging / BUILD_DIR / SCIP_SOURCES_FILE, json.dumps(record).encode())
+        return ScipStats(scip.summarize(index), digest, reused_from, time.perf_counter() - t0, waited)
+
+    with run or nullcontext():
+        yield finish
 
 
 def build_catalog(staging: Path, meta: dict[str, str]) -> int:

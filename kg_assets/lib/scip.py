@@ -10,6 +10,7 @@ import functools
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,27 +144,59 @@ def scip_python_command() -> Path:
     )
 
 
-def run_scip_python(repo: Path, out: Path, project_name: str, project_version: str, timeout: float = 3600) -> Any:
-    """Index the Python code of `repo` with scip-python into `out` (atomically) and return the parsed index.
+class ScipPythonRun:
+    """scip-python indexing a repository in a child process, so the caller can do other work until `wait()`.
 
-    scip-python exits 1 and leaves a stub file when it crashes, so the exit code is checked and the output is
-    parsed before it replaces `out`.
+    scip-python exits 1 and leaves a stub file when it crashes, so `wait()` checks the exit code and parses the
+    output before it atomically replaces `out`. `close()` (or leaving the `with` block) kills a run that is still
+    going and removes its scratch directory. `timeout` counts from the start.
     """
-    command = scip_python_command()
-    out = Path(out)
-    with tempfile.TemporaryDirectory(prefix="kg-scip-") as tmp:
-        env_file, result = Path(tmp) / "environment.json", Path(tmp) / "index.scip"
+
+    def __init__(self, repo: Path, out: Path, project_name: str, project_version: str, timeout: float = 3600) -> None:
+        command = scip_python_command()
+        self.out, self.timeout = Path(out), timeout
+        self._scratch = tempfile.TemporaryDirectory(prefix="kg-scip-")
+        tmp = Path(self._scratch.name)
+        env_file, self._result, self._log = tmp / "environment.json", tmp / "index.scip", tmp / "output.log"
         env_file.write_text("[]")  # skip pip-based dependency discovery: we index the repository's own code
         args = [str(command), "index", "--cwd", str(Path(repo).absolute()), "--project-name", project_name]
-        args += ["--project-version", project_version, "--output", str(result), "--environment", str(env_file)]
-        done = subprocess.run([*args, "--quiet"], capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ValidationError(f"scip-python failed with exit code {done.returncode}: {tail[0]}")
-        index = read_index(result)
-        data = result.read_bytes()
-    atomic_write_bytes(out, data)
-    return index
+        args += ["--project-version", project_version, "--output", str(self._result), "--environment", str(env_file)]
+        self._deadline = time.monotonic() + timeout
+        try:
+            with self._log.open("wb") as log:  # a file, not a pipe: nobody drains a pipe while the caller works
+                self.process = subprocess.Popen(
+                    [*args, "--quiet"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                )
+        except BaseException:
+            self._scratch.cleanup()
+            raise
+
+    def wait(self) -> Any:
+        """Block until scip-python exits; check, parse and install its output into `out`; return the index."""
+        try:
+            code = self.process.wait(timeout=max(self._deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise ValidationError(f"scip-python did not finish within {self.timeout:.0f}s") from None
+        if code != 0:
+            tail = self._log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise ValidationError(f"scip-python failed with exit code {code}: {tail[0]}")
+        index = read_index(self._result)
+        atomic_write_bytes(self.out, self._result.read_bytes())
+        return index
+
+    def close(self) -> None:
+        """Kill scip-python if it is still running and remove its scratch directory."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._scratch.cleanup()
+
+    def __enter__(self) -> ScipPythonRun:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def tables(index: Any) -> dict[str, pa.Table]:

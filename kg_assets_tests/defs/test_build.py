@@ -8,18 +8,28 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from kg_assets.cli import runs
 from kg_assets.definitions import defs
-from kg_assets.lib import build, catalog
-from kg_assets.lib.lifecycle import LifecycleRoot
+from kg_assets.lib import build, catalog, scip
+from kg_assets.lib.errors import ValidationError
+from kg_assets.lib.lifecycle import SCIP_FILE, LifecycleRoot
 from kg_assets.lib.search import search_version
-from kg_assets_tests.lib.test_scip import SCIP_PYTHON
+from kg_assets_tests.lib.test_scip import SCIP_PYTHON, fake_scip_python
 from kg_assets_tests.sample_repo import write_repo
 
 pytestmark = pytest.mark.skipif(not SCIP_PYTHON.exists(), reason="run scripts/setup.sh (npm ci) for scip-python")
 
 
-def run_build(root: LifecycleRoot, repo: Path, version: str, instance: dg.DagsterInstance, **settings: Any) -> Any:
-    """One in-process run of the build job for `version`; `settings` override BuildSettings (e.g. factory)."""
+def run_build(
+    root: LifecycleRoot,
+    repo: Path,
+    version: str,
+    instance: dg.DagsterInstance,
+    assets: list[str] | None = None,
+    **settings: Any,
+) -> Any:
+    """One in-process run of the build job for `version` (only `assets` of it when given); `settings` override
+    BuildSettings (e.g. factory)."""
     instance.add_dynamic_partitions("index_versions", [version])
     rooted = {"config": {"root": str(root.root)}}
     config = {"repo": str(repo), **settings}
@@ -27,6 +37,7 @@ def run_build(root: LifecycleRoot, repo: Path, version: str, instance: dg.Dagste
         partition_key=version,
         instance=instance,
         raise_on_error=False,
+        asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
         run_config={"resources": {"lifecycle": rooted, "hold": rooted, "settings": {"config": config}}},
     )
 
@@ -167,3 +178,30 @@ def test_unchanged_sources_reuse_the_scip_index(built: tuple) -> None:
     meta = materializations(result)
     assert meta["scip_index"]["reused_from"] == "v1"  # v2 (newer) was built from changed sources
     assert (root.version_dir("v3") / "index.scip").read_bytes() == (root.version_dir("v1") / "index.scip").read_bytes()
+
+
+def test_failing_indexer_fails_the_build_with_its_error_after_embeddings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = fake_scip_python(tmp_path / "bin", fail="Error: cannot index parsing.py")
+    monkeypatch.setattr(scip, "scip_python_command", lambda: fake)
+    (tmp_path / "dagster").mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    root, repo = LifecycleRoot(tmp_path / "indexes"), write_repo(tmp_path / "repo")
+    expected = r"^scip-python failed with exit code 1: Error: cannot index parsing\.py$"
+    with pytest.raises(ValidationError, match=expected):  # what indexctl prints
+        runs.run_build(root.root, "v1", repo)
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_latest_materialization_event(dg.AssetKey("embeddings")) is not None
+        assert instance.get_latest_materialization_event(dg.AssetKey("scip_index")) is None
+    assert root.list_versions() == []
+
+
+def test_scip_index_materializes_alone_without_embedding(tmp_path: Path) -> None:
+    root, repo = LifecycleRoot(tmp_path / "indexes"), write_repo(tmp_path / "repo")
+    with dg.instance_for_test() as instance:
+        result = run_build(root, repo, "v1", instance, assets=["chunks", "scip_index"])
+    assert result.success
+    assert set(materializations(result)) == {"chunks", "scip_index"}
+    staging = root.staging_dir("v1")
+    assert (staging / SCIP_FILE).is_file() and not (staging / build.BUILD_DIR / build.EMBEDDINGS_FILE).exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,31 @@ from kg_assets_tests.sample_artifacts import scip_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 SCIP_PYTHON = REPO / "node_modules" / ".bin" / "scip-python"
+
+
+def fake_scip_python(directory: Path, *, fail: str = "", gate: Path | None = None) -> Path:
+    """An executable standing in for scip-python: it writes its pid to `indexer.pid` beside itself, waits until
+    `gate` exists (when given), then prints `fail` and exits 1, or writes a small SCIP index to its --output."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "fake.scip").write_bytes(scip_bytes(["a.py", "pkg/b.py"]))
+    script = directory / "scip-python"
+    script.write_text(
+        f"""#!{sys.executable}
+import os, sys, time
+from pathlib import Path
+here = Path(__file__).parent
+(here / "indexer.pid").write_text(str(os.getpid()))
+gate, give_up = {str(gate) if gate else ""!r}, time.monotonic() + 300
+while gate and not Path(gate).exists() and time.monotonic() < give_up:
+    time.sleep(0.02)
+if {fail!r}:
+    print({fail!r}, file=sys.stderr)
+    sys.exit(1)
+Path(sys.argv[sys.argv.index("--output") + 1]).write_bytes((here / "fake.scip").read_bytes())
+"""
+    )
+    script.chmod(0o755)
+    return script
 
 
 def test_reader_round_trips_documents_occurrences_and_definitions(tmp_path: Path) -> None:
@@ -51,15 +76,50 @@ def test_reads_a_real_scip_python_index(tmp_path: Path) -> None:
     (repo / "pkg" / "shapes.py").write_text(
         'class Square:\n    """A square."""\n\n    def area(self, side: int) -> int:\n        return side * side\n'
     )
-    (tmp_path / "env.json").write_text("[]")
     out = tmp_path / "index.scip"
-    cmd = [str(SCIP_PYTHON), "index", "--cwd", str(repo), "--project-name", "t", "--project-version", "0"]
-    cmd += ["--output", str(out), "--environment", str(tmp_path / "env.json")]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-    index = scip.read_index(out)
+    with scip.ScipPythonRun(repo, out, "t", "0") as run:
+        index = run.wait()
+    assert scip.read_index(out) == index
     assert index.metadata.tool_info.name == "scip-python"
     docs = {d.relative_path: d for d in index.documents}
     assert "pkg/shapes.py" in docs
     defined = {occ.symbol for occ in docs["pkg/shapes.py"].occurrences if occ.symbol_roles & scip.ROLE_DEFINITION}
     assert any(s.endswith("`pkg.shapes`/Square#") for s in defined)
     assert any(s.endswith("`pkg.shapes`/Square#area().") for s in defined)
+
+
+def test_run_returns_while_the_indexer_works_and_installs_its_output_on_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = tmp_path / "go"
+    monkeypatch.setattr(scip, "scip_python_command", lambda: fake_scip_python(tmp_path / "bin", gate=gate))
+    out = tmp_path / "index.scip"
+    with scip.ScipPythonRun(tmp_path, out, "p", "1") as run:
+        assert run.process.poll() is None and not out.exists()  # still indexing: the caller is free meanwhile
+        gate.touch()
+        index = run.wait()
+    assert [d.relative_path for d in index.documents] == ["a.py", "pkg/b.py"]
+    assert out.read_bytes() == (tmp_path / "bin" / "fake.scip").read_bytes()
+
+
+def test_failing_indexer_raises_its_last_output_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = fake_scip_python(tmp_path / "bin", fail="Error: cannot index pkg/b.py")
+    monkeypatch.setattr(scip, "scip_python_command", lambda: fake)
+    out = tmp_path / "index.scip"
+    expected = r"^scip-python failed with exit code 1: Error: cannot index pkg/b\.py$"
+    with scip.ScipPythonRun(tmp_path, out, "p", "1") as run, pytest.raises(ValidationError, match=expected):
+        run.wait()
+    assert not out.exists()
+
+
+def test_closing_an_unfinished_run_kills_the_indexer_and_removes_its_scratch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = fake_scip_python(tmp_path / "bin", gate=tmp_path / "never")
+    monkeypatch.setattr(scip, "scip_python_command", lambda: fake)
+    with scip.ScipPythonRun(tmp_path, tmp_path / "index.scip", "p", "1") as run:
+        scratch = Path(run._scratch.name)
+    assert run.process.returncode is not None and not scratch.exists()
+    assert not (tmp_path / "index.scip").exists()

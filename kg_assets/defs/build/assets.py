@@ -1,6 +1,9 @@
 """Build assets, partitioned by index version; each writes its files into `versions/<v>.staging`."""
 
 import socket
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
 
 import dagster as dg
 
@@ -8,7 +11,7 @@ from kg_assets.defs.build.resources import BuildSettings, StagingHold
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.lib import build, progress
 from kg_assets.lib.errors import NotFoundError
-from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE
+from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
 
 index_versions = dg.DynamicPartitionsDefinition(name="index_versions")
 BUILD_GROUP = "build"
@@ -54,23 +57,54 @@ def chunks(
     )
 
 
-@dg.asset(
+embeddings = dg.AssetSpec(
+    "embeddings",
     deps=[chunks],
     partitions_def=index_versions,
     group_name=BUILD_GROUP,
     kinds={"numpy"},
     description="L2-normalized chunk vectors; chunks unchanged since the previous version reuse its vectors.",
 )
-def embeddings(
+scip_index = dg.AssetSpec(
+    "scip_index",
+    deps=[chunks],  # after `chunks`, which opens the staging directory for the run
+    partitions_def=index_versions,
+    group_name=BUILD_GROUP,
+    kinds={"scip"},
+    description="SCIP index of the repository's Python code (scip-python); reused when the sources are unchanged.",
+)
+
+
+@dg.multi_asset(
+    specs=[embeddings, scip_index],
+    partitions_def=index_versions,
+    can_subset=True,
+    description="One step, so scip-python (its own process) indexes while the chunks are embedded.",
+)
+def embeddings_and_scip_index(
     context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     root, staging = _staging(context, lifecycle)
+    repo = settings.repo_path()
+    selected = context.selected_asset_keys
+    indexing = build.scip_started(root, repo, staging, repo.name or "repo") if scip_index.key in selected else None
+    with indexing or nullcontext() as finish_scip:
+        if embeddings.key in selected:
+            yield _embeddings_result(context, settings, root, staging)
+        if finish_scip:
+            yield _scip_index_result(finish_scip(), staging)
+
+
+def _embeddings_result(
+    context: dg.AssetExecutionContext, settings: BuildSettings, root: LifecycleRoot, staging: Path
+) -> dg.MaterializeResult:
     embedder = settings.load_embedder()
     previous = build.previous_vectors(root, embedder.fingerprint)
     report = progress.log_progress(context.log.info, "embedded")
     stats = build.build_embeddings(staging, embedder, previous, progress=report)
     rate = stats.embedded / stats.seconds if stats.seconds else 0.0
     return dg.MaterializeResult(
+        asset_key=embeddings.key,
         metadata={
             "embedder": embedder.name,
             "fingerprint": embedder.fingerprint,
@@ -81,25 +115,14 @@ def embeddings(
             "chunks_per_second": round(rate, 1),
             "seconds": round(stats.seconds, 3),
             **_path_meta(staging / build.BUILD_DIR / build.EMBEDDINGS_FILE),
-        }
+        },
     )
 
 
-@dg.asset(
-    deps=[chunks],  # runs after `chunks`, which opens the staging directory for the run
-    partitions_def=index_versions,
-    group_name=BUILD_GROUP,
-    kinds={"scip"},
-    description="SCIP index of the repository's Python code (scip-python); reused when the sources are unchanged.",
-)
-def scip_index(
-    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
-) -> dg.MaterializeResult:
-    root, staging = _staging(context, lifecycle)
-    repo = settings.repo_path()
-    stats = build.build_scip(root, repo, staging, repo.name or "repo")
+def _scip_index_result(stats: build.ScipStats, staging: Path) -> dg.MaterializeResult:
     summary = stats.summary
     return dg.MaterializeResult(
+        asset_key=scip_index.key,
         metadata={
             "documents": summary.documents,
             "occurrences": summary.occurrences,
@@ -107,8 +130,10 @@ def scip_index(
             "tool": f"{summary.tool_name} {summary.tool_version}",
             "sources_digest": stats.digest[:12],
             "reused_from": stats.reused_from or "-",
+            "seconds": round(stats.seconds, 3),
+            "waited_seconds": round(stats.waited, 3),
             **_path_meta(staging / SCIP_FILE),
-        }
+        },
     )
 
 
@@ -204,4 +229,4 @@ def index_version(
     return dg.MaterializeResult(metadata=metadata)
 
 
-BUILD_ASSETS = [chunks, embeddings, scip_index, faiss_index, faiss_idmap, catalog, index_version]
+BUILD_ASSETS = [chunks, embeddings_and_scip_index, faiss_index, faiss_idmap, catalog, index_version]

@@ -1,0 +1,55 @@
+"""Build engine steps without Dagster: the SCIP step that runs beside embedding (a stand-in indexer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kg_assets.lib import build, scip
+from kg_assets.lib.lifecycle import SCIP_FILE, LifecycleRoot
+from kg_assets_tests.lib.test_scip import fake_scip_python
+from kg_assets_tests.sample_repo import write_repo
+
+
+@pytest.fixture
+def staged(root: LifecycleRoot, tmp_path: Path) -> Iterator[tuple[LifecycleRoot, Path, Path]]:
+    """A root with the staging directory of v1 (held as a build holds it) and the sample repository."""
+    with root.staging_lock("v1"):
+        yield root, write_repo(tmp_path / "repo"), root.reset_staging("v1")
+
+
+def test_scip_step_indexes_while_the_caller_works_and_records_on_finish(
+    staged: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, repo, staging = staged
+    gate = tmp_path / "go"
+    monkeypatch.setattr(scip, "scip_python_command", lambda: fake_scip_python(tmp_path / "bin", gate=gate))
+    with build.scip_started(root, repo, staging, "sample") as finish:
+        assert not (staging / SCIP_FILE).exists()  # the indexer is still running; the caller embeds meanwhile
+        gate.touch()
+        stats = finish()
+    assert (stats.summary.documents, stats.reused_from) == (2, None)
+    assert stats.digest == build.python_sources_digest(repo) and stats.waited <= stats.seconds
+    assert scip.read_index(staging / SCIP_FILE).metadata.tool_info.name == "kg-assets-tests"
+    record = json.loads((staging / build.BUILD_DIR / build.SCIP_SOURCES_FILE).read_text())
+    assert record == {"digest": stats.digest, "project": "sample", "reused_from": None}
+
+
+def test_leaving_the_scip_step_unfinished_kills_the_indexer(
+    staged: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, repo, staging = staged
+    bin_dir = tmp_path / "bin"
+    monkeypatch.setattr(scip, "scip_python_command", lambda: fake_scip_python(bin_dir, gate=tmp_path / "never"))
+    with pytest.raises(RuntimeError, match="embedding failed"), build.scip_started(root, repo, staging, "sample"):
+        while not (bin_dir / "indexer.pid").exists():  # the indexer has started (it writes its pid first)
+            time.sleep(0.01)
+        raise RuntimeError("embedding failed")
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((bin_dir / "indexer.pid").read_text()), 0)
+    assert not (staging / SCIP_FILE).exists()
