@@ -114,7 +114,7 @@ def test_asset_graph_snapshot() -> None:
         "eval_pool": ["catalog", "faiss_index", "tuning_profile"],
         "eval_metrics": ["eval_pool"],
         "faiss_idmap_export": [],
-        "faiss_join": [],
+        "faiss_join": ["faiss_idmap_export"],
     }
     checks = sorted(key.to_user_string() for key in graph.asset_check_keys)
     assert checks == [

@@ -26,6 +26,7 @@ faiss_idmap_export = dg.AssetSpec(
 )
 faiss_join = dg.AssetSpec(
     "faiss_join",
+    deps=[faiss_idmap_export],
     group_name="joins",
     kinds={"duckdb"},
     description="faiss_idmap_mat, faiss_idmap, v_faiss_join refreshed in a catalog by export-idmap/materialize-join.",
