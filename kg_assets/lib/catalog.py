@@ -63,6 +63,13 @@ def describe(path: Path) -> CatalogSummary:
     return CatalogSummary(tables, chunk_count, embedding_dim, embedder)
 
 
+def row_counts(path: Path, tables: tuple[str, ...]) -> dict[str, int]:
+    """Rows of each of `tables` the catalog has (read-only)."""
+    with connect_read_only(path) as con:
+        have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        return {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables if t in have}
+
+
 # ---- building -----------------------------------------------------------------------------------------
 
 

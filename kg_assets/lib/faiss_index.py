@@ -125,6 +125,7 @@ class BuildStats:
     train_size: int
     train_seconds: float
     add_seconds: float
+    summary: IndexSummary
 
 
 def nlist_for(n: int) -> int:
@@ -183,7 +184,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str, *, seed: int
     t0 = time.perf_counter()
     for start in range(0, n, ADD_BATCH):
         index.add_with_ids(vectors[start : start + ADD_BATCH], ids[start : start + ADD_BATCH])
-    stats = BuildStats(factory, index.ntotal, train_size, train_seconds, time.perf_counter() - t0)
+    stats = BuildStats(factory, index.ntotal, train_size, train_seconds, time.perf_counter() - t0, summarize(index))
     return index, stats
 
 

@@ -71,8 +71,14 @@ def test_every_asset_materializes_with_metadata(built: tuple) -> None:
         0,
     )
     assert (meta["faiss_index"]["factory"], meta["faiss_index"]["ntotal"]) == ("Flat", n)
-    assert meta["faiss_idmap"]["rows"] == meta["catalog"]["chunks"] == n
+    assert (meta["faiss_index"]["dimension"], meta["faiss_index"]["metric"]) == (384, "inner_product")
+    assert meta["faiss_idmap"]["rows"] == meta["catalog"]["chunks"] == meta["catalog"]["faiss_idmap_mat"] == n
+    assert meta["catalog"]["modules"] == 6 and meta["catalog"]["scip_symbols"] > 5
     assert meta["scip_index"]["documents"] >= 3 and meta["scip_index"]["definitions"] > 5
+    for asset, name in (("faiss_index", "faiss.index"), ("catalog", "catalog.duckdb"), ("scip_index", "index.scip")):
+        assert meta[asset]["path"] == str(root.version_dir("v1") / name)  # where the sealed file lives
+        assert (root.version_dir("v1") / name).stat().st_size == meta[asset]["bytes"]
+    assert "| faiss.index |" in meta["index_version"]["files"]
     assert [c.passed for c in result.get_asset_check_evaluations()] == [True]
     vdir = root.version_dir("v1")
     assert sorted(p.name for p in vdir.iterdir()) == [

@@ -1,6 +1,7 @@
 """Build assets, partitioned by index version; each writes its files into `versions/<v>.staging`."""
 
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -10,11 +11,13 @@ import dagster as dg
 from kg_assets.defs.build.resources import BuildSettings, StagingHold
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.lib import build, progress
+from kg_assets.lib import catalog as catalog_lib
 from kg_assets.lib.errors import NotFoundError
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
 
 index_versions = dg.DynamicPartitionsDefinition(name="index_versions")
 BUILD_GROUP = "build"
+CATALOG_TABLES = ("chunks", "modules", "scip_symbols", "scip_occurrences", "faiss_idmap_mat")
 
 
 def _staging(context: dg.AssetExecutionContext, lifecycle: LifecycleResource):
@@ -27,8 +30,15 @@ def _staging(context: dg.AssetExecutionContext, lifecycle: LifecycleResource):
     return root, staging
 
 
-def _path_meta(path) -> dict:
-    return {"path": dg.MetadataValue.path(str(path)), "bytes": path.stat().st_size}
+def _file_meta(context: dg.AssetExecutionContext, root: LifecycleRoot, staging: Path, name: str) -> dict:
+    """Size of a file the version keeps, and its path once the version is sealed (staging is renamed)."""
+    final = root.version_dir(context.partition_key) / name
+    return {"path": dg.MetadataValue.path(str(final)), "bytes": (staging / name).stat().st_size}
+
+
+def _intermediate_meta(path: Path) -> dict:
+    """Size of a build intermediate; it is dropped when the version is sealed, so no path is recorded."""
+    return {"bytes": path.stat().st_size, "kept": "no (build intermediate, dropped at sealing)"}
 
 
 @dg.asset(
@@ -52,7 +62,7 @@ def chunks(
             "languages": dg.MetadataValue.json(stats.languages),
             "repo": settings.repo_path().as_posix(),
             "seconds": round(stats.seconds, 3),
-            **_path_meta(staging / build.BUILD_DIR / build.CHUNKS_FILE),
+            **_intermediate_meta(staging / build.BUILD_DIR / build.CHUNKS_FILE),
         }
     )
 
@@ -92,7 +102,7 @@ def embeddings_and_scip_index(
         if embeddings.key in selected:
             yield _embeddings_result(context, settings, root, staging)
         if finish_scip:
-            yield _scip_index_result(finish_scip(), staging)
+            yield _scip_index_result(finish_scip(), _file_meta(context, root, staging, SCIP_FILE))
 
 
 def _embeddings_result(
@@ -114,12 +124,12 @@ def _embeddings_result(
             "reused_from": stats.reused_from or "-",
             "chunks_per_second": round(rate, 1),
             "seconds": round(stats.seconds, 3),
-            **_path_meta(staging / build.BUILD_DIR / build.EMBEDDINGS_FILE),
+            **_intermediate_meta(staging / build.BUILD_DIR / build.EMBEDDINGS_FILE),
         },
     )
 
 
-def _scip_index_result(stats: build.ScipStats, staging: Path) -> dg.MaterializeResult:
+def _scip_index_result(stats: build.ScipStats, file_meta: dict) -> dg.MaterializeResult:
     summary = stats.summary
     return dg.MaterializeResult(
         asset_key=scip_index.key,
@@ -132,7 +142,7 @@ def _scip_index_result(stats: build.ScipStats, staging: Path) -> dg.MaterializeR
             "reused_from": stats.reused_from or "-",
             "seconds": round(stats.seconds, 3),
             "waited_seconds": round(stats.waited, 3),
-            **_path_meta(staging / SCIP_FILE),
+            **file_meta,
         },
     )
 
@@ -147,16 +157,18 @@ def _scip_index_result(stats: build.ScipStats, staging: Path) -> dg.MaterializeR
 def faiss_index(
     context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
 ) -> dg.MaterializeResult:
-    _, staging = _staging(context, lifecycle)
+    root, staging = _staging(context, lifecycle)
     stats = build.build_faiss(staging, settings.factory, settings.seed)
     return dg.MaterializeResult(
         metadata={
             "factory": stats.factory,
             "ntotal": stats.ntotal,
+            "dimension": stats.summary.dim,
+            "metric": stats.summary.metric,
             "train_size": stats.train_size,
             "train_seconds": round(stats.train_seconds, 3),
             "add_seconds": round(stats.add_seconds, 3),
-            **_path_meta(staging / FAISS_FILE),
+            **_file_meta(context, root, staging, FAISS_FILE),
         }
     )
 
@@ -169,9 +181,9 @@ def faiss_index(
     description="FAISS row -> chunk_id map exported from the index (faiss_idmap.parquet).",
 )
 def faiss_idmap(context: dg.AssetExecutionContext, lifecycle: LifecycleResource) -> dg.MaterializeResult:
-    _, staging = _staging(context, lifecycle)
+    root, staging = _staging(context, lifecycle)
     rows = build.build_idmap(staging)
-    return dg.MaterializeResult(metadata={"rows": rows, **_path_meta(staging / IDMAP_FILE)})
+    return dg.MaterializeResult(metadata={"rows": rows, **_file_meta(context, root, staging, IDMAP_FILE)})
 
 
 @dg.asset(
@@ -184,7 +196,7 @@ def faiss_idmap(context: dg.AssetExecutionContext, lifecycle: LifecycleResource)
 def catalog(
     context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
 ) -> dg.MaterializeResult:
-    _, staging = _staging(context, lifecycle)
+    root, staging = _staging(context, lifecycle)
     embedder = settings.load_embedder()
     meta = {
         "version": context.partition_key,
@@ -195,8 +207,18 @@ def catalog(
         "embedder_dim": str(embedder.dim),
         "built_on": socket.gethostname(),
     }
-    rows = build.build_catalog(staging, meta)
-    return dg.MaterializeResult(metadata={"chunks": rows, **_path_meta(staging / CATALOG_FILE)})
+    t0 = time.perf_counter()
+    build.build_catalog(staging, meta)
+    seconds = time.perf_counter() - t0
+    counts = catalog_lib.row_counts(staging / CATALOG_FILE, CATALOG_TABLES)
+    return dg.MaterializeResult(
+        metadata={
+            **counts,
+            "dimension": embedder.dim,
+            "seconds": round(seconds, 3),
+            **_file_meta(context, root, staging, CATALOG_FILE),
+        }
+    )
 
 
 @dg.asset(
@@ -218,9 +240,15 @@ def index_version(
     }
     vdir = build.finalize(root, context.partition_key, staging, embedder.dim, attrs)
     manifest = root.read_manifest(context.partition_key)
+    files = manifest["files"]
+    table = ["| file | bytes | mutable |", "| --- | ---: | --- |"]
+    table += [
+        f"| {name} | {e['size']:,} | {'yes' if e.get('mutable') else 'no'} |" for name, e in sorted(files.items())
+    ]
     metadata = {
         "path": dg.MetadataValue.path(str(vdir)),
-        "bytes": sum(e["size"] for e in manifest["files"].values()),
+        "bytes": sum(e["size"] for e in files.values()),
+        "files": dg.MetadataValue.md("\n".join(table)),
         "attrs": dg.MetadataValue.json(manifest["attrs"]),
     }
     if settings.publish:
