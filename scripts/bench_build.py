@@ -42,8 +42,9 @@ from kg_assets.cli.runs import run_build
 t0 = time.perf_counter()
 summary = run_build(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))
 summary["wall"] = time.perf_counter() - t0
-summary["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-summary["child_peak_rss_kib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+summary["peak_rss_kib"], summary["child_peak_rss_kib"] = own.ru_maxrss, children.ru_maxrss
+summary["cpu"] = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime  # scip-python included
 import dagster as dg  # the run's instance ($DAGSTER_HOME, set by run_build) holds each asset's metadata
 with dg.DagsterInstance.get() as instance:
     summary["asset_meta"] = {
@@ -51,6 +52,12 @@ with dg.DagsterInstance.get() as instance:
         for key in ("embeddings", "scip_index")
         if (event := instance.get_latest_materialization_event(dg.AssetKey(key)))
     }
+    run_id = instance.get_runs(limit=1)[0].run_id
+    kinds = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}
+    windows = {}
+    for entry in instance.all_logs(run_id, of_type=kinds):
+        windows.setdefault(entry.step_key, []).append(entry.timestamp)
+    summary["step_windows"] = windows  # step -> [start, end] (epoch seconds)
 print(json.dumps(summary, default=str))
 """
 _RAW_EMBED = """
@@ -61,12 +68,12 @@ texts = json.loads(open(sys.argv[1], encoding="utf-8").read())
 embedder = load_embedder()
 embedder.embed(texts[:1])  # load the model outside the timing (conservative: the build's wall includes it)
 loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 vectors = embedder.embed(texts)
-seconds = time.perf_counter() - t0
+seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
 np.save(sys.argv[2], vectors)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": seconds, "loaded_rss_kib": loaded, "peak_rss_kib": peak}))
+print(json.dumps({"seconds": seconds, "cpu": cpu, "loaded_rss_kib": loaded, "peak_rss_kib": peak}))
 """
 
 
@@ -85,40 +92,46 @@ def make_corpus(source: Path, dest: Path, min_chunks: int) -> int:
     return total
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of `pid` and all its descendants now (Linux /proc; 0 for processes already gone)."""
-    total, pending = 0, [pid]
+def tree_rss(pid: int) -> tuple[int, int]:
+    """Resident bytes now of `pid` alone and with all its descendants (Linux /proc; 0 for a process gone)."""
+    own, total, pending = 0, 0, [pid]
     while pending:
         proc = Path(f"/proc/{pending.pop()}")
         try:
-            total += int((proc / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            rss = int((proc / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
             for task in (proc / "task").iterdir():
                 pending += [int(child) for child in (task / "children").read_text().split()]
         except (OSError, ValueError):
             continue
-    return total
+        own, total = own or rss, total + rss
+    return own, total
 
 
-def run_python(snippet: str, *args: str, env: dict[str, str] | None = None) -> tuple[dict, int]:
-    """Run `snippet` in a fresh interpreter; return the JSON on its last stdout line and the peak resident
-    bytes of its process tree (sampled every 0.2 s)."""
+def run_python(snippet: str, *args: str, env: dict[str, str] | None = None) -> tuple[dict, list[tuple[float, ...]]]:
+    """Run `snippet` in a fresh interpreter; return the JSON on its last stdout line and samples, every 0.2 s, of
+    (time, resident bytes of the process, of the process and its children)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-c", snippet, *args], env=env, stdout=out, stderr=err, text=True)
-        peak = 0
+        samples = []
         while proc.poll() is None:
-            peak = max(peak, tree_rss(proc.pid))
+            samples.append((time.time(), *tree_rss(proc.pid)))
             time.sleep(0.2)
         out.seek(0)
         err.seek(0)
         if proc.returncode != 0:
             sys.exit(f"{args[:2]} failed: {err.read().strip().splitlines()[-3:]}")
-        return json.loads(out.read().strip().splitlines()[-1]), peak
+        return json.loads(out.read().strip().splitlines()[-1]), samples
 
 
 def run_pipeline(root: Path, version: str, repo: Path) -> dict:
+    """One build in a subprocess: its summary, plus sampled peak memory per step and overall (bytes)."""
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-    summary, tree_peak = run_python(_BUILD, str(root), version, str(repo), env=env)
-    return {**summary, "tree_peak_bytes": tree_peak}
+    summary, samples = run_python(_BUILD, str(root), version, str(repo), env=env)
+    step_peaks = {
+        step: tuple(max((s[i] for s in samples if start <= s[0] <= end), default=0) for i in (1, 2))
+        for step, (start, end) in summary["step_windows"].items()
+    }
+    return {**summary, "step_peaks": step_peaks, "tree_peak_bytes": max(s[2] for s in samples)}
 
 
 def load_line() -> str:
@@ -138,9 +151,12 @@ def main() -> None:
     first = run_pipeline(root, "b1", repo)
     vdir = Path(first["path"])
     n = first["chunks"]
-    print(f"pipeline build: {first['wall']:.1f}s wall for {n} chunks")
+    print(f"pipeline build: {first['wall']:.1f}s wall, {first['cpu']:.0f}s CPU for {n} chunks; {load_line()}")
+    print("  step                              seconds    chunks/s   peak RSS MiB (with children, sampled)")
     for stage, seconds in first["seconds"].items():
-        print(f"  step {stage:<28} {seconds:7.1f}s  {n / seconds if seconds else float('inf'):9.1f} chunks/s")
+        own, tree = first["step_peaks"].get(stage, (0, 0))
+        memory = f"{own / MIB:9.0f} ({tree / MIB:.0f})" if own else "        - (too short to sample)"
+        print(f"  {stage:<32} {seconds:7.1f}s {n / seconds if seconds else float('inf'):11.1f} {memory}")
     embed, scip_meta = first["asset_meta"]["embeddings"], first["asset_meta"]["scip_index"]
     print(
         f"  embeddings {embed['seconds']:.1f}s ({embed['chunks_per_second']:.1f} chunks/s); scip_index "
@@ -156,19 +172,22 @@ def main() -> None:
     vectors = np.load(vectors_file)
     factory = first["attrs"]["faiss_factory"]
     ids = np.array([r[0] for r in rows], dtype=np.int64)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     base = faiss.index_factory(vectors.shape[1], factory, faiss_index.metric_for(factory))
     if not base.is_trained:
         base.train(vectors)
     index = faiss.IndexIDMap2(base)
     index.add_with_ids(vectors, ids)
-    raw_faiss = time.perf_counter() - t0
+    raw_faiss, raw_faiss_cpu = time.perf_counter() - t0, time.process_time() - c0
     raw_total = raw["seconds"] + raw_faiss
     print(
         f"raw embed: {raw['seconds']:.1f}s ({n / raw['seconds']:.1f} chunks/s); "
-        f"raw FAISS train+add ({factory}): {raw_faiss:.2f}s"
+        f"raw FAISS train+add ({factory}): {raw_faiss:.2f}s; {load_line()}"
     )
-    print(f"ratio build / raw parts: {first['wall'] / raw_total:.2f} (goal <= 1.2)")
+    print(
+        f"ratio build / raw parts: {first['wall'] / raw_total:.2f} (goal <= 1.2); in CPU seconds "
+        f"{first['cpu'] / (raw['cpu'] + raw_faiss_cpu):.2f} (less sensitive to the load of others)"
+    )
 
     peak, model = first["peak_rss_kib"] * 1024, raw["peak_rss_kib"] * 1024
     loaded, vector_bytes = raw["loaded_rss_kib"] * 1024, vectors.nbytes
