@@ -12,7 +12,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -38,12 +38,14 @@ def temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a fsynced temp file and a rename; readers see old or new, never a mix."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write that replaces `path` only when the block ends without error: written to a temp
+    sibling, fsynced, renamed over `path`, directory fsynced; readers see the old file or the new, never a mix."""
     tmp = temp_sibling(path)
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -51,6 +53,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_file(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -70,18 +77,9 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
 
 
 def atomic_write_npy(path: Path, array: np.ndarray) -> None:
-    """An .npy file streamed to a fsynced temp file and renamed into place (no in-memory copy)."""
-    tmp = temp_sibling(path)
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """An .npy file streamed to disk (no in-memory copy), written atomically."""
+    with atomic_file(path) as fh:
+        np.save(fh, array)
 
 
 def atomic_symlink(link: Path, target: str) -> None:
