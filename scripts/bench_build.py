@@ -181,7 +181,7 @@ def main() -> None:
     raw_faiss, raw_faiss_cpu = time.perf_counter() - t0, time.process_time() - c0
     raw_total = raw["seconds"] + raw_faiss
     print(
-        f"raw embed: {raw['seconds']:.1f}s ({n / raw['seconds']:.1f} chunks/s); "
+        f"raw embed: {raw['seconds']:.1f}s, {raw['cpu']:.0f}s CPU ({n / raw['seconds']:.1f} chunks/s); "
         f"raw FAISS train+add ({factory}): {raw_faiss:.2f}s; {load_line()}"
     )
     print(
