@@ -31,8 +31,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import faiss  # imported after OMP_WAIT_POLICY is set
 import numpy as np
 
-from kg_assets.lib import build, catalog, chunking, faiss_index
-from kg_assets.lib.embedding import load_embedder
+from kg_assets.lib import catalog, chunking, faiss_index
+from kg_assets.lib.embedding import embedding_text, load_embedder
 
 MIB = 2**20
 _BUILD = """
@@ -167,7 +167,7 @@ def main() -> None:
     with catalog.connect_read_only(vdir / "catalog.duckdb") as con:
         rows = con.execute("SELECT chunk_id, uri, text FROM chunks ORDER BY chunk_id").fetchall()
     texts_file, vectors_file = work / "texts.json", work / "vectors.npy"
-    texts_file.write_text(json.dumps([build.embedding_text(uri, text) for _, uri, text in rows]), encoding="utf-8")
+    texts_file.write_text(json.dumps([embedding_text(uri, text) for _, uri, text in rows]), encoding="utf-8")
     raw, _ = run_python(_RAW_EMBED, str(texts_file), str(vectors_file))
     vectors = np.load(vectors_file)
     factory = first["attrs"]["faiss_factory"]

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kg_assets.lib import catalog, chunking, faiss_index, idmap, scip
-from kg_assets.lib.embedding import Embedder, Progress
+from kg_assets.lib.embedding import Embedder, Progress, embedding_text
 from kg_assets.lib.errors import KgError, ValidationError
 from kg_assets.lib.fsutil import atomic_write_bytes, atomic_write_npy, atomic_write_parquet, copy_file
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
@@ -45,11 +45,6 @@ CHUNK_SCHEMA = pa.schema(
         ("symbols", pa.list_(pa.string())),
     ]
 )
-
-
-def embedding_text(uri: str, text: str) -> str:
-    """What is embedded for a chunk: its path as a header line, then its text."""
-    return f"{uri}\n{text}"
 
 
 @dataclass(frozen=True)

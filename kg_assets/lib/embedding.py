@@ -57,6 +57,11 @@ def _package_dir(module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def embedding_text(uri: str, text: str) -> str:
+    """What is embedded for a chunk: its path as a header line, then its text."""
+    return f"{uri}\n{text}"
+
+
 def normalize(vectors: np.ndarray) -> np.ndarray:
     """Row-wise L2 normalization in float32 (zero rows stay zero)."""
     vectors = np.asarray(vectors, dtype=np.float32)

@@ -25,9 +25,8 @@ import numpy as np
 import pyarrow as pa
 
 from kg_assets.lib import catalog, faiss_index, query_sets, tuning
-from kg_assets.lib.build import embedding_text
 from kg_assets.lib.channels import Corpus, ann_search, fuse
-from kg_assets.lib.embedding import Embedder, version_embedder
+from kg_assets.lib.embedding import Embedder, embedding_text, version_embedder
 from kg_assets.lib.errors import ConflictError, NotFoundError, UsageError, ValidationError
 from kg_assets.lib.fsutil import atomic_symlink, atomic_write_json, atomic_write_parquet, fsync_dir
 from kg_assets.lib.late_interaction import LateInteractionScorer
