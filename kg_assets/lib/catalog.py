@@ -36,16 +36,28 @@ def connect_read_only(path: Path) -> duckdb.DuckDBPyConnection:
         raise ValidationError(f"{path} is not a readable DuckDB database ({reason})") from None
 
 
+def table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Names of the tables and views of the connection's own database (not of databases attached to it)."""
+    query = "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database()"
+    return {r[0] for r in con.execute(query).fetchall()}
+
+
+def connect_for_writing(path: Path) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file to write; ConflictError when another process holds it (DuckDB allows one writing
+    process), ValidationError when it is not a DuckDB database."""
+    try:
+        return duckdb.connect(str(path))
+    except duckdb.IOException as exc:
+        raise ConflictError(f"{path} is in use ({str(exc).splitlines()[0]})") from None
+    except duckdb.Error as exc:
+        raise ValidationError(f"cannot open {path} for writing ({str(exc).splitlines()[0]})") from None
+
+
 def describe(path: Path) -> CatalogSummary:
     """Read the catalog's shape without changing it (read-only connection)."""
     with connect_read_only(path) as con:
         try:
-            tables = tuple(
-                row[0]
-                for row in con.execute(
-                    "SELECT table_name FROM information_schema.tables ORDER BY table_name"
-                ).fetchall()
-            )
+            tables = tuple(sorted(table_names(con)))
             chunk_count = embedding_dim = embedder = None
             if "chunks" in tables:
                 chunk_count = con.execute("SELECT count(*) FROM chunks").fetchone()[0]
@@ -66,7 +78,7 @@ def describe(path: Path) -> CatalogSummary:
 def row_counts(path: Path, tables: tuple[str, ...]) -> dict[str, int]:
     """Rows of each of `tables` the catalog has (read-only)."""
     with connect_read_only(path) as con:
-        have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        have = table_names(con)
         return {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables if t in have}
 
 
@@ -151,10 +163,7 @@ def refresh_idmap(con: duckdb.DuckDBPyConnection, idmap_path: Path, *, source_na
         "SELECT checksum, row_count FROM faiss_idmap_mat_meta WHERE source = ? ORDER BY updated_at DESC LIMIT 1",
         [source],
     ).fetchone()
-    has_table = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'faiss_idmap_mat'"
-    ).fetchone()[0]
-    if row and row[0] == checksum and has_table:
+    if row and row[0] == checksum and "faiss_idmap_mat" in table_names(con):
         return JoinRefresh(False, row[1], checksum)
     con.execute(
         "CREATE OR REPLACE TABLE faiss_idmap_mat AS "
@@ -179,13 +188,8 @@ def refresh_join(duckdb_path: Path, idmap_path: Path) -> JoinRefresh:
         raise NotFoundError(f"DuckDB catalog not found: {duckdb_path}")
     if not Path(idmap_path).is_file():
         raise NotFoundError(f"ID map not found: {idmap_path}")
-    try:
-        con = duckdb.connect(str(duckdb_path))
-    except duckdb.Error as exc:
-        raise ValidationError(f"cannot open {duckdb_path} for writing ({str(exc).splitlines()[0]})") from None
-    with con:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "chunks" not in tables:
+    with connect_for_writing(duckdb_path) as con:
+        if "chunks" not in table_names(con):
             raise ValidationError(f"{duckdb_path} has no chunks table to join the ID map to")
         return refresh_idmap(con, idmap_path)
 
@@ -258,21 +262,10 @@ def install_pool_views(db_path: Path, pool_path: Path, source_catalog: Path, sou
     """
     db_path = Path(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        con = duckdb.connect(str(db_path))
-    except duckdb.IOException as exc:  # DuckDB allows one writing process: another one has it open
-        raise ConflictError(f"{db_path} is in use ({str(exc).splitlines()[0]})") from None
-    except duckdb.Error as exc:
-        raise ValidationError(f"cannot open {db_path} for writing ({str(exc).splitlines()[0]})") from None
-    with con:
+    with connect_for_writing(db_path) as con:
         con.execute("CREATE TABLE IF NOT EXISTS kg_eval_sources (table_name VARCHAR PRIMARY KEY, source VARCHAR)")
         ours = dict(con.execute("SELECT table_name, source FROM kg_eval_sources").fetchall())
-        have = {
-            r[0]
-            for r in con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database()"
-            ).fetchall()
-        }
+        have = table_names(con)
         stale = [t for t in COVERAGE_SOURCES if (t in ours or t not in have) and ours.get(t) != source_key]
         con.execute("BEGIN")
         if stale:

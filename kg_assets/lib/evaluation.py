@@ -186,7 +186,7 @@ def evaluate_version(
     owner = root.owning_version(db)
     if owner:
         raise UsageError(f"{db} is inside version {owner}, whose files are immutable; pass another --duckdb")
-    catalog_sha = root.read_manifest(version)["files"][CATALOG_FILE]["sha256"]
+    catalog_sha = root.catalog_sha256(version)
     _check_catalog(catalog_path)
     started = datetime.now(UTC)
     t_start = time.perf_counter()
@@ -545,8 +545,8 @@ def latest_eval(root: LifecycleRoot, version: str) -> dict[str, Any] | None:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValidationError(f"{path} is not valid JSON ({exc}); re-run indexctl eval --version {version}") from None
     try:
-        catalog_sha = root.read_manifest(version)["files"][CATALOG_FILE]["sha256"]
-    except (NotFoundError, ValidationError, KeyError):
+        catalog_sha = root.catalog_sha256(version)
+    except (NotFoundError, ValidationError):
         return None
     return record if record.get("catalog_sha256") == catalog_sha else None
 
@@ -592,7 +592,7 @@ def publish_refusal(root: LifecycleRoot, version: str) -> str | None:
 
 def _check_catalog(catalog_path: Path) -> None:
     with catalog.connect_read_only(catalog_path) as con:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        tables = catalog.table_names(con)
         columns = {r[0] for r in con.execute("DESCRIBE chunks").fetchall()} if "chunks" in tables else set()
     missing = [c for c in REQUIRED_COLUMNS if c not in columns] + [t for t in ("modules",) if t not in tables]
     if missing:

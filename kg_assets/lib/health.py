@@ -74,11 +74,6 @@ class _Version:
         return faiss_index.external_ids(self.index)
 
 
-def _objects(con: duckdb.DuckDBPyConnection) -> set[str]:
-    """Names of the catalog's tables and views."""
-    return {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-
-
 def _files_match_manifest(v: _Version) -> tuple[str, str]:
     manifest = v.root.verify_version(v.version)
     files = manifest.get("files", {})
@@ -110,7 +105,7 @@ def _differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 def _meta(v: _Version) -> dict[str, str]:
     with catalog.connect_read_only(v.vdir / CATALOG_FILE) as con:
-        if "kg_meta" not in _objects(con):
+        if "kg_meta" not in catalog.table_names(con):
             return {}
         return dict(con.execute("SELECT key, value FROM kg_meta").fetchall())
 
@@ -118,7 +113,7 @@ def _meta(v: _Version) -> dict[str, str]:
 def _idmap_views_resolve(v: _Version) -> tuple[str, str]:
     """`faiss_idmap` maps every FAISS row, in order, to the index's own id; `v_faiss_join` joins each to a chunk."""
     with catalog.connect_read_only(v.vdir / CATALOG_FILE) as con:
-        missing = {"faiss_idmap", "v_faiss_join"} - _objects(con)
+        missing = {"faiss_idmap", "v_faiss_join"} - catalog.table_names(con)
         if missing:
             return SKIPPED, f"catalog has no {', '.join(sorted(missing))} (refresh with indexctl materialize-join)"
         mapped = con.execute("SELECT faiss_row, external_id FROM faiss_idmap ORDER BY faiss_row").fetchnumpy()
@@ -137,7 +132,7 @@ def _idmap_views_resolve(v: _Version) -> tuple[str, str]:
 
 def _chunk_symbols_resolve(v: _Version) -> tuple[str, str]:
     with catalog.connect_read_only(v.vdir / CATALOG_FILE) as con:
-        if "v_chunk_symbols" not in _objects(con):
+        if "v_chunk_symbols" not in catalog.table_names(con):
             return SKIPPED, "catalog has no v_chunk_symbols"
         rows, chunks, orphans = con.execute(
             "SELECT count(*), count(DISTINCT s.chunk_id), count(*) FILTER (WHERE c.chunk_id IS NULL) "

@@ -196,6 +196,13 @@ class LifecycleRoot:
             raise ValidationError(f"version {version}: {MANIFEST} does not describe version {version}")
         return manifest
 
+    def catalog_sha256(self, version: str) -> str:
+        """The sha256 of the version's catalog as its manifest records it: what caches derived from it key on."""
+        try:
+            return self.read_manifest(version)["files"][CATALOG_FILE]["sha256"]
+        except KeyError:
+            raise ValidationError(f"version {version}: manifest.json records no {CATALOG_FILE}") from None
+
     def verify_version(self, version: str, *, hashes: bool = True) -> dict[str, Any]:
         """Check a complete version against its manifest (sizes, and sha256 unless `hashes` is False).
 
@@ -468,8 +475,8 @@ class LifecycleRoot:
         shas = set()
         for version in versions:
             try:
-                shas.add(self.read_manifest(version)["files"][CATALOG_FILE]["sha256"])
-            except (ValidationError, KeyError):
+                shas.add(self.catalog_sha256(version))
+            except ValidationError:
                 continue
         cache = self.root / ".cache"
         orphans = [p for kind in ("vectors", "bm25") for p in (cache / kind).glob("*") if p.name not in shas]

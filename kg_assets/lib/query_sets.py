@@ -39,8 +39,7 @@ def docstring_queries(catalog_path: Path, limit: int, seed: int = 0) -> list[Tex
     share most of their queries even after the repository changed.
     """
     with catalog.connect_read_only(catalog_path) as con:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if not {"scip_symbols", "v_chunk_symbols"} <= tables:
+        if not {"scip_symbols", "v_chunk_symbols"} <= catalog.table_names(con):
             return []
         rows = con.execute(
             """SELECT s.documentation, list(DISTINCT c.chunk_id ORDER BY c.chunk_id)
@@ -95,8 +94,8 @@ def read_labelled_queries(path: Path, catalog_path: Path) -> list[TextQuery]:
     if len(set(qids)) != len(qids):
         raise UsageError(f"{path}: qids must be unique")
     with catalog.connect_read_only(catalog_path) as con:
-        known = {r[0] for r in con.execute("SELECT chunk_id FROM chunks").fetchall()}
         spans = con.execute("SELECT uri, start_line, end_line, chunk_id FROM chunks").fetchall()
+    known = {chunk_id for *_, chunk_id in spans}
     by_uri: dict[str, list[tuple[int, int, int]]] = {}
     for uri, start, end, chunk_id in spans:
         by_uri.setdefault(uri, []).append((start, end, chunk_id))

@@ -38,8 +38,8 @@ def resolve_version(root: LifecycleRoot, version: str | None) -> str:
 def version_vectors(root: LifecycleRoot, version: str) -> tuple[np.ndarray, np.ndarray]:
     """(chunk ids, embeddings) of a complete version's catalog, through a cache keyed by the catalog's sha256
     (`<root>/.cache/vectors/`), so exact search over the whole corpus does not re-read DuckDB every time."""
-    digest = root.read_manifest(version)["files"][CATALOG_FILE]["sha256"]
-    return catalog.chunk_vectors(root.version_dir(version) / CATALOG_FILE, root.root / ".cache" / "vectors" / digest)
+    cache = root.root / ".cache" / "vectors" / root.catalog_sha256(version)
+    return catalog.chunk_vectors(root.version_dir(version) / CATALOG_FILE, cache)
 
 
 def search_version(root: LifecycleRoot, text: str, k: int = 10, version: str | None = None) -> tuple[str, list[Hit]]:
