@@ -1,0 +1,15 @@
+"""Per-language facts the engine needs beyond file extensions: reserved words that carry no meaning as search
+content (the lexical index drops them from that language's chunks)."""
+
+from __future__ import annotations
+
+import keyword
+
+KEYWORDS: dict[str, frozenset[str]] = {
+    "python": frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | {"self", "cls"},
+}
+
+
+def keywords(language: str) -> frozenset[str]:
+    """Lowercase reserved words of `language` (empty for prose, data and unknown languages)."""
+    return KEYWORDS.get(language, frozenset())
