@@ -6,7 +6,8 @@ from __future__ import annotations
 import keyword
 
 KEYWORDS: dict[str, frozenset[str]] = {
-    "python": frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | {"self", "cls"},
+    # Hard keywords only: soft ones (`match`, `case`, `type`) are common identifiers.
+    "python": frozenset(k.lower() for k in keyword.kwlist) | {"self", "cls"},
 }
 
 
