@@ -11,6 +11,14 @@ KEYWORDS: dict[str, frozenset[str]] = {
 }
 
 
+# Languages of prose, markup and data: search weighs them by the question's kind (see `retrieval`).
+NON_CODE = frozenset({"markdown", "rst", "text", "toml", "yaml", "json", "ini", "html", "css", "xml", "csv"})
+
+
+def is_code(language: str) -> bool:
+    return language not in NON_CODE
+
+
 def keywords(language: str) -> frozenset[str]:
     """Lowercase reserved words of `language` (empty for prose, data and unknown languages)."""
     return KEYWORDS.get(language, frozenset())
