@@ -283,20 +283,35 @@ def build(
 
 @cli.command()
 @click.argument("text")
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of hits.")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Number of hits (1-1000).")
+@click.option(
+    "--mode",
+    default="hybrid",
+    show_default=True,
+    help="hybrid (dense + lexical + symbol, re-ranked), dense, lexical or symbol.",
+)
 @click.option("--version", "version", help="Search this version instead of the current one.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (each hit with the channels that found it).")
 @pass_ctx
-def search(ctx: _Context, text: str, k: int, version: str | None, as_json: bool) -> None:
+def search(ctx: _Context, text: str, k: int, mode: str, version: str | None, as_json: bool) -> None:
     """Search the published (or given) version for TEXT."""
     from kg_assets.lib.search import search_version
 
-    found_version, hits = search_version(ctx.lifecycle, text, k, version)
+    found_version, hits, notes = search_version(ctx.lifecycle, text, k, version, mode)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     if as_json:
-        click.echo(json.dumps({"version": found_version, "hits": [asdict(h) for h in hits]}, indent=2))
+        payload = {"version": found_version, "mode": mode, "hits": [h.to_json() for h in hits]}
+        click.echo(json.dumps(payload, indent=2))
         return
     for hit in hits:
-        click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {hit.uri}:{hit.start_line}-{hit.end_line}  {hit.first_line[:80]}")
+        where = _printable(f"{hit.uri}:{hit.start_line}-{hit.end_line}")
+        click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {where}  {_printable(hit.first_line[:80])}")
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters escaped, so a file name or line cannot break or spoof an output line."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 @cli.command(name="export-idmap")

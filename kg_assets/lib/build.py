@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kg_assets.lib import catalog, chunking, faiss_index, idmap, scip
+from kg_assets.lib import catalog, chunking, faiss_index, idmap, lexical, scip
 from kg_assets.lib.embedding import Embedder, Progress, embedding_text
 from kg_assets.lib.errors import KgError, ValidationError
 from kg_assets.lib.fsutil import atomic_write_bytes, atomic_write_npy, atomic_write_parquet, copy_file
@@ -140,6 +140,24 @@ def build_embeddings(
 
 def read_embeddings(staging: Path) -> np.ndarray:
     return np.load(staging / BUILD_DIR / EMBEDDINGS_FILE)
+
+
+@dataclass(frozen=True)
+class LexicalStats:
+    chunks: int
+    terms: int
+    seconds: float
+
+
+def build_lexical(staging: Path) -> LexicalStats:
+    """Index the chunks' code-aware tokens (text, path, defined names) for BM25 into `lexical.npz`."""
+    t0 = time.perf_counter()
+    chunks = read_chunks(staging)
+    columns = (chunks.column(c).to_pylist() for c in ("uri", "language", "text", "symbols"))
+    documents = [lexical.document_tokens(*row) for row in zip(*columns, strict=True)]
+    index = lexical.LexicalIndex.build(chunks.column("chunk_id").to_numpy(), documents)
+    index.save(staging / lexical.LEXICAL_FILE)
+    return LexicalStats(len(documents), index.terms, time.perf_counter() - t0)
 
 
 def build_faiss(staging: Path, factory: str = "auto", seed: int = 0) -> faiss_index.BuildStats:
@@ -273,14 +291,17 @@ def check_staging(staging: Path, expected_dim: int) -> list[CheckResult]:
     dims = {"embedder": expected_dim, "index": index.d, "catalog": cat_dim[0], "embeddings": vectors.shape[1]}
     bad_hashes = sum(1 for text, h in texts if chunking.content_hash(text.encode("utf-8")) != h)
     counts = {"ntotal": index.ntotal, "idmap_rows": map_table.num_rows, "chunk_rows": len(cat_ids)}
-    same_ids = np.array_equal(np.sort(index_ids), cat_ids) and np.array_equal(np.sort(map_ids), cat_ids)
+    id_sets = [index_ids, map_ids]
+    if (staging / lexical.LEXICAL_FILE).is_file():  # optional: search falls back to dense without it
+        id_sets.append(lexical.LexicalIndex.load(staging / lexical.LEXICAL_FILE).ids)
+    same_ids = all(np.array_equal(np.sort(ids), cat_ids) for ids in id_sets)
     return [
         CheckResult("dimensions_agree", len(set(dims.values())) == 1 and cat_dim[0] == cat_dim[1], f"{dims}"),
         CheckResult("counts_agree", len(set(counts.values())) == 1, f"{counts}"),
         CheckResult(
             "ids_unique_and_identical",
             same_ids and len(np.unique(cat_ids)) == len(cat_ids),
-            "index, idmap and catalog hold the same unique chunk ids" if same_ids else "id sets differ",
+            "index, idmap, lexical index and catalog hold the same unique chunk ids" if same_ids else "id sets differ",
         ),
         CheckResult(
             "vectors_finite",

@@ -233,11 +233,16 @@ def read_meta(path: Path) -> dict[str, str]:
 def hydrate(path: Path, chunk_ids: list[int]) -> dict[int, dict]:
     """Catalog rows (uri, language, lines, text, symbols defined) for the given chunk ids, keyed by id."""
     with connect_read_only(path) as con:
-        rows = con.execute(
-            "SELECT chunk_id, uri, language, start_line, end_line, text, symbols FROM chunks WHERE chunk_id IN "
-            "(SELECT unnest(?::BIGINT[]))",
-            [chunk_ids],
-        ).fetchall()
+        return hydrate_with(con, chunk_ids)
+
+
+def hydrate_with(con: duckdb.DuckDBPyConnection, chunk_ids: list[int]) -> dict[int, dict]:
+    """`hydrate` on an open connection (a server's cursor)."""
+    rows = con.execute(
+        "SELECT chunk_id, uri, language, start_line, end_line, text, symbols FROM chunks WHERE chunk_id IN "
+        "(SELECT unnest(?::BIGINT[]))",
+        [chunk_ids],
+    ).fetchall()
     keys = ("chunk_id", "uri", "language", "start_line", "end_line", "text", "symbols")
     return {row[0]: dict(zip(keys, row, strict=True)) for row in rows}
 

@@ -13,6 +13,7 @@ from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.lib import build, progress
 from kg_assets.lib import catalog as catalog_lib
 from kg_assets.lib.errors import NotFoundError
+from kg_assets.lib.lexical import LEXICAL_FILE
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
 
 index_versions = dg.DynamicPartitionsDefinition(name="index_versions")
@@ -148,6 +149,26 @@ def _scip_index_result(stats: build.ScipStats, file_meta: dict) -> dg.Materializ
 
 
 @dg.asset(
+    deps=[chunks],
+    partitions_def=index_versions,
+    group_name=BUILD_GROUP,
+    kinds={"numpy"},
+    description="BM25 index over the chunks' code-aware tokens (text, path, defined names): lexical.npz.",
+)
+def lexical_index(context: dg.AssetExecutionContext, lifecycle: LifecycleResource) -> dg.MaterializeResult:
+    root, staging = _staging(context, lifecycle)
+    stats = build.build_lexical(staging)
+    return dg.MaterializeResult(
+        metadata={
+            "chunks": stats.chunks,
+            "terms": stats.terms,
+            "seconds": round(stats.seconds, 3),
+            **_file_meta(context, root, staging, LEXICAL_FILE),
+        }
+    )
+
+
+@dg.asset(
     deps=[embeddings],
     partitions_def=index_versions,
     group_name=BUILD_GROUP,
@@ -222,7 +243,7 @@ def catalog(
 
 
 @dg.asset(
-    deps=[catalog, faiss_index, faiss_idmap, scip_index],
+    deps=[catalog, faiss_index, faiss_idmap, scip_index, lexical_index],
     partitions_def=index_versions,
     group_name=BUILD_GROUP,
     kinds={"json"},
@@ -257,4 +278,4 @@ def index_version(
     return dg.MaterializeResult(metadata=metadata)
 
 
-BUILD_ASSETS = [chunks, embeddings_and_scip_index, faiss_index, faiss_idmap, catalog, index_version]
+BUILD_ASSETS = [chunks, embeddings_and_scip_index, lexical_index, faiss_index, faiss_idmap, catalog, index_version]

@@ -1,0 +1,360 @@
+"""The served search: one retrieval stack used by `indexctl search`, the eval's `hybrid` channel and the servers.
+
+A `VersionHandle` opens a complete version once (its embedder, its FAISS index with the tuning profile applied,
+its lexical index, its symbol table, a read-only catalog connection) and answers queries in four modes:
+`dense` (the ANN index), `lexical` (BM25 over code-aware tokens), `symbol` (definitions, then references, of the
+names the query mentions) and `hybrid`: the three channels' candidates fused by weighted reciprocal rank, then
+re-ranked with code-aware signals (query kind, prose vs code, test files, path matches, several good chunks in one
+file) and diversified so one file does not fill the top k. Every hit says which channels found it and how.
+
+The weights below were chosen on `benchmarks/quality` (hand-written questions over pinned open-source
+repositories, `scripts/bench.py quality`) as round values where NDCG@10 was flat around them; each comment says
+what it does.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from kg_assets.lib import catalog, faiss_index, tuning
+from kg_assets.lib.channels import Corpus, ann_search
+from kg_assets.lib.embedding import Embedder, version_embedder
+from kg_assets.lib.errors import UsageError, ValidationError
+from kg_assets.lib.languages import is_code
+from kg_assets.lib.lexical import LEXICAL_FILE, LexicalIndex, code_tokens, path_tokens
+from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
+from kg_assets.lib.search import version_vectors
+from kg_assets.lib.symbols import SymbolTable, query_terms
+
+MODES = ("hybrid", "dense", "lexical", "symbol")
+MAX_K = 1000
+MAX_QUERY_CHARS = 2000  # longer queries are cut: the embedder reads 256 tokens, and BM25 gains nothing from more
+CANDIDATES = 50  # per channel, before fusion: deeper pools only added noise below rank 50
+
+RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.); sharper values over-trusted single channels
+# Channel weights in the fusion, by query kind. An identifier query is answered by its definition (symbol channel),
+# then by where the name occurs (lexical); a question in words mostly by meaning (dense) and shared words.
+CHANNEL_WEIGHTS = {
+    "identifier": {"symbol": 3.0, "lexical": 1.0, "dense": 0.6},
+    "natural": {"dense": 1.0, "lexical": 0.8, "symbol": 0.6},
+}
+# Prose and data files (markdown, rst, yaml...) answer questions less often than code: their fused score is
+# scaled down, more for identifier lookups, never to zero.
+NON_CODE_WEIGHT = {"identifier": 0.4, "natural": 0.6}
+TEST_WEIGHT = 0.7  # chunks under tests/ (or test_*.py) unless the query asks about tests
+PATH_BOOST = 0.25  # per query word that names a directory or the file (`routing` -> routing.py), at most two
+FILE_BOOST = 0.15  # x log2(1 + other candidates of the same file): several good chunks lift their file
+SAME_FILE_DECAY = 0.75  # each earlier pick from the same file scales a chunk's score by this when filling the top k
+
+_TEST_PATH = re.compile(r"(^|/)(tests?|testing|spec|__tests__)/|(^|/)test_[^/]*$|_test\.\w+$|\.(test|spec)\.\w+$")
+_NAME = re.compile(r"[A-Za-z_$][\w$]*(?:(?:\.|::|#|->)[A-Za-z_$][\w$]*)*")
+_CODE_SHAPE = re.compile(r"_|[a-z][A-Z]|\.|::|#|->|\(\)")
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    rank: int
+    chunk_id: int
+    uri: str
+    start_line: int
+    end_line: int
+    score: float
+    channels: dict[str, dict[str, float]]  # channel -> {"rank", "score"} for each channel that found the chunk
+    first_line: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "chunk_id": self.chunk_id,
+            "uri": self.uri,
+            "start_line": self.start_line,
+            "end_line": self.end_line,
+            "score": round(self.score, 6),
+            "first_line": self.first_line,
+            "channels": self.channels,
+        }
+
+
+def query_kind(text: str) -> str:
+    """`identifier` for a lookup of one to three names (`Blueprint`, `url_for`, `Session.merge`), else `natural`."""
+    words = text.replace("()", "").split()
+    if not 1 <= len(words) <= 3 or not all(
+        re.fullmatch(r"[A-Za-z_$][\w$]*(?:(?:\.|::|#|->)[A-Za-z_$][\w$]*)*", w) for w in words
+    ):
+        return "natural"
+    return "identifier" if len(words) == 1 or any(_CODE_SHAPE.search(w) for w in words) else "natural"
+
+
+def symbol_terms(text: str, kind: str) -> list[list[str]]:
+    """Names to look up: every term of an identifier query; in a sentence, only words shaped like code
+    (`snake_case`, `camelCase`, `a.b`, `f()`) or capitalized past the first word (`Blueprint`)."""
+    if kind == "identifier":
+        return query_terms(text)
+    terms = []
+    for position, word in enumerate(text.split()):
+        word = word.strip(",;:?!'\"`")
+        if _CODE_SHAPE.search(word) or (position > 0 and word[:1].isupper() and not word.isupper()):
+            terms += query_terms(word)
+    return terms
+
+
+def is_test_path(uri: str) -> bool:
+    return bool(_TEST_PATH.search(uri))
+
+
+@dataclass
+class ChunkTable:
+    """Per-chunk fields search ranks with, in chunk-id order (`row` finds a chunk id's position)."""
+
+    ids: np.ndarray
+    uris: list[str]
+    languages: list[str]
+    start_lines: np.ndarray
+    end_lines: np.ndarray
+    _path_tokens: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_catalog(cls, con: duckdb.DuckDBPyConnection) -> ChunkTable:
+        table = con.sql("SELECT chunk_id, uri, language, start_line, end_line FROM chunks ORDER BY chunk_id").arrow()
+        return cls(
+            table.column("chunk_id").to_numpy(),
+            table.column("uri").to_pylist(),
+            table.column("language").to_pylist(),
+            table.column("start_line").to_numpy(),
+            table.column("end_line").to_numpy(),
+        )
+
+    def row(self, chunk_id: int) -> int:
+        return int(np.searchsorted(self.ids, chunk_id))
+
+    def path_tokens(self, uri: str) -> frozenset[str]:
+        if uri not in self._path_tokens:
+            self._path_tokens[uri] = frozenset(path_tokens(uri))
+        return self._path_tokens[uri]
+
+
+class VersionHandle:
+    """A complete version opened for searching; thread-safe for concurrent `search` calls."""
+
+    def __init__(
+        self,
+        version: str,
+        embedder: Embedder,
+        index: Any,
+        con: duckdb.DuckDBPyConnection,
+        chunks: ChunkTable,
+        lexical: LexicalIndex | None,
+        symbols: SymbolTable | None,
+        corpus_loader: Any,
+        rerank_factor: float,
+        notes: list[str],
+    ) -> None:
+        self.version, self.embedder, self.index = version, embedder, index
+        self.chunks, self.lexical, self.symbols = chunks, lexical, symbols
+        self.rerank_factor = rerank_factor
+        self.notes = notes
+        self._con = con
+        self._corpus_loader, self._corpus = corpus_loader, None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, root: LifecycleRoot, version: str) -> VersionHandle:
+        """Load a complete version; ValidationError naming what is missing or inconsistent."""
+        vdir = root.version_dir(version)
+        con = catalog.connect_read_only(vdir / CATALOG_FILE)
+        try:
+            tables = catalog.table_names(con)
+            if "chunks" not in tables or "kg_meta" not in tables:
+                missing = " and ".join(t for t in ("chunks", "kg_meta") if t not in tables)
+                raise ValidationError(
+                    f"version {version}: its catalog has no {missing} table, so it cannot be searched"
+                )
+            meta = dict(con.execute("SELECT key, value FROM kg_meta").fetchall())
+            embedder = version_embedder(meta, version)
+            if embedder is None:
+                raise ValidationError(
+                    f"version {version}: its catalog records no embedder, so queries cannot be embedded"
+                )
+            index = faiss_index.read_index(vdir / FAISS_FILE)
+            if index.d != embedder.dim:
+                raise ValidationError(
+                    f"version {version}: the index has dimension {index.d} but its embedder {embedder.name} "
+                    f"gives {embedder.dim}"
+                )
+            profile = tuning.load_profile(vdir / tuning.TUNING_FILE) if (vdir / tuning.TUNING_FILE).exists() else None
+            knobs = tuning.apply_profile(index, profile) if profile else {}
+            notes = []
+            lexical = None
+            if (vdir / LEXICAL_FILE).is_file():
+                lexical = LexicalIndex.load(vdir / LEXICAL_FILE)
+            else:
+                notes.append(f"version {version} has no {LEXICAL_FILE}: lexical channel off, searching by meaning only")
+            columns = {r[0] for r in con.execute("DESCRIBE chunks").fetchall()}
+            symbols = SymbolTable.from_catalog(con) if "symbols" in columns else None
+            chunks = ChunkTable.from_catalog(con)
+        except BaseException:
+            con.close()
+            raise
+        return cls(
+            version,
+            embedder,
+            index,
+            con,
+            chunks,
+            lexical,
+            symbols,
+            lambda: Corpus(*version_vectors(root, version)),
+            faiss_index.rerank_factor(index, knobs.get("k_factor")),
+            notes,
+        )
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> VersionHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- channels -------------------------------------------------------------------------------------
+
+    def corpus(self) -> Corpus:
+        with self._lock:
+            if self._corpus is None:
+                self._corpus = self._corpus_loader()
+            return self._corpus
+
+    def dense(self, vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top n of the ANN index as served (tuning profile, and its exact re-rank factor when it has one)."""
+        corpus = self.corpus() if self.rerank_factor > 1 else None
+        return ann_search(self.index, corpus, vectors, n, self.rerank_factor)
+
+    def lexical_top(self, text: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.lexical is None:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        return self.lexical.top(code_tokens(text), n)
+
+    def symbol_top(self, text: str, kind: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.symbols is None:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        return self.symbols.search(symbol_terms(text, kind), n)
+
+    # ---- the stack ------------------------------------------------------------------------------------
+
+    def search(self, text: str, k: int = 10, mode: str = "hybrid") -> list[SearchHit]:
+        """The top k chunks for a query, hydrated (uri, lines, first line); UsageError for a bad request."""
+        text = check_query(text, k, mode)
+        vector = self.embedder.embed([text]) if mode in ("hybrid", "dense") else None
+        ranked = self.rank(text, vector, k, mode)
+        rows = self.hydrate([chunk_id for chunk_id, _, _ in ranked])
+        hits = []
+        for rank, (chunk_id, score, channels) in enumerate(ranked, start=1):
+            row = rows[chunk_id]
+            first = next((line.strip() for line in row["text"].splitlines() if line.strip()), "")
+            hits.append(
+                SearchHit(rank, chunk_id, row["uri"], row["start_line"], row["end_line"], score, channels, first)
+            )
+        return hits
+
+    def rank(
+        self, text: str, vector: np.ndarray | None, k: int, mode: str = "hybrid"
+    ) -> list[tuple[int, float, dict[str, dict[str, float]]]]:
+        """(chunk id, score, channels) of the top k; `vector` is the query's embedding (dense and hybrid)."""
+        kind = query_kind(text)
+        if mode == "dense":
+            scores, ids = self.dense(vector, k)
+            return _single("dense", scores[0], ids[0])
+        if mode == "lexical":
+            return _single("lexical", *self.lexical_top(text, k))
+        if mode == "symbol":
+            return _single("symbol", *self.symbol_top(text, kind, k))
+        n = max(k, CANDIDATES)
+        dense_scores, dense_ids = self.dense(vector, n)
+        found = {
+            "dense": (dense_scores[0], dense_ids[0]),
+            "lexical": self.lexical_top(text, n),
+            "symbol": self.symbol_top(text, kind, n),
+        }
+        return self._rerank(text, kind, found, k)
+
+    def _rerank(
+        self, text: str, kind: str, found: dict[str, tuple[np.ndarray, np.ndarray]], k: int
+    ) -> list[tuple[int, float, dict[str, dict[str, float]]]]:
+        weights = CHANNEL_WEIGHTS[kind]
+        fused: dict[int, float] = {}
+        channels: dict[int, dict[str, dict[str, float]]] = {}
+        for name, (scores, ids) in found.items():
+            for rank, (score, chunk_id) in enumerate(zip(scores.tolist(), ids.tolist(), strict=True), start=1):
+                if chunk_id == -1:
+                    continue
+                fused[chunk_id] = fused.get(chunk_id, 0.0) + weights[name] / (RRF_K + rank)
+                channels.setdefault(chunk_id, {})[name] = {"rank": rank, "score": round(score, 6)}
+        words = set(code_tokens(text))
+        asks_tests = bool(words & {"test", "tests", "testing", "fixture", "pytest"})
+        per_file: dict[str, int] = {}
+        for chunk_id in fused:
+            uri = self.chunks.uris[self.chunks.row(chunk_id)]
+            per_file[uri] = per_file.get(uri, 0) + 1
+        scored = []
+        for chunk_id, score in fused.items():
+            row = self.chunks.row(chunk_id)
+            uri = self.chunks.uris[row]
+            if not is_code(self.chunks.languages[row]):
+                score *= NON_CODE_WEIGHT[kind]
+            if not asks_tests and is_test_path(uri):
+                score *= TEST_WEIGHT
+            score *= 1 + PATH_BOOST * min(len(words & self.chunks.path_tokens(uri)), 2)
+            score *= 1 + FILE_BOOST * math.log2(per_file[uri])  # per_file counts the chunk itself
+            scored.append((score, chunk_id, uri))
+        return [(chunk_id, score, channels[chunk_id]) for score, chunk_id, _ in _diversified(scored, k)]
+
+    def hydrate(self, chunk_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Catalog rows (uri, language, lines, text, symbols) of the given chunks, keyed by id."""
+        with self._con.cursor() as cur:
+            return catalog.hydrate_with(cur, chunk_ids)
+
+
+def _diversified(scored: list[tuple[float, int, str]], k: int) -> list[tuple[float, int, str]]:
+    """The top k by score, where each chunk's score is scaled by SAME_FILE_DECAY per earlier pick of its file."""
+    pool = sorted(scored, key=lambda item: (-item[0], item[1]))
+    picked: list[tuple[float, int, str]] = []
+    taken: dict[str, int] = {}
+    while pool and len(picked) < k:
+        best = max(
+            range(len(pool)),
+            key=lambda i: (pool[i][0] * SAME_FILE_DECAY ** taken.get(pool[i][2], 0), -pool[i][1]),
+        )
+        score, chunk_id, uri = pool.pop(best)
+        picked.append((score * SAME_FILE_DECAY ** taken.get(uri, 0), chunk_id, uri))
+        taken[uri] = taken.get(uri, 0) + 1
+    return picked
+
+
+def _single(channel: str, scores: np.ndarray, ids: np.ndarray) -> list[tuple[int, float, dict[str, dict[str, float]]]]:
+    return [
+        (int(i), float(s), {channel: {"rank": rank, "score": round(float(s), 6)}})
+        for rank, (s, i) in enumerate(zip(scores, ids, strict=True), start=1)
+        if i != -1
+    ]
+
+
+def check_query(text: str, k: int, mode: str) -> str:
+    """The query as searched (cut to MAX_QUERY_CHARS); UsageError for an empty one, a bad k or an unknown mode."""
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    if not 1 <= k <= MAX_K:
+        raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
+    text = text.strip()
+    if not text:
+        raise UsageError("the query is empty")
+    if not any(char.isalnum() for char in text):
+        raise UsageError("the query has no letters or digits to search for")
+    return text[:MAX_QUERY_CHARS]

@@ -1,0 +1,148 @@
+"""The symbol channel: which chunk defines or refers to a name, from what a version knows about definitions.
+
+Definitions come from the chunker (`chunks.symbols`: the names each chunk defines, qualified within its file as
+`Class.method`; every language with a grammar supplies them) qualified further by the file's module (`modules`,
+else the path); references from SCIP occurrences that are not definitions. A query term matches a name when its
+dotted parts are a suffix of the name's qualified parts (`merge`, `Session.merge`, `sessions.Session.merge`),
+exactly or ignoring case; definitions rank before references.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+
+from kg_assets.lib import catalog
+
+# Scores of one matching entry (the channel ranks by them; fusion only sees the ranks).
+EXACT_DEFINITION = 1.0
+FOLDED_DEFINITION = 0.9  # same name, other case: `blueprint` for `Blueprint`
+REFERENCE = 0.3
+QUALIFIED_BONUS = 0.1  # per dotted part matched beyond the last: `Session.merge` over a bare `merge` match
+
+_IDENT = r"[A-Za-z_$][\w$]*"
+_TERM = re.compile(rf"{_IDENT}(?:(?:\.|::|#|->){_IDENT})*")
+_SEPARATORS = re.compile(r"::|#|->")
+_SCIP_NAME = re.compile(r"`([^`]+)`|([A-Za-z_$][\w$]*)")
+
+
+@dataclass(frozen=True)
+class SymbolEntry:
+    chunk_id: int
+    name: str  # qualified, original case: `flask.app.Flask.route`
+    definition: bool
+
+
+@dataclass(frozen=True)
+class SymbolMatch:
+    chunk_id: int
+    name: str
+    definition: bool
+    score: float
+
+
+def query_terms(text: str) -> list[list[str]]:
+    """The dotted names a text mentions, each as its parts: `Session.merge()` -> [["Session", "merge"]]."""
+    return [_SEPARATORS.sub(".", m).split(".") for m in _TERM.findall(text)]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def scip_symbol_name(symbol: str) -> str | None:
+    """The in-module qualified name of a SCIP symbol (`... flask.app/Flask#route().` -> `Flask.route`); None for
+    locals, parameters and symbols without a name."""
+    if symbol.startswith("local ") or ").(" in symbol:
+        return None
+    descriptor = symbol.split(" ", 4)[-1]
+    cut, quoted = 0, False
+    for i, char in enumerate(descriptor):  # past the last namespace separator `/` outside `quoted names`
+        if char == "`":
+            quoted = not quoted
+        elif char == "/" and not quoted:
+            cut = i + 1
+    names = [a or b for a, b in _SCIP_NAME.findall(descriptor[cut:])]
+    return ".".join(names) or None
+
+
+class SymbolTable:
+    """Definitions and references of a version's chunks, looked up by their last name part (lowercase)."""
+
+    def __init__(self, entries: Iterable[SymbolEntry]) -> None:
+        self._by_name: dict[str, list[SymbolEntry]] = {}
+        for entry in entries:
+            self._by_name.setdefault(entry.name.rsplit(".", 1)[-1].lower(), []).append(entry)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_name.values())
+
+    @classmethod
+    def from_catalog(cls, con: duckdb.DuckDBPyConnection) -> SymbolTable:
+        """Read definitions (chunk symbols qualified by module) and SCIP references from an open catalog."""
+        tables = catalog.table_names(con)
+        modules = (
+            dict(con.execute("SELECT repo_path, module_name FROM modules").fetchall()) if "modules" in tables else {}
+        )
+        rows = con.execute("SELECT chunk_id, uri, symbols FROM chunks WHERE len(symbols) > 0").fetchall()
+        entries = [
+            SymbolEntry(chunk_id, f"{module_prefix(uri, modules)}{name}", True)
+            for chunk_id, uri, names in rows
+            for name in names
+        ]
+        if "scip_occurrences" in tables:
+            refs = con.execute(
+                """SELECT DISTINCT c.chunk_id, c.uri, o.symbol FROM scip_occurrences o
+                JOIN chunks c ON c.uri = o.path AND o.start_line + 1 BETWEEN c.start_line AND c.end_line
+                WHERE NOT o.is_definition AND NOT starts_with(o.symbol, 'local ')"""
+            ).fetchall()
+            for chunk_id, _uri, symbol in refs:
+                name = scip_symbol_name(symbol)
+                if name:
+                    entries.append(SymbolEntry(chunk_id, name, False))
+        return cls(entries)
+
+    def lookup(self, parts: Sequence[str]) -> list[SymbolMatch]:
+        """Entries whose qualified name ends with `parts`, each scored (definitions first, exact case first)."""
+        if not parts:
+            return []
+        folded = [p.lower() for p in parts]
+        found = []
+        for entry in self._by_name.get(folded[-1], ()):
+            name_parts = entry.name.split(".")
+            if len(name_parts) < len(parts) or [p.lower() for p in name_parts[-len(parts) :]] != folded:
+                continue
+            exact = name_parts[-len(parts) :] == list(parts)
+            score = (EXACT_DEFINITION if exact else FOLDED_DEFINITION) if entry.definition else REFERENCE
+            score += QUALIFIED_BONUS * (len(parts) - 1)
+            found.append(SymbolMatch(entry.chunk_id, entry.name, entry.definition, score))
+        return found
+
+    def search(self, terms: Sequence[Sequence[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, chunk ids) of the best k chunks for a query's terms: each chunk scores its best match per term,
+        summed over terms; ties go to the shorter (less nested) name, then the smaller chunk id."""
+        best: dict[int, tuple[float, int]] = {}
+        for parts in terms:
+            per_chunk: dict[int, tuple[float, int]] = {}
+            for match in self.lookup(parts):
+                depth = match.name.count(".")
+                old = per_chunk.get(match.chunk_id)
+                if old is None or (match.score, -depth) > (old[0], -old[1]):
+                    per_chunk[match.chunk_id] = (match.score, depth)
+            for chunk_id, (score, depth) in per_chunk.items():
+                total, old_depth = best.get(chunk_id, (0.0, depth))
+                best[chunk_id] = (total + score, min(depth, old_depth))
+        ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[1][1], item[0]))[:k]
+        scores = np.array([s for _, (s, _) in ranked], dtype=np.float32)
+        return scores, np.array([chunk_id for chunk_id, _ in ranked], dtype=np.int64)
+
+
+def module_prefix(uri: str, modules: dict[str, str | None]) -> str:
+    """`pkg.mod.` for a Python module, else the path without its extension as dotted parts (`src.router.`)."""
+    module = modules.get(uri)
+    if not module:
+        stem = uri.rsplit(".", 1)[0] if "." in uri.rsplit("/", 1)[-1] else uri
+        module = stem.replace("/", ".")
+    return f"{module}."
