@@ -1,8 +1,10 @@
-"""Repository files to chunks: definition-aligned for Python, line windows for other text, stable ids.
+"""Repository files to chunks: definition-aligned for Python (its `ast`) and every language with a tree-sitter
+grammar (`treesitter`), line windows for other text, stable ids.
 
 Every chunk is a byte span `[start_byte, end_byte)` of one file; the spans of a file partition it (nothing is
 dropped, nothing overlaps). Sizes are budgeted in the embedder's tokens, measured per line and summed, so a chunk
-fits the embedder's window together with its path header.
+fits the embedder's window together with its path header. A chunk's `symbols` are the names it defines,
+qualified by their enclosing definitions (`Router.handle`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kg_assets.lib import treesitter
+from kg_assets.lib.treesitter import Definition
 
 # Directory names never indexed (vendored, generated, environments, VCS).
 SKIP_DIRS = frozenset(
@@ -52,14 +57,40 @@ LANGUAGES = {
     ".cfg": "ini",
     ".ini": "ini",
     ".sh": "shell",
+    ".bash": "shell",
     ".js": "javascript",
+    ".jsx": "javascript",
+    ".mjs": "javascript",
+    ".cjs": "javascript",
     ".ts": "typescript",
+    ".mts": "typescript",
+    ".cts": "typescript",
+    ".tsx": "tsx",
     ".go": "go",
     ".rs": "rust",
     ".java": "java",
     ".c": "c",
     ".h": "c",
     ".cpp": "cpp",
+    ".cc": "cpp",
+    ".cxx": "cpp",
+    ".hpp": "cpp",
+    ".hh": "cpp",
+    ".hxx": "cpp",
+    ".cs": "csharp",
+    ".rb": "ruby",
+    ".rake": "ruby",
+    ".php": "php",
+    ".kt": "kotlin",
+    ".kts": "kotlin",
+    ".swift": "swift",
+    ".scala": "scala",
+    ".sc": "scala",
+    ".lua": "lua",
+    ".ex": "elixir",
+    ".exs": "elixir",
+    ".hs": "haskell",
+    ".zig": "zig",
     ".sql": "sql",
     ".html": "html",
     ".css": "css",
@@ -157,10 +188,9 @@ def chunk_file(
     texts = [line.decode("utf-8", errors="replace") for line in lines]
     per_line = count_tokens(texts)
     limit = max(budget - header_tokens, 8)
-    language = LANGUAGES.get(Path(uri).suffix.lower(), "text")
-    segments = _python_segments(data, len(lines)) if language == "python" else None
-    if segments is None:
-        segments = [_Segment(0, len(lines))]
+    language = language_of(uri)
+    found = _python_definitions(data) if language == "python" else treesitter.definitions(data, language)
+    segments = _segments_of(found or [], 0, len(lines), "")
     pieces = _merge(_fit(segments, per_line, texts, limit), per_line, limit)
     offsets = [0]
     for line in lines:
@@ -186,38 +216,49 @@ def chunk_file(
     return chunks
 
 
-def _python_segments(data: bytes, n_lines: int) -> list[_Segment] | None:
-    """Line segments along top-level definitions (and the code between them); None if it does not parse."""
+def language_of(uri: str) -> str:
+    """The language a file is chunked and searched as, by its extension ('text' when unknown)."""
+    return LANGUAGES.get(Path(uri).suffix.lower(), "text")
+
+
+def _python_definitions(data: bytes) -> list[Definition] | None:
+    """Top-level definitions of a Python file through `ast` (None if it does not parse)."""
     try:
         tree = ast.parse(data)
     except (SyntaxError, ValueError):
         return None
-    return _segments_of(tree.body, 0, n_lines, "")
+    return _python_body(tree.body)
 
 
-def _def_start(node: ast.stmt) -> int:
-    decorators = getattr(node, "decorator_list", [])
-    return min([node.lineno, *(d.lineno for d in decorators)]) - 1
+def _python_body(body: list[ast.stmt]) -> list[Definition]:
+    found = []
+    for node in body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            start = min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 1
+            members = _python_body(node.body) if isinstance(node, ast.ClassDef) else None
+            found.append(Definition(start, node.end_lineno or node.lineno, node.name, members))
+    return found
 
 
-def _segments_of(body: list[ast.stmt], start: int, end: int, prefix: str) -> list[_Segment]:
+def _segments_of(found: Sequence[Definition], start: int, end: int, prefix: str) -> list[_Segment]:
     """Partition lines [start, end) into segments: one per definition, one per run of other code."""
     segments: list[_Segment] = []
     cursor = start
-    for node in body:
-        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+    for definition in found:
+        node_start, node_end = max(definition.start, cursor), min(definition.end, end)
+        if node_end <= node_start:
             continue
-        node_start, node_end = max(_def_start(node), cursor), node.end_lineno or node.lineno
         if node_start > cursor:
             segments.append(_Segment(cursor, node_start))
-        name = f"{prefix}{node.name}"
-        if isinstance(node, ast.ClassDef):
-            inner = _segments_of(node.body, node_start, node_end, f"{name}.")
-            inner[0] = _Segment(inner[0].start, inner[0].end, (name, *inner[0].symbols))
+        name = f"{prefix}{definition.name}" if definition.name else ""
+        own = (name,) if name else ()
+        if definition.members is not None:
+            inner = _segments_of(definition.members, node_start, node_end, f"{name}." if name else prefix)
+            inner[0] = _Segment(inner[0].start, inner[0].end, own + inner[0].symbols)
             symbols = tuple(s for seg in inner for s in seg.symbols)
             segments.append(_ClassSegment(node_start, node_end, symbols, tuple(inner)))
         else:
-            segments.append(_Segment(node_start, node_end, (name,)))
+            segments.append(_Segment(node_start, node_end, own))
         cursor = node_end
     if cursor < end:
         segments.append(_Segment(cursor, end))
