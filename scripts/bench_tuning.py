@@ -23,6 +23,7 @@ import faiss  # imported after OMP_WAIT_POLICY is set
 import numpy as np
 
 from kg_assets.lib import faiss_index, tuning
+from kg_assets.lib.channels import Corpus
 
 
 def clustered(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
@@ -59,14 +60,15 @@ def main() -> None:
     rows = np.random.default_rng(1).choice(args.n, args.queries, replace=False)
     queries = np.ascontiguousarray(x[rows])
 
+    corpus = Corpus(ids, x)  # ids are sorted: the re-rank's row lookups
     t0 = time.perf_counter()
     _, truth = tuning.exact_topk(queries, x, ids, args.k)
     gt_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    quick, _, quick_points = tuning.sweep(index, queries, truth, args.target, full=False)
+    quick, _, quick_points = tuning.sweep(index, corpus, queries, truth, args.target, full=False)
     quick_s = time.perf_counter() - t0 + gt_s
     t0 = time.perf_counter()
-    full, frontier, full_points = tuning.sweep(index, queries, truth, args.target, full=True)
+    full, frontier, full_points = tuning.sweep(index, corpus, queries, truth, args.target, full=True)
     full_s = time.perf_counter() - t0 + gt_s
 
     # Plain FAISS: the same ground truth computed again, then explore over the same knob values.

@@ -49,6 +49,15 @@ def ann_search(
     return pad(scores, ids, k)
 
 
+def search_with_profile(
+    index: faiss.Index, knobs: dict[str, float], corpus: Corpus, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k as a version serves it: `index` with `knobs` already set (what `tuning.apply_profile` or
+    `tuning.set_knobs` returned) and, on an index without its own re-rank stage, the knobs' `k_factor` as an
+    exact re-rank of ceil(k * k_factor) candidates from `corpus` (only those rows are read)."""
+    return ann_search(index, corpus, queries, k, faiss_index.rerank_factor(index, knobs.get("k_factor")))
+
+
 def pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Widen (n, m) results to (n, k) with 0 scores and -1 ids."""
     if ids.shape[1] >= k:

@@ -25,14 +25,15 @@ import numpy as np
 import pyarrow as pa
 
 from kg_assets.lib import catalog, faiss_index, query_sets, tuning
-from kg_assets.lib.channels import Corpus, ann_search, fuse
+from kg_assets.lib.channels import Corpus, ann_search
 from kg_assets.lib.embedding import Embedder, embedding_text, version_embedder
 from kg_assets.lib.errors import ConflictError, NotFoundError, UsageError, ValidationError
 from kg_assets.lib.fsutil import atomic_symlink, atomic_write_json, atomic_write_parquet, fsync_dir
 from kg_assets.lib.late_interaction import LateInteractionScorer
-from kg_assets.lib.lexical import LexicalIndex, code_tokens
+from kg_assets.lib.lexical import LEXICAL_FILE, code_tokens
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
 from kg_assets.lib.progress import Progress
+from kg_assets.lib.retrieval import VersionHandle
 from kg_assets.lib.retrieval_metrics import (
     ann_fidelity,
     compare_mrr,
@@ -51,7 +52,6 @@ GATE_DIR = ".eval"  # under the lifecycle root: <root>/.eval/<version>.json, the
 DEFAULT_OUT_DIR = "artifacts/eval"
 WARMUP_QUERIES = 8
 CHANNELS = ("faiss", "flat", "bm25", "xtr", "hybrid")  # in the order reports list them
-FUSED = ("faiss", "bm25", "xtr")
 REQUIRED_COLUMNS = ("chunk_id", "uri", "language", "start_line", "end_line", "text", "symbols", "embedding")
 
 Log = Callable[[str], None]
@@ -133,35 +133,31 @@ class Knobs:
     @property
     def differences(self) -> dict[str, float]:
         """Settings of this run that serving does not use: the gate then measured a what-if."""
-        diff = {name: value for name, value in self.active.items() if self.served.get(name) != value}
-        if self.rerank_factor > 1:
-            diff["rerank_k_factor"] = self.rerank_factor
-        return diff
+        return {name: value for name, value in self.active.items() if self.served.get(name) != value}
 
 
 def set_knobs(index: faiss.Index, profile: dict[str, Any] | None, settings: EvalSettings) -> Knobs:
     """Apply the version's profile, then the run's `nprobe` and `k_factor`. On an index with an exact re-rank
     stage (IndexRefine) `k_factor` is that stage's knob, as in `tune --k-factor`; on a lossy index without one it
-    re-ranks k * k_factor candidates from the stored vectors; an index that scores exactly needs neither."""
-    tuning.apply_profile(index, profile)
-    served = tuning.current_knobs(index)
+    re-ranks k * k_factor candidates from the stored vectors (as search does with a profile's k_factor); an index
+    that scores exactly needs neither."""
+    applied = tuning.apply_profile(index, profile)
+    served = tuning.active_knobs(index, applied)
     have = tuning.index_knobs(index)
     notes = []
     if settings.nprobe is not None:
         if "nprobe" in have:
-            tuning.set_knobs(index, {"nprobe": settings.nprobe})
+            applied["nprobe"] = settings.nprobe
         else:
             notes.append(f"--nprobe {settings.nprobe} ignored: {faiss_index.factory_string(index)} has no IVF lists")
-    rerank = 1.0
     if settings.k_factor is not None:
         if "k_factor" in have:
-            tuning.set_knobs(index, {"k_factor": settings.k_factor})
-        elif faiss_index.scores_exactly(index):
-            if settings.k_factor > 1:
-                notes.append(f"--k-factor ignored: {faiss_index.factory_string(index)} already scores exactly")
-        else:
-            rerank = settings.k_factor
-    return Knobs(served, tuning.current_knobs(index), rerank, tuple(notes))
+            applied["k_factor"] = settings.k_factor
+        elif settings.k_factor > 1:
+            notes.append(f"--k-factor ignored: {faiss_index.factory_string(index)} already scores exactly")
+    tuning.set_knobs(index, applied)
+    rerank = faiss_index.rerank_factor(index, applied.get("k_factor"))
+    return Knobs(served, tuning.active_knobs(index, applied), rerank, tuple(notes))
 
 
 # ---- the run ------------------------------------------------------------------------------------------
@@ -208,17 +204,22 @@ def evaluate_version(
         else:
             texts_of = functools.partial(_texts, catalog_path)
             scorer = LateInteractionScorer(embedder.token_vectors, texts_of, progress("xtr token vectors"))
-    lexical = None
-    if any(s.text_channels for s in sets):
-        t0 = time.perf_counter()
-        cache = root.root / ".cache" / "bm25" / catalog_sha
-        lexical = LexicalIndex.load_or_build(cache, functools.partial(_all_texts, catalog_path))
-        log(f"bm25 index over {len(corpus.ids)} chunks ready in {time.perf_counter() - t0:.1f}s")
+    stack = None
+    if any(s.text_channels for s in sets):  # the served stack over this run's index: bm25 and hybrid
+        stack = VersionHandle.open(root, version, index=index)
+        stack.rerank_factor = knobs.rerank_factor
+        notes += stack.notes
+        if stack.lexical is None:
+            unavailable["bm25"] = f"version {version} has no {LEXICAL_FILE} (staged without one)"
 
-    results: dict[str, dict[str, Hits]] = {}
-    for qs in sets:
-        results[qs.name] = _run_channels(qs, index, corpus, k, knobs.rerank_factor, lexical, scorer)
-        log(f"{qs.name}: {len(qs.qids)} queries through {', '.join(results[qs.name])}")
+    try:
+        results: dict[str, dict[str, Hits]] = {}
+        for qs in sets:
+            results[qs.name] = _run_channels(qs, index, corpus, k, knobs.rerank_factor, stack, scorer)
+            log(f"{qs.name}: {len(qs.qids)} queries through {', '.join(results[qs.name])}")
+    finally:
+        if stack is not None:
+            stack.close()
 
     metrics = _metrics(sets, results, corpus, k)
     current = root.current()
@@ -304,7 +305,7 @@ def _run_channels(
     corpus: Corpus,
     k: int,
     rerank_factor: float,
-    lexical: LexicalIndex | None,
+    stack: VersionHandle | None,
     scorer: LateInteractionScorer | None,
 ) -> dict[str, Hits]:
     def timed(fn: Callable[[], tuple[np.ndarray, np.ndarray]]) -> Hits:
@@ -317,19 +318,27 @@ def _run_channels(
         "faiss": timed(lambda: ann_search(index, corpus, qs.vectors, k, rerank_factor)),
         "flat": timed(lambda: tuning.exact_topk(qs.vectors, corpus.vectors, corpus.ids, k)),
     }
-    if not qs.text_channels:
+    if not qs.text_channels or stack is None:
         return hits
-    if lexical is not None:
-        hits["bm25"] = timed(lambda: lexical.search(qs.texts, k))
+    if stack.lexical is not None:
+        hits["bm25"] = timed(lambda: stack.lexical.search(qs.texts, k))
     if scorer is not None:  # the servable candidates only: the flat oracle's hits are not in the pool
         pools = [
             np.concatenate([hits[ch].ids[row] for ch in ("faiss", "bm25") if ch in hits]) for row in range(len(qs.qids))
         ]
         hits["xtr"] = timed(lambda: scorer.rescore(qs.texts, pools, k))
-    fused = timed(lambda: fuse([hits[ch].ids for ch in FUSED if ch in hits], k))
-    fused.seconds += sum(hits[ch].seconds for ch in FUSED if ch in hits)  # what a served hybrid costs
-    hits["hybrid"] = fused
+    hits["hybrid"] = timed(lambda: _served(stack, qs, k))
     return hits
+
+
+def _served(stack: VersionHandle, qs: QuerySet, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `hybrid` channel: each query through the retrieval stack `indexctl search` serves, as (scores, ids)."""
+    scores = np.zeros((len(qs.qids), k), dtype=np.float32)
+    ids = np.full((len(qs.qids), k), -1, dtype=np.int64)
+    for row, (text, vector) in enumerate(zip(qs.texts, qs.vectors, strict=True)):
+        for rank, (chunk_id, score, _) in enumerate(stack.rank(text, vector[None, :], k)):
+            scores[row, rank], ids[row, rank] = score, chunk_id
+    return scores, ids
 
 
 def _metrics(sets: list[QuerySet], results: dict[str, dict[str, Hits]], corpus: Corpus, k: int) -> dict[str, Any]:

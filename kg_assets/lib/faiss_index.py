@@ -56,6 +56,23 @@ def scores_exactly(index: faiss.Index) -> bool:
     return isinstance(node, faiss.IndexFlat | faiss.IndexIVFFlat)
 
 
+def has_refine_stage(index: faiss.Index) -> bool:
+    """Whether the index re-ranks its own candidates exactly (an IndexRefine, e.g. the `RFlat` of a factory)."""
+    node = faiss.downcast_index(index)  # `index` stays referenced while `node` is used
+    if isinstance(node, faiss.IndexIDMap2 | faiss.IndexIDMap | faiss.IndexPreTransform):
+        return has_refine_stage(node.index)
+    return isinstance(node, faiss.IndexRefine)
+
+
+def rerank_factor(index: faiss.Index, k_factor: float | None) -> float:
+    """How many times k candidates a search of `index` fetches and re-scores exactly from the stored vectors, for
+    a profile's `k_factor`: 1 when none is set, or when the index re-ranks itself (then k_factor is its
+    IndexRefine's knob, set on the index)."""
+    if k_factor is None or has_refine_stage(index):
+        return 1.0
+    return float(k_factor)
+
+
 def factory_string(index: faiss.Index) -> str:
     """Reconstruct a factory-style description (`IVF64,PQ16x4fs,Refine(Flat)`) from an index's structure."""
     # Keep `index` referenced while `node` is used: a downcast wrapper does not own the C++ object.

@@ -8,6 +8,7 @@ Recall is measured against exact inner-product top-k over the whole corpus (the 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import statistics
@@ -20,6 +21,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from kg_assets.lib import faiss_index
+from kg_assets.lib.channels import Corpus, search_with_profile
 from kg_assets.lib.errors import NotFoundError, UsageError, ValidationError
 from kg_assets.lib.fsutil import atomic_write_json
 from kg_assets.lib.progress import Progress
@@ -53,8 +56,8 @@ def load_profile(path: Path) -> dict[str, Any]:
             value = section.get(knob)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValidationError(f"{path}: {knob} must be a positive {kind.__name__}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ValidationError(f"{path}: {knob} must be a finite positive {kind.__name__}, got {value!r}")
             if kind is int and value != int(value):
                 raise ValidationError(f"{path}: {knob} must be a whole number, got {value!r}")
     if "param_str" in profile and not isinstance(profile["param_str"], str):
@@ -83,8 +86,13 @@ def index_nodes(index: faiss.Index) -> list[Any]:
     return found
 
 
-def index_knobs(index: faiss.Index, ntotal: int | None = None) -> dict[str, list[float]]:
-    """The runtime knobs `index` has, each with the values a sweep tries (powers of two for nprobe)."""
+def index_knobs(index: faiss.Index) -> dict[str, list[float]]:
+    """The runtime knobs `index` has, each with the values a sweep tries (powers of two for nprobe).
+
+    `k_factor` is the exact re-rank factor: the knob of the index's own re-rank stage (IndexRefine) if it has
+    one, else a re-rank from the version's stored vectors at search (`channels.search_with_profile`); an index
+    that already scores exactly (Flat, IVF-Flat, HNSW-Flat) has none.
+    """
     nodes = index_nodes(index)
     knobs: dict[str, list[float]] = {}
     ivf = next((n for n in nodes if isinstance(n, faiss.IndexIVF)), None)
@@ -94,7 +102,7 @@ def index_knobs(index: faiss.Index, ntotal: int | None = None) -> dict[str, list
             knobs["quantizer_efSearch"] = list(EF_VALUES)
     elif any(isinstance(n, faiss.IndexHNSW) for n in nodes):
         knobs["efSearch"] = list(EF_VALUES)
-    if any(isinstance(n, faiss.IndexRefine) for n in nodes):
+    if faiss_index.has_refine_stage(index) or not faiss_index.scores_exactly(index):
         knobs["k_factor"] = list(K_FACTORS)
     return knobs
 
@@ -112,14 +120,30 @@ def current_knobs(index: faiss.Index) -> dict[str, float]:
     return active
 
 
+def active_knobs(index: faiss.Index, applied: dict[str, float]) -> dict[str, float]:
+    """What searches of a loaded index run with: the knobs it holds (`current_knobs`) and `applied`'s k_factor
+    when that is a re-rank from the stored vectors outside the index."""
+    active = current_knobs(index)
+    if faiss_index.rerank_factor(index, applied.get("k_factor")) > 1:
+        active["k_factor"] = applied["k_factor"]
+    return active
+
+
 def set_knobs(index: faiss.Index, params: dict[str, float]) -> None:
-    """Apply knob values to a loaded index; UsageError for a knob it does not have."""
+    """Apply knob values to a loaded index; UsageError for a knob it does not have.
+
+    A k_factor on an index without its own re-rank stage is not held by the index: the search applies it
+    (`channels.search_with_profile` with these params).
+    """
     have = index_knobs(index)
     for name, value in params.items():
         if name not in have:
-            raise UsageError(
-                f"this index ({_describe(index)}) has no {name} knob; it has: {', '.join(have) or 'none (exact)'}"
+            why = (
+                f"{faiss_index.factory_string(index)} already scores exactly, so there is nothing to re-rank"
+                if name == "k_factor"
+                else f"this index ({faiss_index.factory_string(index)}) has no {name} knob"
             )
+            raise UsageError(f"{why}; it has: {', '.join(have) or 'no runtime knobs (exact search)'}")
         if name == "k_factor":
             for node in index_nodes(index):
                 if isinstance(node, faiss.IndexRefine):
@@ -131,12 +155,6 @@ def set_knobs(index: faiss.Index, params: dict[str, float]) -> None:
                     node.hnsw.efSearch = int(value)
         else:
             faiss.ParameterSpace().set_index_parameter(index, name, float(value))
-
-
-def _describe(index: faiss.Index) -> str:
-    from kg_assets.lib.faiss_index import factory_string
-
-    return factory_string(index)
 
 
 def param_string(params: dict[str, float]) -> str:
@@ -188,20 +206,21 @@ class Point:
 
 
 def measure(
-    index: faiss.Index, params: dict[str, float], queries: np.ndarray, truth: np.ndarray, repeats: int
+    index: faiss.Index, corpus: Corpus, params: dict[str, float], queries: np.ndarray, truth: np.ndarray, repeats: int
 ) -> Point:
-    """Set `params` and search; with `repeats` > 0, warm up once and time that many batches (median).
+    """Set `params` and search as served (a k_factor re-rank included); with `repeats` > 0, warm up once and time
+    that many batches (median).
 
     `repeats` = 0 is a single timed search: enough for recall, a rough latency for steering a sweep.
     """
     set_knobs(index, params)
     k = truth.shape[1]
     if repeats:
-        index.search(queries, k)
+        search_with_profile(index, params, corpus, queries, k)
     times = []
     for _ in range(max(repeats, 1)):
         t0 = time.perf_counter()
-        _, found = index.search(queries, k)
+        _, found = search_with_profile(index, params, corpus, queries, k)
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
     return Point(dict(params), recall_at_k(found, truth), 1000 * median / len(queries), len(queries) / median)
@@ -218,6 +237,7 @@ def pareto(points: Sequence[Point]) -> list[Point]:
 
 def sweep(
     index: faiss.Index,
+    corpus: Corpus,
     queries: np.ndarray,
     truth: np.ndarray,
     target: float,
@@ -228,45 +248,47 @@ def sweep(
 ) -> tuple[Point, list[Point], list[Point]]:
     """Find the fastest point reaching `target` recall; return (chosen, frontier, all measured points).
 
-    Quick: for each k_factor, bisect the (monotone) main knob with single searches, skipping a k_factor whose
-    largest main-knob value already misses the target; then time each k_factor's cheapest passing point with a
-    warm-up and `repeats` batches and keep the fastest. Full: every grid point timed that way, and every
-    frontier point re-timed once more before choosing. `progress` gets (steps done, steps): one step per
-    k_factor, one for the final timing.
+    The main knob (`nprobe` for IVF, `efSearch` for HNSW) is bisected (it is monotone) for each combination of
+    the other axes the index has: `quantizer_efSearch` (an HNSW coarse quantizer) and `k_factor`. Quick: single
+    searches steer the bisection, a combination whose largest main-knob value already misses the target is
+    skipped, then each combination's cheapest passing point is timed with a warm-up and `repeats` batches and the
+    fastest kept. Full: every grid point timed that way, and every frontier point re-timed once more before
+    choosing. `progress` gets (steps done, steps): one step per combination, one for the final timing.
     """
     knobs = index_knobs(index)
-    main = next((k for k in ("nprobe", "efSearch", "quantizer_efSearch") if k in knobs), None)
-    factors = knobs.get("k_factor", [None])
-    values = knobs.get(main, [None]) if main else [None]
+    main = next((k for k in ("nprobe", "efSearch") if k in knobs), None)
+    axes = [name for name in ("quantizer_efSearch", "k_factor") if name in knobs]
+    combos = [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*(knobs[a] for a in axes))]
+    values = knobs[main] if main else [None]
     measured: dict[tuple, Point] = {}
 
-    def at(main_value: float | None, factor: float | None) -> Point:
-        params = {name: v for name, v in ((main, main_value), ("k_factor", factor)) if name and v is not None}
+    def at(main_value: float | None, others: dict[str, float]) -> Point:
+        params = {**({main: main_value} if main else {}), **others}
         key = tuple(sorted(params.items()))
         if key not in measured:
-            measured[key] = measure(index, params, queries, truth, repeats if full else 0)
+            measured[key] = measure(index, corpus, params, queries, truth, repeats if full else 0)
         return measured[key]
 
     candidates: list[Point] = []
-    steps = len(factors) + 1
-    for done, factor in enumerate(factors):
+    steps = len(combos) + 1
+    for done, others in enumerate(combos):
         if progress:
             progress(done, steps)
         if full or main is None:
-            candidates += [at(value, factor) for value in values]
+            candidates += [at(value, others) for value in values]
             continue
-        if at(values[-1], factor).recall < target:
-            continue  # this k_factor saturates below the target
+        if at(values[-1], others).recall < target:
+            continue  # this combination saturates below the target
         lo, hi = 0, len(values) - 1
         while lo < hi:
             mid = (lo + hi) // 2
-            if at(values[mid], factor).recall >= target:
+            if at(values[mid], others).recall >= target:
                 hi = mid
             else:
                 lo = mid + 1
-        candidates.append(at(values[lo], factor))
+        candidates.append(at(values[lo], others))
     if progress:
-        progress(len(factors), steps)
+        progress(len(combos), steps)
     points = list(measured.values())
     if full:
         candidates = pareto(points)
@@ -274,7 +296,7 @@ def sweep(
         # Nothing reaches the target: time the points within noise (0.005) of the best recall.
         best = max(p.recall for p in points)
         candidates = [p for p in pareto(points) if p.recall >= best - 0.005]
-    timed = [measure(index, p.params, queries, truth, max(repeats, 3)) for p in candidates]
+    timed = [measure(index, corpus, p.params, queries, truth, max(repeats, 3)) for p in candidates]
     if progress:
         progress(steps, steps)
     reaching = [p for p in timed if p.recall >= target]
@@ -334,8 +356,8 @@ def write_profile(vdir: Path, profile: dict[str, Any], *, run_id: str | None) ->
 def memory_touched(index: faiss.Index, params: dict[str, float], k: int) -> int | None:
     """Bytes a query reads at these settings, where the index type makes it computable (None for HNSW).
 
-    Flat: every vector. IVF: the probed share of the codes (lists assumed balanced). Re-rank: k * k_factor
-    full vectors.
+    Flat: every vector. IVF: the probed share of the codes (lists assumed balanced). Re-rank (the index's own
+    stage or from the stored vectors): k * k_factor full vectors.
     """
     nodes = index_nodes(index)
     if any(isinstance(n, faiss.IndexHNSW) for n in nodes):
@@ -347,8 +369,9 @@ def memory_touched(index: faiss.Index, params: dict[str, float], k: int) -> int 
     else:
         touched = index.ntotal * index.d * 4
     refine = next((n for n in nodes if isinstance(n, faiss.IndexRefine)), None)
-    if refine is not None:
-        touched += int(k * params.get("k_factor", refine.k_factor) * index.d * 4)
+    k_factor = params.get("k_factor", refine.k_factor if refine is not None else None)
+    if k_factor is not None:
+        touched += int(k * k_factor * index.d * 4)
     return touched
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from kg_assets.lib import catalog, faiss_index, query_sets, tuning
+from kg_assets.lib.channels import Corpus
 from kg_assets.lib.embedding import version_embedder
 from kg_assets.lib.errors import NotFoundError, UsageError
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
@@ -81,7 +82,10 @@ def tune_version(
     k = min(k, len(ids))
     cache = tuning.ground_truth_cache(root.root / ".cache" / "tuning", version, queries.vectors, k)
     _, truth = tuning.cached_exact_topk(cache, queries.vectors, vectors, ids, k)
-    chosen, frontier, measured = tuning.sweep(index, queries.vectors, truth, target, full=full, progress=progress)
+    corpus = Corpus(ids, vectors)
+    chosen, frontier, measured = tuning.sweep(
+        index, corpus, queries.vectors, truth, target, full=full, progress=progress
+    )
     previous = tuning.load_profile(vdir / tuning.TUNING_FILE) if (vdir / tuning.TUNING_FILE).exists() else {}
     now = datetime.now(UTC).isoformat(timespec="seconds")
     profile = {
@@ -137,8 +141,7 @@ def active_profile(root: LifecycleRoot, version: str | None) -> dict[str, Any]:
     index = faiss_index.read_index(vdir / FAISS_FILE)
     path = vdir / tuning.TUNING_FILE
     profile = tuning.load_profile(path) if path.exists() else None
-    tuning.apply_profile(index, profile)
-    active = tuning.current_knobs(index)
+    active = tuning.active_knobs(index, tuning.apply_profile(index, profile))
     profile = profile or {}
     return {
         "version": version,

@@ -188,7 +188,7 @@ def test_knobs_follow_serving_semantics(tmp_path: Path) -> None:
     vectors, and is a no-op on one that scores exactly; nprobe is ignored (noted) without IVF lists."""
     x = clustered_vectors(3000, 32, seed=3)
     ids = np.arange(3000, dtype=np.int64)
-    cases = {"IVF16,PQ8x4fs,RFlat": (4.0, 1.0), "IVF16,PQ8x4fs": (None, 4.0), "Flat": (None, 1.0)}
+    cases = {"IVF16,PQ8x4fs,RFlat": (4.0, 1.0), "IVF16,PQ8x4fs": (4.0, 4.0), "Flat": (None, 1.0)}
     for factory, (knob, rerank) in cases.items():
         index, _ = faiss_index.build_index(x, ids, factory)
         knobs = evaluation.set_knobs(index, None, EvalSettings(k_factor=4.0, nprobe=2, out_dir=tmp_path))

@@ -1,4 +1,5 @@
-"""Tuning on real clustered data (tens of thousands of vectors) for IVF-Flat, IVF-PQ with re-rank, and HNSW."""
+"""Tuning on real clustered data (tens of thousands of vectors) for IVF-Flat, IVF-PQ with its own re-rank stage
+and without one (k_factor re-ranks from the stored vectors), HNSW, and IVF over an HNSW coarse quantizer."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kg_assets.lib import catalog, faiss_index, tuning, tuning_run
+from kg_assets.lib import catalog, channels, faiss_index, tuning, tuning_run
 from kg_assets.lib.errors import UsageError
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets_tests.conftest import stage_sample
 from kg_assets_tests.sample_artifacts import write_sample
 
-FACTORIES = {"ivf": "IVF64,Flat", "ivfpq": "IVF64,PQ16,RFlat", "hnsw": "HNSW16"}
+FACTORIES = {
+    "ivf": "IVF64,Flat",
+    "ivfpq": "IVF64,PQ16,RFlat",
+    "pq": "IVF64,PQ16",
+    "hnsw": "HNSW16",
+    "ivfhnsw": "IVF64_HNSW16,Flat",
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +38,11 @@ def _independent_recall(root: LifecycleRoot, version: str, k: int, seed: int) ->
     """Re-measure a version as served: fresh load with its profile, new queries, exact truth over everything."""
     vdir = root.version_dir(version)
     index = faiss_index.read_index(vdir / "faiss.index")
-    tuning.apply_profile(index, tuning.load_profile(vdir / "tuning.json"))
+    knobs = tuning.apply_profile(index, tuning.load_profile(vdir / "tuning.json"))
     ids, vectors = catalog.chunk_vectors(vdir / "catalog.duckdb")
     rows = np.random.default_rng(seed).choice(len(ids), 500, replace=False)
     _, truth = tuning.exact_topk(vectors[rows], vectors, ids, k)
-    _, found = faiss_index.search(index, vectors[rows], k)
+    _, found = channels.search_with_profile(index, knobs, channels.Corpus(ids, vectors), vectors[rows], k)
     return tuning.recall_at_k(found, truth)
 
 
@@ -56,6 +63,49 @@ def test_the_tuned_point_is_cheaper_than_the_largest(tuned_root: LifecycleRoot) 
     assert profile["nprobe"] < 64
     # IVF64,Flat over 20,000 x 32 floats: a query reads its nprobe lists of 128-byte codes.
     assert profile["bytes_per_query"] == int(profile["nprobe"] / 64 * 20_000 * 128)
+
+
+def test_a_lossy_index_without_a_re_rank_stage_reaches_the_target_only_by_k_factor(tuned_root: LifecycleRoot) -> None:
+    profile = tuning_run.tune_version(tuned_root, "pq", target=0.95, text_queries=False)
+    assert profile["met_target"] and profile["k_factor"] > 1, profile
+    # Every measured point without a re-rank stays below the target: PQ codes alone cannot rank the top 10.
+    assert all(p["recall"] < 0.95 for p in profile["frontier"] if p["params"].get("k_factor", 1) == 1)
+    assert profile["bytes_per_query"] > profile["k"] * profile["k_factor"] * 32 * 4  # the re-ranked rows counted
+
+
+def test_quantizer_efsearch_is_swept_with_nprobe(tuned_root: LifecycleRoot) -> None:
+    profile = tuning_run.tune_version(tuned_root, "ivfhnsw", full=True, samples=200, text_queries=False)
+    assert set(tuning.index_knobs(faiss_index.read_index(tuned_root.version_dir("ivfhnsw") / "faiss.index"))) == {
+        "nprobe",
+        "quantizer_efSearch",
+    }
+    assert {"nprobe", "quantizer_efSearch"} <= set(profile) and profile["met_target"]
+    assert len({p["params"]["quantizer_efSearch"] for p in profile["frontier"]}) >= 1
+    assert profile["points_measured"] == len(tuning.EF_VALUES) * 7  # ef values x nprobe 1..64
+    assert profile["param_str"].startswith("nprobe=") and "quantizer_efSearch=" in profile["param_str"]
+
+
+def test_k_factor_re_ranks_from_the_stored_vectors_only_the_rows_touched(tuned_root: LifecycleRoot) -> None:
+    vdir = tuned_root.version_dir("pq")
+    index = faiss_index.read_index(vdir / "faiss.index")
+    ids, vectors = catalog.chunk_vectors(vdir / "catalog.duckdb")
+    queries = vectors[:100]
+    _, truth = tuning.exact_topk(queries, vectors, ids, 10)
+    knobs = {"nprobe": 64}
+    tuning.set_knobs(index, knobs)
+    _, plain = channels.search_with_profile(index, knobs, channels.Corpus(ids, vectors), queries, 10)
+    touched: list[np.ndarray] = []
+
+    class Recording(channels.Corpus):
+        def exact_scores(self, q: np.ndarray, chunk_ids: np.ndarray) -> np.ndarray:
+            touched.append(chunk_ids)
+            return super().exact_scores(q, chunk_ids)
+
+    knobs = {"nprobe": 64, "k_factor": 16.0}
+    tuning.set_knobs(index, knobs)
+    _, reranked = channels.search_with_profile(index, knobs, Recording(ids, vectors), queries, 10)
+    assert tuning.recall_at_k(reranked, truth) > max(0.95, tuning.recall_at_k(plain, truth))
+    assert touched[0].shape == (100, 160)  # ceil(k x k_factor) candidates per query, nothing else
 
 
 def test_ground_truth_is_the_whole_corpus(tuned_root: LifecycleRoot) -> None:
@@ -91,6 +141,8 @@ def test_overrides_persist_win_on_load_and_are_validated(tuned_root: LifecycleRo
         tuning_run.set_overrides(tuned_root, "ivfpq", {"efSearch": 32})
     with pytest.raises(UsageError, match="has no nprobe knob"):
         tuning_run.set_overrides(tuned_root, "hnsw", {"nprobe": 8})
+    with pytest.raises(UsageError, match="HNSW16 already scores exactly"):
+        tuning_run.set_overrides(tuned_root, "hnsw", {"k_factor": 2})
     with pytest.raises(UsageError, match="at least 1"):
         tuning_run.set_overrides(tuned_root, "ivfpq", {"k_factor": 0.5})
     audit = json.loads((tuned_root.version_dir("ivfpq") / "faiss.index.audit.json").read_text())
