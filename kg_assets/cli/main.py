@@ -248,12 +248,30 @@ def gc(ctx: _Context, keep: int, staging_max_age: float, dry_run: bool, as_json:
     "--embedder", default="minilm", show_default=True, help="minilm, st:<model> or http://host:port#model#dim"
 )
 @click.option("--factory", default="auto", show_default=True, help="FAISS factory string, or auto (by corpus size).")
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="GLOB",
+    help="Index only paths matching GLOB (repeatable); they are indexed even if vendored, minified or generated.",
+)
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching GLOB (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_ctx
 def build(
-    ctx: _Context, version: str, repo: Path, publish_after: bool, embedder: str, factory: str, as_json: bool
+    ctx: _Context,
+    version: str,
+    repo: Path,
+    publish_after: bool,
+    embedder: str,
+    factory: str,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    as_json: bool,
 ) -> None:
-    """Build VERSION from a repository (one Dagster run of the build assets), optionally publishing it."""
+    """Build VERSION from a repository (one Dagster run of the build assets), optionally publishing it.
+
+    Vendored, build and environment directories, lock files, minified and generated code are skipped by default
+    (the `chunks` asset lists what and why); GLOBs match repo-relative paths, `*` also matches `/`."""
     from kg_assets.lib.embedding import load_embedder
     from kg_assets.lib.faiss_index import check_factory
 
@@ -265,7 +283,15 @@ def build(
     dim = load_embedder(embedder).dim
     if factory != "auto":
         check_factory(factory, dim)
-    summary = ctx.build(version, repo.absolute(), embedder=embedder, factory=factory, publish=publish_after)
+    summary = ctx.build(
+        version,
+        repo.absolute(),
+        embedder=embedder,
+        factory=factory,
+        publish=publish_after,
+        include=list(include),
+        exclude=list(exclude),
+    )
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

@@ -10,7 +10,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,13 +54,24 @@ class ChunkStats:
     skipped: dict[str, str]
     languages: dict[str, int]
     seconds: float
+    fallback_languages: tuple[str, ...] = ()  # had a tree-sitter grammar that did not load: line windows
 
 
-def build_chunks(repo: Path, staging: Path, embedder: Embedder) -> ChunkStats:
-    """Chunk `repo` within the embedder's token window (minus the header) into `build/chunks.parquet`."""
+def build_chunks(
+    repo: Path, staging: Path, embedder: Embedder, *, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> ChunkStats:
+    """Chunk `repo` within the embedder's token window (minus the header) into `build/chunks.parquet`;
+    `include`/`exclude` are path globs (see `chunking.chunk_repository`)."""
     t0 = time.perf_counter()
     budget = embedder.max_tokens - 2  # [CLS] and [SEP]
-    result = chunking.chunk_repository(repo, embedder.count_tokens, budget, header=lambda uri: embedding_text(uri, ""))
+    result = chunking.chunk_repository(
+        repo,
+        embedder.count_tokens,
+        budget,
+        header=lambda uri: embedding_text(uri, ""),
+        include=include,
+        exclude=exclude,
+    )
     columns: dict[str, list[Any]] = {name: [] for name in CHUNK_SCHEMA.names}
     for chunk in result.chunks:
         for name in CHUNK_SCHEMA.names:
@@ -71,7 +82,14 @@ def build_chunks(repo: Path, staging: Path, embedder: Embedder) -> ChunkStats:
     languages: dict[str, int] = {}
     for chunk in result.chunks:
         languages[chunk.language] = languages.get(chunk.language, 0) + 1
-    return ChunkStats(len(result.chunks), len(result.files), result.skipped, languages, time.perf_counter() - t0)
+    return ChunkStats(
+        len(result.chunks),
+        len(result.files),
+        result.skipped,
+        languages,
+        time.perf_counter() - t0,
+        tuple(sorted(result.fallback_languages)),
+    )
 
 
 def read_chunks(staging: Path) -> pa.Table:

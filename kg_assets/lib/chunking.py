@@ -44,6 +44,33 @@ SKIP_DIRS = frozenset(
     }
 )
 MAX_FILE_BYTES = 1 << 20
+# Files that are generated or pinned rather than written: lock files by name, minified code and source maps,
+# generated code by suffix, and minified-looking files (mostly lines longer than `LONG_LINE_BYTES`).
+LOCK_FILES = frozenset(
+    {
+        "package-lock.json",
+        "npm-shrinkwrap.json",
+        "yarn.lock",
+        "pnpm-lock.yaml",
+        "bun.lock",
+        "Cargo.lock",
+        "poetry.lock",
+        "uv.lock",
+        "Pipfile.lock",
+        "pdm.lock",
+        "go.sum",
+        "composer.lock",
+        "Gemfile.lock",
+        "mix.lock",
+        "Podfile.lock",
+        "packages.lock.json",
+        "gradle.lockfile",
+        "flake.lock",
+    }
+)
+MINIFIED_SUFFIXES = (".min.js", ".min.mjs", ".min.css", ".map")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", ".pb.go", ".pb.cc", ".pb.h", ".g.dart", ".designer.cs")
+LONG_LINE_BYTES = 1000
 LANGUAGES = {
     ".py": "python",
     ".pyi": "python",
@@ -127,7 +154,13 @@ def content_hash(data: bytes) -> str:
 
 
 def list_files(repo: Path) -> list[str]:
-    """Repo-relative paths of candidate files, sorted: `git ls-files` (honours .gitignore) or a filtered walk."""
+    """Repo-relative paths of candidate files outside vendored, generated and environment directories, sorted."""
+    return [p for p in _candidates(repo) if _skipped_dir(p) is None]
+
+
+def _candidates(repo: Path) -> list[str]:
+    """Repo-relative paths of all files, sorted: `git ls-files` (honours .gitignore) or a walk that prunes
+    `SKIP_DIRS`."""
     repo = Path(repo)
     try:
         out = subprocess.run(
@@ -138,8 +171,38 @@ def list_files(repo: Path) -> list[str]:
         paths = [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
     except (OSError, subprocess.CalledProcessError):
         paths = list(_walk(repo, _gitignore_patterns(repo)))
-    keep = [p for p in paths if not SKIP_DIRS.intersection(Path(p).parts[:-1])]
-    return sorted(p for p in keep if (repo / p).is_file() and not (repo / p).is_symlink())
+    return sorted(p for p in paths if (repo / p).is_file() and not (repo / p).is_symlink())
+
+
+def _skipped_dir(uri: str) -> str | None:
+    return next((part for part in Path(uri).parts[:-1] if part in SKIP_DIRS), None)
+
+
+def default_skip_reason(uri: str) -> str | None:
+    """Why a path is not indexed by default (vendored, generated, minified or a lock file), or None."""
+    if (directory := _skipped_dir(uri)) is not None:
+        return f"vendored, build or environment directory ({directory}/)"
+    name = uri.rsplit("/", 1)[-1]
+    if name in LOCK_FILES:
+        return "lock file"
+    if name.endswith(MINIFIED_SUFFIXES):
+        return "minified code or source map"
+    if name.endswith(GENERATED_SUFFIXES):
+        return "generated code"
+    return None
+
+
+def looks_minified(data: bytes) -> bool:
+    """Most of the bytes are in lines longer than `LONG_LINE_BYTES`, as in minified or generated bundles."""
+    long_bytes = sum(len(line) for line in data.split(b"\n") if len(line) > LONG_LINE_BYTES)
+    return long_bytes * 2 > len(data)
+
+
+def matches(uri: str, globs: Sequence[str]) -> bool:
+    """Whether a repo-relative path matches any glob (`fnmatch`: `*` also matches `/`; a glob without `/` also
+    matches the file name, so `*.min.js` and `vendor/*` both work)."""
+    name = uri.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(uri, g) or ("/" not in g and fnmatch.fnmatchcase(name, g)) for g in globs)
 
 
 def _gitignore_patterns(repo: Path) -> list[str]:
@@ -326,15 +389,38 @@ class RepoChunks:
     chunks: list[Chunk]
     files: dict[str, str]  # uri -> language, for every file that produced chunks
     skipped: dict[str, str]  # uri -> reason
+    # Languages with a tree-sitter grammar whose wheel did not load: their files were cut into line windows.
+    fallback_languages: set[str] = field(default_factory=set)
 
 
 def chunk_repository(
-    repo: Path, count_tokens: TokenCounter, budget: int, *, header: Callable[[str], str] = lambda uri: ""
+    repo: Path,
+    count_tokens: TokenCounter,
+    budget: int,
+    *,
+    header: Callable[[str], str] = lambda uri: "",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> RepoChunks:
-    """Chunk every indexable file of `repo` (sorted by path, so output order is stable)."""
+    """Chunk every indexable file of `repo` (sorted by path, so output order is stable).
+
+    A path matching an `exclude` glob is skipped; with `include` globs only matching paths are indexed, and they
+    are indexed even where the default rules (`default_skip_reason`, `looks_minified`) would skip them. Binary,
+    empty and oversized files are always skipped.
+    """
     repo = Path(repo)
     result = RepoChunks([], {}, {})
-    for uri in list_files(repo):
+    for uri in _candidates(repo):
+        included = matches(uri, include)
+        if matches(uri, exclude):
+            result.skipped[uri] = "excluded (--exclude)"
+            continue
+        if include and not included:
+            result.skipped[uri] = "not included (--include)"
+            continue
+        if not included and (reason := default_skip_reason(uri)) is not None:
+            result.skipped[uri] = reason
+            continue
         path = repo / uri
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -344,6 +430,9 @@ def chunk_repository(
         if not is_text(data):
             result.skipped[uri] = "binary"
             continue
+        if not included and looks_minified(data):
+            result.skipped[uri] = f"long lines (minified or generated; most bytes in lines over {LONG_LINE_BYTES})"
+            continue
         head = header(uri)
         head_tokens = count_tokens([head])[0] if head else 0
         chunks = chunk_file(uri, data, count_tokens, budget, header_tokens=head_tokens)
@@ -351,5 +440,18 @@ def chunk_repository(
             result.skipped[uri] = "empty"
             continue
         result.chunks.extend(chunks)
-        result.files[uri] = chunks[0].language
+        result.files[uri] = language = chunks[0].language
+        if treesitter.has_grammar(language) and not treesitter.grammar_available(language):
+            result.fallback_languages.add(language)
     return result
+
+
+def skipped_summary(skipped: dict[str, str], examples: int = 5) -> dict[str, dict]:
+    """Skipped files by reason: how many, and the first few paths (sorted) as examples."""
+    summary: dict[str, dict] = {}
+    for uri in sorted(skipped):
+        entry = summary.setdefault(skipped[uri], {"count": 0, "examples": []})
+        entry["count"] += 1
+        if len(entry["examples"]) < examples:
+            entry["examples"].append(uri)
+    return summary

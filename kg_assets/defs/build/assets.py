@@ -10,7 +10,7 @@ import dagster as dg
 
 from kg_assets.defs.build.resources import BuildSettings, StagingHold
 from kg_assets.defs.lifecycle.resources import LifecycleResource
-from kg_assets.lib import build, progress
+from kg_assets.lib import build, chunking, progress
 from kg_assets.lib import catalog as catalog_lib
 from kg_assets.lib.errors import NotFoundError
 from kg_assets.lib.lexical import LEXICAL_FILE
@@ -46,21 +46,28 @@ def _intermediate_meta(path: Path) -> dict:
     partitions_def=index_versions,
     group_name=BUILD_GROUP,
     kinds={"python", "parquet"},
-    description="Repository files split into chunks (definition-aligned for Python), with stable chunk ids.",
+    description="Repository files split into chunks (definition-aligned for Python and every language with a "
+    "tree-sitter grammar), with their definitions as symbols and stable chunk ids.",
 )
 def chunks(
     context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource, hold: StagingHold
 ) -> dg.MaterializeResult:
     root = lifecycle.get_root()
     staging = root.reset_staging(context.partition_key)
-    stats = build.build_chunks(settings.repo_path(), staging, settings.load_embedder())
+    stats = build.build_chunks(
+        settings.repo_path(), staging, settings.load_embedder(), include=settings.include, exclude=settings.exclude
+    )
     context.log.info(f"{stats.chunks} chunks from {stats.files} files in {stats.seconds:.1f}s")
+    if stats.fallback_languages:
+        context.log.warning(f"no tree-sitter grammar loaded for {', '.join(stats.fallback_languages)}: line windows")
     return dg.MaterializeResult(
         metadata={
             "chunks": stats.chunks,
             "files": stats.files,
             "skipped_files": len(stats.skipped),
+            "skipped": dg.MetadataValue.json(chunking.skipped_summary(stats.skipped)),
             "languages": dg.MetadataValue.json(stats.languages),
+            "line_window_fallback": dg.MetadataValue.json(list(stats.fallback_languages)),
             "repo": settings.repo_path().as_posix(),
             "seconds": round(stats.seconds, 3),
             **_intermediate_meta(staging / build.BUILD_DIR / build.CHUNKS_FILE),

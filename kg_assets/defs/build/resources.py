@@ -6,19 +6,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
+import pydantic
 
 from kg_assets.lib.embedding import Embedder, load_embedder
 from kg_assets.lib.lifecycle import LifecycleRoot
 
 
 class BuildSettings(dg.ConfigurableResource):
-    """What to build from and how. Empty `repo` means $KG_REPO, else the current directory."""
+    """What to build from and how. Empty `repo` means $KG_REPO, else the current directory. `include`/`exclude`
+    are path globs choosing the repository's files (see `chunking.chunk_repository`)."""
 
     repo: str = ""
     embedder: str = "minilm"
     factory: str = "auto"
     seed: int = 0
     publish: bool = False
+    include: list[str] = pydantic.Field(default_factory=list)
+    exclude: list[str] = pydantic.Field(default_factory=list)
 
     def repo_path(self) -> Path:
         return Path(self.repo or os.environ.get("KG_REPO") or ".").absolute()
