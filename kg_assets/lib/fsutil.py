@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,19 @@ from kg_assets.lib.errors import ConflictError
 
 _FICLONE = 0x40049409  # ioctl number of Linux FICLONE (copy-on-write clone of a whole file)
 _BLOCK = 1 << 20
+CRASH_ENV = "KG_CRASH_AT_STEP"
+_crash_steps = 0
+
+
+def crash_point() -> None:
+    """Mark a write step. With $KG_CRASH_AT_STEP=N the process SIGKILLs itself at its Nth step: the
+    fault-injection test kills an operation at every step this way and checks what it left."""
+    global _crash_steps
+    target = os.environ.get(CRASH_ENV)
+    if target:
+        _crash_steps += 1
+        if _crash_steps == int(target):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fsync_dir(path: Path) -> None:
@@ -48,10 +63,12 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        crash_point()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    crash_point()
     fsync_dir(path.parent)
 
 
@@ -86,6 +103,7 @@ def atomic_symlink(link: Path, target: str) -> None:
     """Point `link` at `target` by renaming a new link over it: readers see the old target or the new one."""
     tmp = temp_sibling(link)
     os.symlink(target, tmp)
+    crash_point()
     try:
         os.replace(tmp, link)
     except BaseException:
@@ -115,6 +133,7 @@ def copy_file(src: Path, dst: Path) -> str:
             if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS):
                 raise
             shutil.copyfileobj(fin, fout, _BLOCK)
+        crash_point()
         fout.flush()
         os.fsync(fout.fileno())
     return sha256_file(dst)
@@ -131,11 +150,14 @@ def tree_size(path: Path) -> int:
 def exclusive_lock(path: Path, timeout: float, what: str) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created if missing); ConflictError after `timeout` seconds.
 
-    flock is released by the kernel when the holder dies, so a SIGKILLed process never leaves it stuck.
+    Waiting backs off (50 ms doubling to 1 s). The holder writes its pid and command line into the file, so a
+    waiter that gives up can say who holds it. flock is released by the kernel when the holder dies, so a
+    SIGKILLed process never leaves it stuck.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + timeout
+        pause = 0.05
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -143,12 +165,24 @@ def exclusive_lock(path: Path, timeout: float, what: str) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise ConflictError(
-                        f"{what} is busy: another operation holds {path}; wait for it to finish and retry"
+                        f"{what} is busy: {lock_holder(path)} holds {path}; wait for it to finish and retry"
                     ) from None
-                time.sleep(0.05)
+                time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+                pause = min(pause * 2, 1.0)
+        with contextlib.suppress(OSError):  # naming the holder is best effort (e.g. on a full disk)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def lock_holder(path: Path) -> str:
+    """Who holds the lock at `path`, as its holder wrote it (`pid N: command line`)."""
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace").strip() or "another process"
+    except OSError:
+        return "another process"
 
 
 def is_locked(path: Path) -> bool:

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,7 @@ from kg_assets.lib.fsutil import (
     atomic_write_json,
     atomic_write_text,
     copy_file,
+    crash_point,
     exclusive_lock,
     fsync_dir,
     is_locked,
@@ -55,6 +57,8 @@ CANONICAL_FILES = (FAISS_FILE, CATALOG_FILE, SCIP_FILE, IDMAP_FILE, TUNING_FILE)
 # The only files of a version that may change after it is complete (tune rewrites them atomically).
 MUTABLE_FILES = frozenset({TUNING_FILE, AUDIT_FILE})
 LOCK_TIMEOUT_S = 30.0
+MAX_VERSION_LEN = 128
+SCRATCH_DIR = ".scratch"
 
 _VERSION_RE = re.compile(r"[A-Za-z0-9._-]+")
 _EXPECT_ANY = object()
@@ -71,13 +75,15 @@ def check_version_id(version: str) -> str:
     """Return `version` if it is a safe directory name; UsageError otherwise."""
     if (
         not version
+        or len(version) > MAX_VERSION_LEN
         or not _VERSION_RE.fullmatch(version)
         or version in (".", "..")
         or version.startswith(".")
         or version.endswith(STAGING_SUFFIX)
     ):
+        shown = version if len(version) <= 40 else f"{version[:40]}... ({len(version)} characters)"
         raise UsageError(
-            f"invalid version id {version!r}: use letters, digits, '.', '_' and '-' "
+            f"invalid version id {shown!r}: use at most {MAX_VERSION_LEN} letters, digits, '.', '_' and '-' "
             f"(not starting with '.', not ending in '{STAGING_SUFFIX}')"
         )
     return version
@@ -143,12 +149,26 @@ class LifecycleRoot:
         return self.versions_dir / f"{check_version_id(version)}{STAGING_SUFFIX}"
 
     def current(self) -> str | None:
-        """The active version id, or None when nothing has been published."""
+        """The active version id, or None when nothing has been published.
+
+        ValidationError when `CURRENT` is unreadable or holds something that is not a version id (it is never
+        trusted as a path).
+        """
         try:
             text = self.current_file.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
-        return text or None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValidationError(f"{self.current_file} is unreadable ({exc}); write a version id into it") from None
+        if not text:
+            return None
+        try:
+            return check_version_id(text)
+        except UsageError:
+            raise ValidationError(
+                f"{self.current_file} holds {text[:60]!r}, which is not a version id; write the id of a complete "
+                "version into it (see `indexctl ls`)"
+            ) from None
 
     def current_dir(self) -> Path | None:
         version = self.current()
@@ -175,11 +195,40 @@ class LifecycleRoot:
         return rel.parts[0] if rel.parts else None
 
     def history(self) -> list[dict[str, Any]]:
-        """Every pointer flip so far, oldest first."""
+        """Every committed pointer flip, oldest first; ValidationError when `history.json` is malformed.
+
+        A flip writes its record before `CURRENT` (the commit point), so a last record whose `to` is not
+        `CURRENT` belongs to a flip that failed or crashed in between: it is not part of the history.
+        """
+        events = self._recorded_events()
+        if events and events[-1]["to"] != self.current():
+            events = events[:-1]
+        return events
+
+    def ever_current(self) -> set[str]:
+        """Versions that have been current at some point (by the history)."""
+        return {v for e in self.history() for v in (e["from"], e["to"]) if v}
+
+    def _recorded_events(self) -> list[dict[str, Any]]:
         try:
-            return json.loads(self.history_file.read_text(encoding="utf-8"))["events"]
+            doc = json.loads(self.history_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return []
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise self._bad_history(str(exc)) from None
+        events = doc.get("events") if isinstance(doc, dict) else None
+        if not isinstance(events, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("to"), str) and isinstance(e.get("from"), str | None)
+            for e in events
+        ):
+            raise self._bad_history('expected {"events": [{"action", "from", "to", "at"}, ...]}')
+        return events
+
+    def _bad_history(self, why: str) -> ValidationError:
+        return ValidationError(
+            f"{self.history_file} is malformed ({why}); restore it from a backup, or move it aside to start a new "
+            "history (gc then protects only the current version)"
+        )
 
     def read_manifest(self, version: str) -> dict[str, Any]:
         """The manifest of a complete version; NotFoundError or ValidationError when it is missing or bad."""
@@ -190,10 +239,13 @@ class LifecycleRoot:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ValidationError(f"version {version} has no {MANIFEST}; it is incomplete, re-stage it") from None
+        except OSError as exc:
+            raise ValidationError(f"version {version}: {MANIFEST} is unreadable ({exc.strerror})") from None
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValidationError(f"version {version}: {MANIFEST} is not valid JSON ({exc})") from None
-        if not isinstance(manifest, dict) or manifest.get("version") != version:
-            raise ValidationError(f"version {version}: {MANIFEST} does not describe version {version}")
+        problem = _manifest_problem(manifest, version)
+        if problem:
+            raise ValidationError(f"version {version}: {MANIFEST} {problem}; the version is broken, re-stage it")
         return manifest
 
     def catalog_sha256(self, version: str) -> str:
@@ -210,9 +262,9 @@ class LifecycleRoot:
         """
         manifest = self.read_manifest(version)
         vdir = self.version_dir(version)
-        if not manifest.get("validation", {}).get("ok"):
+        if not manifest["validation"].get("ok"):
             raise ValidationError(f"version {version} failed validation when it was staged; re-stage it")
-        for name, entry in manifest.get("files", {}).items():
+        for name, entry in manifest["files"].items():
             path = vdir / name
             if entry.get("mutable"):
                 if name == TUNING_FILE and path.exists():
@@ -233,7 +285,10 @@ class LifecycleRoot:
         if not self.versions_dir.is_dir():
             return []
         current = self.current()
-        published = {e["to"] for e in self.history()}
+        try:
+            published = self.ever_current()
+        except ValidationError:  # a malformed history only costs the published/staged distinction here
+            published = set()
         infos = []
         for path in self.versions_dir.iterdir():
             if not path.is_dir() or path.name.startswith("."):
@@ -384,6 +439,14 @@ class LifecycleRoot:
         if not self.version_dir(version).is_dir():
             raise self._not_found(version)
 
+    def check_rollback_target(self, version: str) -> None:
+        """ValidationError unless `version` was current before: anything else must pass publish's gate."""
+        if version != self.current() and version not in self.ever_current():
+            raise ValidationError(
+                f"rollback {version} refused: it was never current; publish it instead (`indexctl publish "
+                f"{version}`), which checks its eval gate"
+            )
+
     def _flip(self, action: str, version: str, expect_current: object) -> Flip:
         self.check_flip_target(version)
         self.verify_version(version)  # outside the lock: complete versions are immutable
@@ -397,63 +460,64 @@ class LifecycleRoot:
             self.check_flip_target(version)
             if current == version:
                 return Flip(action, current, version, changed=False)
-            atomic_write_text(self.current_file, version)
-            self._point_link(version)
+            if action == "rollback":
+                self.check_rollback_target(version)
             at, _ = _now()
             events = [*self.history(), {"action": action, "from": current, "to": version, "at": at}]
+            # The record first, then CURRENT (the commit point): a failure in between leaves the pointer where
+            # it was and a last record that `history` ignores.
             atomic_write_json(self.history_file, {"events": events})
+            atomic_write_text(self.current_file, version)
+            self._point_link(version)
         return Flip(action, current, version, changed=True)
 
     def _point_link(self, version: str) -> None:
+        """Point `current` at `version`; a real directory someone put in the link's place is moved to the trash."""
+        if self.current_link.is_dir() and not self.current_link.is_symlink():
+            os.rename(self.current_link, self._trash_name())
         atomic_symlink(self.current_link, os.path.join("versions", version))
+
+    def _trash_name(self) -> Path:
+        """A fresh name in `versions/` for something gc removes; independent of any version id's length."""
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        return self.versions_dir / f".trash-{os.urandom(8).hex()}"
 
     @contextlib.contextmanager
     def _root_lock(self) -> Iterator[None]:
-        """The root-wide lock; on entry it also repairs a `current` link left behind by a crash."""
+        """The root-wide lock; on entry it also repairs a `current` link left behind by a crash (or replaced)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(self._lock_file, LOCK_TIMEOUT_S, f"lifecycle root {self.root}"):
             current = self.current()
             target = os.path.join("versions", current) if current else None
-            if target and (not self.current_link.is_symlink() or os.readlink(self.current_link) != target):
+            stale = not self.current_link.is_symlink() or os.readlink(self.current_link) != target
+            if target and stale and self.version_dir(current).is_dir():
                 self._point_link(current)
             yield
 
     # ---- retention -----------------------------------------------------------------------------
 
     def gc(self, keep: int, *, staging_max_age_s: float = 24 * 3600, dry_run: bool = False) -> GcReport:
-        """Remove the oldest complete versions beyond `keep` and abandoned staging directories.
+        """Remove the oldest complete versions beyond `keep`, abandoned staging and scratch directories.
 
-        Never removes the current version nor the one it replaced; a staging directory whose version lock
-        is held (a stage or build in progress) or that is younger than `staging_max_age_s` is kept.
+        Never removes a protected version (see `_protected_versions`); a staging directory whose version lock
+        is held (a stage or build in progress) or that is younger than `staging_max_age_s` is kept, and so is
+        a scratch directory whose owner is alive. A dry run reads only: no lock, no repair, no write.
         """
         if keep < 0:
             raise UsageError("--keep must be zero or more")
         report = GcReport()
         if not self.versions_dir.is_dir():
             return report
-        trash: list[Path] = []
+        if dry_run:
+            self._plan_gc(report, keep, staging_max_age_s)
+            return report
         with self._root_lock():
-            current = self.current()
-            previous = next((e["from"] for e in reversed(self.history()) if e["to"] == current), None)
-            complete = [i for i in self.status() if i.state in ("current", "published", "staged")]
-            complete.sort(key=lambda i: (i.created or "", natural_key(i.version)), reverse=True)
-            for rank, info in enumerate(complete):
-                if rank < keep or info.version in (current, previous):
-                    report.kept.append(info.version)
-                else:
-                    report.removed_versions.append(info.version)
-            now = time.time()
-            for path in self.versions_dir.glob(f"*{STAGING_SUFFIX}"):
-                version = path.name[: -len(STAGING_SUFFIX)]
-                if is_locked(self._locks_dir / f"{version}.lock"):
-                    continue
-                if now - path.stat().st_mtime >= staging_max_age_s:
-                    report.removed_staging.append(path.name)
-            if dry_run:
-                return report
+            self._plan_gc(report, keep, staging_max_age_s)
+            trash = []
             for name in [*report.removed_versions, *report.removed_staging]:
-                hidden = self.versions_dir / f".trash-{name}-{os.urandom(4).hex()}"
+                hidden = self._trash_name()
                 os.rename(self.versions_dir / name, hidden)
+                crash_point()
                 trash.append(hidden)
             trash.extend(self.versions_dir.glob(".trash-*"))
             fsync_dir(self.versions_dir)
@@ -461,12 +525,66 @@ class LifecycleRoot:
                 leftover.unlink(missing_ok=True)
             derived = self._orphaned_derived()
             report.removed_derived = [str(p.relative_to(self.root)) for p in derived]
-        for path in dict.fromkeys([*trash, *derived]):
+        for path in dict.fromkeys([*trash, *derived, *self._abandoned_scratch()]):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+            crash_point()
         return report
+
+    def _plan_gc(self, report: GcReport, keep: int, staging_max_age_s: float) -> None:
+        """Fill `report` with what gc keeps and removes; broken versions are left alone (listed by status)."""
+        protected = self._protected_versions()
+        complete = [i for i in self.status() if i.state in ("current", "published", "staged")]
+        complete.sort(key=lambda i: (i.created or "", natural_key(i.version)), reverse=True)
+        for rank, info in enumerate(complete):
+            if rank < keep or info.version in protected:
+                report.kept.append(info.version)
+            else:
+                report.removed_versions.append(info.version)
+        now = time.time()
+        for path in self.versions_dir.glob(f"*{STAGING_SUFFIX}"):
+            version = path.name[: -len(STAGING_SUFFIX)]
+            if is_locked(self._locks_dir / f"{version}.lock"):
+                continue
+            if now - path.stat().st_mtime >= staging_max_age_s:
+                report.removed_staging.append(path.name)
+
+    def _protected_versions(self) -> set[str]:
+        """Versions gc never removes: the current one and the one it replaced (history must be readable, or
+        gc refuses). Readers' leases on versions in use belong here too."""
+        current = self.current()
+        previous = next((e["from"] for e in reversed(self.history()) if e["to"] == current), None)
+        return {v for v in (current, previous) if v}
+
+    # ---- scratch space -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def scratch(self, purpose: str) -> Iterator[Path]:
+        """A private directory under `<root>/.scratch`, held by this process and removed when the block ends.
+
+        A holder that dies (SIGKILL) leaves it behind unlocked; `gc` removes it.
+        """
+        base = self.root / SCRATCH_DIR
+        base.mkdir(parents=True, exist_ok=True)
+        path = base / f"{purpose}-{os.getpid()}-{os.urandom(4).hex()}"
+        lock = path.with_name(f"{path.name}.lock")
+        try:
+            with exclusive_lock(lock, 0, f"scratch directory {path}"):  # locked before the directory exists
+                path.mkdir()
+                yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+
+    def _abandoned_scratch(self) -> list[Path]:
+        """Scratch directories (and their lock files) whose holder is gone."""
+        base = self.root / SCRATCH_DIR
+        if not base.is_dir():
+            return []
+        entries = list(base.iterdir())  # before the lock test: what appears later is not looked at
+        return [p for p in entries if not is_locked(base / f"{p.name.removesuffix('.lock')}.lock")]
 
     def _orphaned_derived(self) -> list[Path]:
         """Files derived from versions that no longer exist: caches keyed by a catalog sha256 no remaining
@@ -513,7 +631,35 @@ def stage_sources(
     for name, src in resolved.items():
         if not src.exists():
             raise NotFoundError(f"input for {name} not found: {src}")
+        if name in CANONICAL_FILES and src.is_dir():
+            raise ValidationError(f"input for {name} is a directory, not a file: {src}")
+        _check_regular(src, name)
     return resolved
+
+
+def _check_regular(path: Path, name: str) -> None:
+    """ValidationError unless `path` is a regular file or directory (a FIFO or device would block or never end)."""
+    mode = path.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise ValidationError(f"input for {name} is not a regular file: {path}")
+
+
+def _manifest_problem(manifest: Any, version: str) -> str | None:
+    """What is wrong with a parsed manifest's shape, or None."""
+    if not isinstance(manifest, dict) or manifest.get("version") != version:
+        return f"does not describe version {version}"
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return "has no files object"
+    for name, entry in files.items():
+        size = entry.get("size") if isinstance(entry, dict) else None
+        if isinstance(size, bool) or not isinstance(size, int) or not isinstance(entry.get("sha256"), str):
+            return f"has no size and sha256 for {name}"
+    if not isinstance(manifest.get("validation"), dict):
+        return "has no validation object"
+    if not isinstance(manifest.get("attrs", {}), dict):
+        return "has no attrs object"
+    return None
 
 
 def _copy_verified(src: Path, dst: Path, name: str) -> dict[str, dict[str, Any]]:
@@ -522,6 +668,7 @@ def _copy_verified(src: Path, dst: Path, name: str) -> dict[str, dict[str, Any]]
         dst.mkdir()
         entries: dict[str, dict[str, Any]] = {}
         for child in sorted(src.iterdir()):
+            _check_regular(child, f"{name}/{child.name}")
             for sub, entry in _copy_verified(child, dst / child.name, f"{name}/{child.name}").items():
                 entries[sub] = entry
         return entries

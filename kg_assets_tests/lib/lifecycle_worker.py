@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from kg_assets.lib.errors import ConflictError
+from kg_assets.lib.errors import ConflictError, ValidationError
 from kg_assets.lib.lifecycle import MANIFEST, LifecycleRoot
 
 
@@ -44,7 +44,7 @@ def flip(root: LifecycleRoot, n: int, versions: list[str]) -> None:
         seen = root.current()
         try:
             result = (root.publish if rng.random() < 0.5 else root.rollback)(target, expect_current=seen)
-        except ConflictError:
+        except (ConflictError, ValidationError):  # lost the race, or a rollback to a never-published version
             continue
         if result.changed:
             print(json.dumps({"from": result.from_version, "to": result.to_version}), flush=True)

@@ -1,0 +1,123 @@
+"""Issue 11 through `indexctl`: hostile ids and inputs, broken roots and pointers never lose or move `CURRENT`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from kg_assets.lib.lifecycle import MANIFEST, MAX_VERSION_LEN, LifecycleRoot
+from kg_assets_tests.cli import test_indexctl
+from kg_assets_tests.cli.test_indexctl import indexctl, stage_args
+from kg_assets_tests.conftest import published_state
+
+staged_template, staged = test_indexctl.staged_template, test_indexctl.staged  # the v1 (current) + v2 root
+
+
+def _one_line_error(done, code: int, message: str) -> None:
+    assert done.returncode == code, (done.stdout, done.stderr)
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_publish_with_a_corrupt_history_fails_without_moving_current(
+    staged: LifecycleRoot, cli_env: dict[str, str]
+) -> None:
+    staged.history_file.write_text('{"events": [')
+    before = published_state(staged)
+    _one_line_error(indexctl(cli_env, "publish", "v2"), 4, "history.json is malformed")
+    assert published_state(staged) == before
+
+
+def test_rollback_to_a_never_published_version_is_refused(staged: LifecycleRoot, cli_env: dict[str, str]) -> None:
+    before = published_state(staged)
+    _one_line_error(indexctl(cli_env, "rollback", "v2"), 4, "never current; publish it instead")
+    assert published_state(staged) == before
+    assert indexctl(cli_env, "publish", "v2").returncode == 0
+    assert indexctl(cli_env, "rollback", "v1").returncode == 0  # v1 was current before
+    assert staged.current() == "v1"
+
+
+def test_a_hostile_current_is_not_trusted_and_a_dry_run_writes_nothing(
+    staged: LifecycleRoot, cli_env: dict[str, str]
+) -> None:
+    staged.current_file.write_text("../../../tmp/x")
+    before = published_state(staged)
+    for args in (("gc", "--dry-run"), ("status",)):
+        _one_line_error(indexctl(cli_env, *args), 4, "which is not a version id")
+    assert published_state(staged) == before
+    assert os.readlink(staged.current_link) == "versions/v1"
+
+
+def test_publish_repairs_a_current_link_replaced_by_a_directory(staged: LifecycleRoot, cli_env: dict[str, str]) -> None:
+    staged.current_link.unlink()
+    staged.current_link.mkdir()
+    (staged.current_link / "stray").write_text("x")
+    done = indexctl(cli_env, "health")
+    assert done.returncode == 4 and "publish v1` repairs it" in done.stdout
+    done = indexctl(cli_env, "publish", "v2")
+    assert done.returncode == 0, done.stderr
+    assert os.readlink(staged.current_link) == "versions/v2"
+    assert indexctl(cli_env, "health").returncode == 0
+    assert indexctl(cli_env, "gc").returncode == 0
+    assert not list(staged.versions_dir.glob(".trash-*"))
+
+
+def test_one_malformed_version_does_not_break_the_root(staged: LifecycleRoot, cli_env: dict[str, str]) -> None:
+    source = staged.version_dir("v2")
+    breakages = {
+        "nosize": lambda m: m["files"]["faiss.index"].pop("size"),
+        "fileslist": lambda m: m.update(files=list(m["files"])),
+        "validationstr": lambda m: m.update(validation="ok"),
+    }
+    for name, damage in breakages.items():
+        shutil.copytree(source, staged.versions_dir / name)
+        manifest = json.loads((source / MANIFEST).read_text())
+        manifest["version"] = name
+        damage(manifest)
+        (staged.versions_dir / name / MANIFEST).write_text(json.dumps(manifest))
+    shutil.copytree(source, staged.versions_dir / "dirmanifest")
+    (staged.versions_dir / "dirmanifest" / MANIFEST).unlink()
+    (staged.versions_dir / "dirmanifest" / MANIFEST).mkdir()
+    shutil.copytree(source, staged.versions_dir / "nantuning")
+    manifest = json.loads((source / MANIFEST).read_text())
+    (staged.versions_dir / "nantuning" / MANIFEST).write_text(json.dumps({**manifest, "version": "nantuning"}))
+    (staged.versions_dir / "nantuning" / "tuning.json").write_text('{"nprobe": NaN}')
+    broken = {*breakages, "dirmanifest", "nantuning"}
+
+    done = indexctl(cli_env, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    states = {v["version"]: v["state"] for v in json.loads(done.stdout)["versions"]}
+    assert states == {"v1": "current", "v2": "staged", **dict.fromkeys(broken, "broken")}
+    done = indexctl(cli_env, "gc", "--keep", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["removed_versions"] == ["v2"]
+    assert set(staged.list_versions()) == {"v1", *broken}
+
+    staged.history_file.write_text("[]")
+    assert indexctl(cli_env, "status").returncode == 0
+    _one_line_error(indexctl(cli_env, "gc"), 4, "history.json is malformed")
+
+
+def test_version_ids_have_a_maximum_length(staged: LifecycleRoot, cli_env: dict[str, str], samples: dict) -> None:
+    for length in (MAX_VERSION_LEN + 1, 247, 300):
+        _one_line_error(indexctl(cli_env, *stage_args("v" * length, samples["a"])), 2, "invalid version id")
+    longest = "v" * MAX_VERSION_LEN
+    assert indexctl(cli_env, *stage_args(longest, samples["a"])).returncode == 0
+    done = indexctl(cli_env, "gc", "--keep", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["removed_versions"] == [longest, "v2"]
+
+
+def test_inputs_that_are_not_regular_files_are_refused(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    args = stage_args("v3", samples["a"])
+    args[2] = str(fifo)
+    _one_line_error(indexctl(cli_env, *args), 4, f"input for faiss.index is not a regular file: {fifo}")
+    args[2] = str(tmp_path)
+    _one_line_error(indexctl(cli_env, *args), 4, f"input for faiss.index is a directory, not a file: {tmp_path}")
+    assert not staged.staging_dir("v3").exists()
