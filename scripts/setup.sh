@@ -32,4 +32,22 @@ else
   echo "setup: npm not found; install Node.js >= 16 and npm to get the SCIP indexer (scip-python)" >&2
   exit 1
 fi
+# Real Go, Rust, Ruby, PHP and Lua sources for the chunking tests (kg_assets_tests/lib/test_treesitter.py): five
+# small Debian packages (~60 KB of .deb), downloaded and unpacked into build/lang-sources, not installed (no root
+# needed once apt's package lists exist). The other languages' test sources come with node_modules.
+lang_debs="golang-github-pkg-errors-dev librust-itoa-dev ruby-did-you-mean php-psr-log lua-inspect"
+if [ ! -d build/lang-sources/usr ] && command -v apt-get >/dev/null 2>&1; then
+  debs=$(mktemp -d)
+  fetch() { (cd "$debs" && apt-get download -qq $lang_debs >/dev/null 2>&1); }
+  if fetch || { [ "$(id -u)" = 0 ] && apt-get update -qq && fetch; }; then
+    mkdir -p build/lang-sources
+    for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" build/lang-sources; done
+  elif [ "${CI:-}" = "true" ]; then
+    echo "setup: could not download $lang_debs (the tree-sitter tests need them)" >&2
+    exit 1
+  else
+    echo "setup: could not download $lang_debs; their tree-sitter tests will be skipped" >&2
+  fi
+  rm -rf "$debs"
+fi
 echo "setup: ok (.venv and node_modules ready; activate with: source .venv/bin/activate)"

@@ -102,8 +102,8 @@ def _definition(entry: _Found, grammar: Grammar, spans: set[tuple[int, int]]) ->
 
 
 def _start_row(node: Node, grammar: Grammar, spans: set[tuple[int, int]]) -> int:
-    """First row of a definition with the comments, attributes and decorators directly above it (no blank line
-    between, each starting its own line), found as siblings of the definition or of the statement wrapping it
+    """First row of a definition with the comments, attributes and decorators directly above it (at most one blank
+    line between, each starting its own line), found as siblings of the definition or of the statement wrapping it
     (`export class`, `template <...> class`, `const f = () => ...;`)."""
     anchor = node
     while (
@@ -119,7 +119,7 @@ def _start_row(node: Node, grammar: Grammar, spans: set[tuple[int, int]]) -> int
     while (
         prev is not None
         and ("comment" in prev.type or prev.type in grammar.leading)
-        and _last_row(prev) >= start - 1
+        and _last_row(prev) >= start - 2
         and (prev.prev_sibling is None or _last_row(prev.prev_sibling) < prev.start_point.row)
     ):
         start = prev.start_point.row
