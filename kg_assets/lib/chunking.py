@@ -162,16 +162,27 @@ def _candidates(repo: Path) -> list[str]:
     """Repo-relative paths of all files, sorted: `git ls-files` (honours .gitignore) or a walk that prunes
     `SKIP_DIRS`."""
     repo = Path(repo)
+    paths = _git_files(repo)
+    if paths is None:
+        paths = list(_walk(repo, _gitignore_patterns(repo)))
+    return sorted(p for p in paths if (repo / p).is_file() and not (repo / p).is_symlink())
+
+
+def _git_files(repo: Path) -> list[str] | None:
+    """`git ls-files` of the repository (tracked and untracked, .gitignore honoured), or None when git cannot
+    list it: not a work tree, or a directory that an enclosing repository ignores (a checkout under its build/),
+    where git would list nothing although the files are the user's content."""
     try:
+        if subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", "."], capture_output=True).returncode == 0:
+            return None
         out = subprocess.run(
             ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
             capture_output=True,
             check=True,
         ).stdout
-        paths = [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
     except (OSError, subprocess.CalledProcessError):
-        paths = list(_walk(repo, _gitignore_patterns(repo)))
-    return sorted(p for p in paths if (repo / p).is_file() and not (repo / p).is_symlink())
+        return None
+    return [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
 
 
 def _skipped_dir(uri: str) -> str | None:

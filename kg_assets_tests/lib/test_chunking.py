@@ -108,3 +108,14 @@ def test_syntax_errors_fall_back_to_line_windows(counter: chunking.TokenCounter)
     chunks = chunking.chunk_file("bad.py", data, counter, 50)
     assert b"".join(data[c.start_byte : c.end_byte] for c in chunks) == data
     assert all(c.symbols == () for c in chunks)
+
+
+def test_a_directory_ignored_by_an_enclosing_repository_is_walked(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("build/\n")
+    inner = tmp_path / "build" / "checkout"
+    (inner / "pkg").mkdir(parents=True)
+    (inner / "pkg" / "mod.py").write_text("def f():\n    return 1\n")
+    (inner / ".gitignore").write_text("*.log\n")
+    (inner / "run.log").write_text("noise\n")
+    assert chunking.list_files(inner) == [".gitignore", "pkg/mod.py"]
