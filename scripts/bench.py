@@ -3,10 +3,12 @@
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench.py build  [bench_build.py options]
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench.py tuning [bench_tuning.py options]
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench.py eval   [bench_eval.py options]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench.py quality [bench_quality.py options]
 
 `build`: `indexctl build` vs the embedder + FAISS train/add on the same inputs, peak memory, no-change rebuild.
 `tuning`: `tune --quick/--full` vs a restricted `ParameterSpace.explore` on a 1M-vector IVF-PQ index.
 `eval`: the offline eval vs plain `faiss.knn` + `index.search` on the same queries over 1M vectors.
+`quality`: NDCG@10 / MRR@10 / recall@10 of every search mode on the labelled benchmark, and hybrid vs dense latency.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ import runpy
 import sys
 from pathlib import Path
 
-BENCHES = {"build": "bench_build.py", "tuning": "bench_tuning.py", "eval": "bench_eval.py"}
+BENCHES = {
+    "build": "bench_build.py",
+    "tuning": "bench_tuning.py",
+    "eval": "bench_eval.py",
+    "quality": "bench_quality.py",
+}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:

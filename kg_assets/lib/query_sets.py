@@ -22,6 +22,8 @@ class TextQuery:
     qid: str
     text: str
     positives: frozenset[int]  # empty when the query has no labels
+    targets: tuple[frozenset[int], ...] = ()  # the positives grouped by labelled file or span (empty: one each)
+    category: str = ""
 
 
 def first_sentence(doc: str) -> str:
@@ -66,15 +68,20 @@ def self_sample(ids: np.ndarray, samples: int, seed: int) -> np.ndarray:
 
 
 def read_labelled_queries(path: Path, catalog_path: Path) -> list[TextQuery]:
-    """Queries from a JSONL file: one `{"qid", "text", "positives"}` object per line.
+    """Queries from a JSONL file, one object per line, in either of two shapes:
 
-    A positive is a chunk id (integer) or `path:line` (the chunk of that repo-relative file covering the 1-based
-    line). UsageError, naming the line, for malformed lines and positives that match no chunk.
+    - `{"qid", "text", "positives"}`: a positive is a chunk id (integer) or `path:line` (the chunk of that
+      repo-relative file covering the 1-based line);
+    - `{"id", "query", "relevant", "category"}` (the benchmark format): a relevant target is a repo-relative
+      `path` (every chunk of the file) or `{"path", "start_line", "end_line"}` (the chunks overlapping those
+      1-based lines); each target counts once in the metrics.
+
+    UsageError, naming the line, for malformed lines and targets that match no chunk.
     """
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"queries file not found: {path}")
-    parsed: list[tuple[int, str, str, list]] = []
+    parsed: list[tuple[int, str, str, list, bool, str]] = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -82,15 +89,18 @@ def read_labelled_queries(path: Path, catalog_path: Path) -> list[TextQuery]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UsageError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
-            raise UsageError(f"{path}:{lineno}: expected an object with a non-empty string 'text'")
-        positives = obj.get("positives", [])
-        if not isinstance(positives, list):
-            raise UsageError(f"{path}:{lineno}: 'positives' must be a list of chunk ids or 'path:line' strings")
-        parsed.append((lineno, str(obj.get("qid", f"q{lineno}")), obj["text"], positives))
+        grouped = isinstance(obj, dict) and "relevant" in obj
+        text = obj.get("query" if grouped else "text") if isinstance(obj, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise UsageError(f"{path}:{lineno}: expected an object with a non-empty string 'text' (or 'query')")
+        labels = obj.get("relevant" if grouped else "positives", [])
+        if not isinstance(labels, list):
+            raise UsageError(f"{path}:{lineno}: '{'relevant' if grouped else 'positives'}' must be a list")
+        qid = str(obj.get("qid", obj.get("id", f"q{lineno}")))
+        parsed.append((lineno, qid, text, labels, grouped, str(obj.get("category", ""))))
     if not parsed:
         raise UsageError(f"{path} holds no queries")
-    qids = [qid for _, qid, _, _ in parsed]
+    qids = [qid for _, qid, *_ in parsed]
     if len(set(qids)) != len(qids):
         raise UsageError(f"{path}: qids must be unique")
     with catalog.connect_read_only(catalog_path) as con:
@@ -100,12 +110,33 @@ def read_labelled_queries(path: Path, catalog_path: Path) -> list[TextQuery]:
     for uri, start, end, chunk_id in spans:
         by_uri.setdefault(uri, []).append((start, end, chunk_id))
     queries = []
-    for lineno, qid, text, positives in parsed:
-        resolved = set()
-        for positive in positives:
-            resolved.add(_resolve_positive(positive, known, by_uri, f"{path}:{lineno}"))
-        queries.append(TextQuery(qid, text, frozenset(resolved)))
+    for lineno, qid, text, labels, grouped, category in parsed:
+        where = f"{path}:{lineno}"
+        if grouped:
+            targets = tuple(_resolve_target(target, by_uri, where) for target in labels)
+        else:
+            targets = tuple(frozenset({_resolve_positive(p, known, by_uri, where)}) for p in labels)
+        positives = frozenset().union(*targets)
+        queries.append(TextQuery(qid, text, positives, targets, category))
     return queries
+
+
+def _resolve_target(target: object, by_uri: dict[str, list[tuple[int, int, int]]], where: str) -> frozenset[int]:
+    """The chunks of a labelled file (`"path"`) or overlapping a labelled span (`{"path", "start_line", ...}`)."""
+    if isinstance(target, str):
+        uri, first, last = target, 1, None
+    elif isinstance(target, dict) and isinstance(target.get("path"), str):
+        uri, first, last = target["path"], target.get("start_line", 1), target.get("end_line")
+        if not isinstance(first, int) or not isinstance(last, int | None):
+            raise UsageError(f"{where}: start_line and end_line must be integers")
+    else:
+        raise UsageError(f"{where}: a relevant target is a path or an object with 'path', 'start_line', 'end_line'")
+    chunk_ids = frozenset(
+        chunk_id for start, end, chunk_id in by_uri.get(uri, ()) if end >= first and (last is None or start <= last)
+    )
+    if not chunk_ids:
+        raise UsageError(f"{where}: {uri}{'' if last is None else f':{first}-{last}'} matches no chunk of this version")
+    return chunk_ids
 
 
 def _resolve_positive(

@@ -18,6 +18,7 @@ import math
 import re
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -122,7 +123,8 @@ class ChunkTable:
 
     @classmethod
     def from_catalog(cls, con: duckdb.DuckDBPyConnection) -> ChunkTable:
-        table = con.sql("SELECT chunk_id, uri, language, start_line, end_line FROM chunks ORDER BY chunk_id").arrow()
+        query = "SELECT chunk_id, uri, language, start_line, end_line FROM chunks ORDER BY chunk_id"
+        table = con.sql(query).to_arrow_table()
         return cls(
             table.column("chunk_id").to_numpy(),
             table.column("uri").to_pylist(),
@@ -146,6 +148,7 @@ class VersionHandle:
     def __init__(
         self,
         version: str,
+        catalog_path: Path,
         embedder: Embedder,
         index: Any,
         con: duckdb.DuckDBPyConnection,
@@ -156,7 +159,7 @@ class VersionHandle:
         rerank_factor: float,
         notes: list[str],
     ) -> None:
-        self.version, self.embedder, self.index = version, embedder, index
+        self.version, self.catalog_path, self.embedder, self.index = version, catalog_path, embedder, index
         self.chunks, self.lexical, self.symbols = chunks, lexical, symbols
         self.rerank_factor = rerank_factor
         self.notes = notes
@@ -165,8 +168,9 @@ class VersionHandle:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, root: LifecycleRoot, version: str) -> VersionHandle:
-        """Load a complete version; ValidationError naming what is missing or inconsistent."""
+    def open(cls, root: LifecycleRoot, version: str, *, index: Any = None) -> VersionHandle:
+        """Load a complete version; ValidationError naming what is missing or inconsistent. `index`: the version's
+        FAISS index already loaded, with its knobs set by the caller (the eval's, which may override them)."""
         vdir = root.version_dir(version)
         con = catalog.connect_read_only(vdir / CATALOG_FILE)
         try:
@@ -182,14 +186,17 @@ class VersionHandle:
                 raise ValidationError(
                     f"version {version}: its catalog records no embedder, so queries cannot be embedded"
                 )
-            index = faiss_index.read_index(vdir / FAISS_FILE)
+            profile = tuning.load_profile(vdir / tuning.TUNING_FILE) if (vdir / tuning.TUNING_FILE).exists() else None
+            if index is None:
+                index = faiss_index.read_index(vdir / FAISS_FILE)
+                knobs = tuning.apply_profile(index, profile) if profile else {}
+            else:
+                knobs = tuning.current_knobs(index)
             if index.d != embedder.dim:
                 raise ValidationError(
                     f"version {version}: the index has dimension {index.d} but its embedder {embedder.name} "
                     f"gives {embedder.dim}"
                 )
-            profile = tuning.load_profile(vdir / tuning.TUNING_FILE) if (vdir / tuning.TUNING_FILE).exists() else None
-            knobs = tuning.apply_profile(index, profile) if profile else {}
             notes = []
             lexical = None
             if (vdir / LEXICAL_FILE).is_file():
@@ -204,6 +211,7 @@ class VersionHandle:
             raise
         return cls(
             version,
+            vdir / CATALOG_FILE,
             embedder,
             index,
             con,
@@ -315,6 +323,31 @@ class VersionHandle:
             score *= 1 + FILE_BOOST * math.log2(per_file[uri])  # per_file counts the chunk itself
             scored.append((score, chunk_id, uri))
         return [(chunk_id, score, channels[chunk_id]) for score, chunk_id, _ in _diversified(scored, k)]
+
+    def chunk(self, chunk_id: int) -> dict[str, Any] | None:
+        """One chunk's catalog row (uri, language, lines, text, symbols), or None when the version lacks it."""
+        return self.hydrate([chunk_id]).get(chunk_id)
+
+    def find_symbol(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Definitions, then references, of a (possibly qualified) name, each with its chunk's uri and span."""
+        terms = query_terms(name)
+        if self.symbols is None or not terms:
+            return []
+        matches = sorted(self.symbols.lookup(terms[0]), key=lambda m: (-m.score, m.name.count("."), m.chunk_id))
+        found = []
+        for match in matches[:limit]:
+            row = self.chunks.row(match.chunk_id)
+            found.append(
+                {
+                    "name": match.name,
+                    "role": "definition" if match.definition else "reference",
+                    "chunk_id": match.chunk_id,
+                    "uri": self.chunks.uris[row],
+                    "start_line": int(self.chunks.start_lines[row]),
+                    "end_line": int(self.chunks.end_lines[row]),
+                }
+            )
+        return found
 
     def hydrate(self, chunk_ids: list[int]) -> dict[int, dict[str, Any]]:
         """Catalog rows (uri, language, lines, text, symbols) of the given chunks, keyed by id."""

@@ -59,21 +59,43 @@ def reciprocal_ranks(found: np.ndarray, positives: Sequence[frozenset[int]]) -> 
     )
 
 
-def ranking_metrics(found: np.ndarray, positives: Sequence[frozenset[int]]) -> dict[str, float]:
-    """recall@k, MRR@k and nDCG@k (binary relevance), averaged over the queries that have positives."""
+def ranking_metrics(
+    found: np.ndarray,
+    positives: Sequence[frozenset[int]],
+    targets: Sequence[Sequence[frozenset[int]]] | None = None,
+) -> dict[str, float]:
+    """recall@k, MRR@k and nDCG@k (binary relevance), averaged over the queries that have positives.
+
+    `targets` groups each query's positives by what was labelled (a file or a line span: the chunks overlapping
+    it); a target counts once, found by whichever of its chunks ranks first, so several chunks of one labelled
+    file do not inflate the scores. Without `targets`, every positive chunk is a target of its own.
+    """
     labelled = [row for row, pos in enumerate(positives) if pos]
     if not labelled:
         return {}
-    recall, ndcg = [], []
+    recall, ndcg, rr = [], [], []
     for row in labelled:
-        pos, ids = positives[row], found[row].tolist()
-        flags = [i in pos for i in ids]
-        recall.append(sum(flags) / len(pos))
+        groups = targets[row] if targets is not None else [frozenset({p}) for p in positives[row]]
+        ids = found[row].tolist()
+        flags = target_hits(ids, groups)
+        recall.append(sum(flags) / len(groups))
         dcg = sum(1.0 / math.log2(r + 1) for r, hit in enumerate(flags, start=1) if hit)
-        ideal = sum(1.0 / math.log2(r + 1) for r in range(1, min(len(pos), len(ids)) + 1))
+        ideal = sum(1.0 / math.log2(r + 1) for r in range(1, min(len(groups), len(ids)) + 1))
         ndcg.append(dcg / ideal)
-    rr = reciprocal_ranks(found[labelled], [positives[row] for row in labelled])
-    return {"recall_at_k": r4(np.mean(recall)), "mrr_at_k": r4(rr.mean()), "ndcg_at_k": r4(np.mean(ndcg))}
+        rr.append(next((1.0 / r for r, hit in enumerate(flags, start=1) if hit), 0.0))
+    return {"recall_at_k": r4(np.mean(recall)), "mrr_at_k": r4(np.mean(rr)), "ndcg_at_k": r4(np.mean(ndcg))}
+
+
+def target_hits(ids: Sequence[int], targets: Sequence[frozenset[int]]) -> list[bool]:
+    """Per rank: whether the chunk belongs to a target that no earlier rank found."""
+    open_targets = list(targets)
+    flags = []
+    for chunk_id in ids:
+        match = next((t for t in open_targets if chunk_id in t), None)
+        if match is not None:
+            open_targets.remove(match)
+        flags.append(match is not None)
+    return flags
 
 
 def compare_mrr(
