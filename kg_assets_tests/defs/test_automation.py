@@ -168,7 +168,9 @@ def test_auto_publish_chain_publishes_only_a_version_whose_eval_gate_passed(
 
         passed = _execute(eval_request, "eval", root, instance, evaluation={**eval_config, "nprobe": 4})
         publish_request = _on_success(auto_publish_after_eval, passed, root, instance)
-        assert publish_request.run_config == {"ops": {"publish_version": {"config": {"version": version}}}}
+        # the publish job's compare-and-swap against CURRENT as the tick saw it (nothing published yet)
+        publish_config = {"version": version, "expect_current": ""}
+        assert publish_request.run_config == {"ops": {"publish_version": {"config": publish_config}}}
         assert root.current() is None
         _execute(publish_request, "publish", root, instance)
         assert root.current() == version

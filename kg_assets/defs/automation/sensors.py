@@ -105,7 +105,10 @@ def auto_publish_after_eval(
     context.log.info(f"{version} passed its checks and the eval gate: publishing it")
     return dg.RunRequest(
         run_key=f"publish-{version}",
-        run_config={"ops": {"publish_version": {"config": {"version": version}}}},
+        # a compare-and-swap against CURRENT as this tick saw it: an operator's flip in between wins
+        run_config={
+            "ops": {"publish_version": {"config": {"version": version, "expect_current": root.current() or ""}}}
+        },
         tags={AUTO_PUBLISH_TAG: "true", COMMIT_TAG: run.tags.get(COMMIT_TAG, "")},
     )
 

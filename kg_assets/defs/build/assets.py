@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from kg_assets.defs.build.resources import BuildSettings, StagingHold
+from kg_assets.defs.lifecycle.jobs import LIFECYCLE_POOL, publish_in_run
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.lib import build, chunking, progress
 from kg_assets.lib import catalog as catalog_lib
@@ -254,6 +255,7 @@ def catalog(
     partitions_def=index_versions,
     group_name=BUILD_GROUP,
     kinds={"json"},
+    pool=LIFECYCLE_POOL,  # it may publish, which serializes with the lifecycle jobs
     description="The sealed version: intermediates dropped, manifest written, staging renamed to versions/<v>.",
 )
 def index_version(
@@ -279,9 +281,9 @@ def index_version(
         "files": dg.MetadataValue.md("\n".join(table)),
         "attrs": dg.MetadataValue.json(manifest["attrs"]),
     }
-    if settings.publish:
-        flip = root.publish(context.partition_key)
-        metadata["published_from"] = flip.from_version or "<none>"
+    if settings.publish:  # the publish job's own path: eval gate, then CAS against CURRENT as of the build's start
+        _, published = publish_in_run(context, root, context.partition_key, settings.expect_current)
+        metadata.update(published_from=published["from"], eval_gate=published["eval_gate"])
     return dg.MaterializeResult(metadata=metadata)
 
 

@@ -21,6 +21,8 @@ class BuildSettings(dg.ConfigurableResource):
     factory: str = "auto"
     seed: int = 0
     publish: bool = False
+    # With `publish`: the CURRENT the publish must still find ("" for nothing published; None skips the check).
+    expect_current: str | None = None
     include: list[str] = pydantic.Field(default_factory=list)
     exclude: list[str] = pydantic.Field(default_factory=list)
 

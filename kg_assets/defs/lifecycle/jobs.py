@@ -7,9 +7,8 @@ import dagster as dg
 import pydantic
 
 from kg_assets.defs.lifecycle.resources import LifecycleResource
-from kg_assets.lib import evaluation
-from kg_assets.lib.errors import ValidationError
-from kg_assets.lib.lifecycle import Flip
+from kg_assets.lib.lifecycle import Flip, LifecycleRoot
+from kg_assets.lib.publishing import publish_gated
 
 LIFECYCLE_POOL = "lifecycle"
 _TAGS = {"kind": "lifecycle"}
@@ -74,29 +73,44 @@ def _register_partition(context: dg.OpExecutionContext, version: str) -> None:
         context.instance.add_dynamic_partitions("index_versions", [version])
 
 
+def publish_in_run(
+    context: dg.OpExecutionContext | dg.AssetExecutionContext,
+    root: LifecycleRoot,
+    version: str,
+    expect_current: str | None,
+    force: bool = False,
+) -> tuple[Flip, dict[str, Any]]:
+    """Publish through `publishing.publish_gated` from a run (the publish op, or `index_version` with --publish)
+    and return the flip with the metadata that records it."""
+    published = publish_gated(root, version, expect_current, force=force)
+    if published.forced_past:
+        context.log.warning(f"publishing despite the eval gate (--force): {published.forced_past}")
+    gate = f"failed, forced: {published.forced_past}" if published.forced_past else "not failed"
+    return published.flip, {**_flip_metadata(published.flip, root), "eval_gate": gate}
+
+
+def _flip_metadata(flip: Flip, root: LifecycleRoot) -> dict[str, Any]:
+    return {
+        "from": flip.from_version or "<none>",
+        "to": flip.to_version,
+        "changed": flip.changed,
+        "root": dg.MetadataValue.path(str(root.root)),
+    }
+
+
 def _flip_op(action: str) -> dg.OpDefinition:
     @dg.op(name=f"{action}_version", pool=LIFECYCLE_POOL, description=f"{action.capitalize()} a complete version.")
     def flip(context: dg.OpExecutionContext, config: FlipConfig, lifecycle: LifecycleResource) -> dict:
         root = lifecycle.get_root()
-        move = root.publish if action == "publish" else root.rollback
-        refusal = evaluation.publish_refusal(root, config.version) if action == "publish" else None
-        if refusal and not config.force:
-            raise ValidationError(f"{refusal}; fix it and re-run indexctl eval, or publish with --force")
-        if refusal:
-            context.log.warning(f"publishing despite the eval gate (--force): {refusal}")
-        kwargs: dict[str, Any] = {}
-        if config.expect_current is not None:
-            kwargs["expect_current"] = config.expect_current or None
-        result: Flip = move(config.version, **kwargs)
-        _register_partition(context, config.version)
-        metadata = {
-            "from": result.from_version or "<none>",
-            "to": result.to_version,
-            "changed": result.changed,
-            "root": dg.MetadataValue.path(str(root.root)),
-        }
         if action == "publish":
-            metadata["eval_gate"] = f"failed, forced: {refusal}" if refusal else "not failed"
+            result, metadata = publish_in_run(context, root, config.version, config.expect_current, config.force)
+        else:
+            kwargs: dict[str, Any] = {}
+            if config.expect_current is not None:
+                kwargs["expect_current"] = config.expect_current or None
+            result = root.rollback(config.version, **kwargs)
+            metadata = _flip_metadata(result, root)
+        _register_partition(context, config.version)
         context.add_output_metadata(metadata)
         return asdict(result)
 
