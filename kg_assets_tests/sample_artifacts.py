@@ -75,7 +75,12 @@ def write_sample(out: Path, n: int = 500, dim: int = 32, seed: int = 0, factory:
             f"CREATE TABLE chunks AS SELECT * EXCLUDE (embedding), embedding::FLOAT[{dim}] AS embedding FROM rows"
         )
         con.execute("CREATE TABLE kg_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-        con.execute("INSERT INTO kg_meta VALUES ('embedder', 'sample-clustered')")
+        # Recorded as an OpenAI-compatible endpoint of the sample's dimension: searchable as far as health can
+        # tell without a model (nothing connects to it unless a text query is embedded).
+        spec = f"http://127.0.0.1:9#sample-clustered#{dim}"
+        con.executemany(
+            "INSERT INTO kg_meta VALUES (?, ?)", [("embedder", "sample-clustered"), ("embedder_spec", spec)]
+        )
     paths["scip"].write_bytes(scip_bytes(sorted(set(uris))))
     paths["tuning"].write_text(json.dumps({"param_str": "nprobe=4", "nprobe": 4, "k_factor": 1.0}))
     return paths

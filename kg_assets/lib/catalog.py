@@ -226,7 +226,11 @@ def chunk_vectors(path: Path, cache_dir: Path | None = None) -> tuple[np.ndarray
 
 
 def read_meta(path: Path) -> dict[str, str]:
+    """The catalog's `kg_meta` (embedder, fingerprint, repo) as a dict; empty when it has no such table (a catalog
+    staged from elsewhere)."""
     with connect_read_only(path) as con:
+        if "kg_meta" not in table_names(con):
+            return {}
         return dict(con.execute("SELECT key, value FROM kg_meta").fetchall())
 
 

@@ -260,6 +260,32 @@ def version_embedder(meta: Mapping[str, str], version: str) -> Embedder | None:
     return embedder
 
 
+def searchable_embedder(meta: Mapping[str, str], index_dim: int, version: str) -> Embedder:
+    """The embedder a text query of the version is embedded with, checked against its index.
+
+    `meta` is the catalog's `kg_meta` (`catalog.read_meta`). ValidationError saying what is missing: no `kg_meta`
+    at all, no recorded embedder, an installed model other than the recorded one, or an embedder dimension that
+    is not the index's.
+    """
+    if not meta:
+        raise ValidationError(
+            f"version {version} cannot be searched: its catalog has no kg_meta, so it records no embedder; "
+            "rebuild it with indexctl build"
+        )
+    embedder = version_embedder(meta, version)
+    if embedder is None:
+        raise ValidationError(
+            f"version {version} cannot be searched: its kg_meta records no embedder (embedder_spec); "
+            "rebuild it with indexctl build"
+        )
+    if embedder.dim != index_dim:
+        raise ValidationError(
+            f"version {version} cannot be searched: its embedder {meta.get('embedder', embedder.name)} gives "
+            f"dimension {embedder.dim}, its index has {index_dim}"
+        )
+    return embedder
+
+
 def _read_constant(path: Path, name: str) -> str:
     """A string constant `NAME = "..."` from a module's source, read without importing it."""
     for line in path.read_text(encoding="utf-8").splitlines():

@@ -18,6 +18,7 @@ import faiss
 import numpy as np
 
 from kg_assets.lib import catalog, faiss_index, tuning
+from kg_assets.lib.embedding import searchable_embedder
 from kg_assets.lib.errors import KgError
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot, validate_artifacts
 from kg_assets.lib.search import resolve_version
@@ -85,7 +86,7 @@ def _artifacts_agree(v: _Version) -> tuple[str, str]:
     """Dimension, ntotal, ID map and catalog agree now (validate_artifacts), and as the manifest recorded."""
     attrs = validate_artifacts(v.vdir)
     drift = _differences(v.manifest.get("attrs", {}), attrs)
-    meta_dim = _meta(v).get("embedder_dim")
+    meta_dim = catalog.read_meta(v.vdir / CATALOG_FILE).get("embedder_dim")
     if meta_dim is not None and int(meta_dim) != attrs["faiss_dim"]:
         drift.append(f"kg_meta embedder_dim {meta_dim} but the index has dimension {attrs['faiss_dim']}")
     if drift:
@@ -101,13 +102,6 @@ def _differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [
         f"{k}: recorded {recorded[k]!r}, now {value!r}" for k, value in now.items() if recorded.get(k, value) != value
     ]
-
-
-def _meta(v: _Version) -> dict[str, str]:
-    with catalog.connect_read_only(v.vdir / CATALOG_FILE) as con:
-        if "kg_meta" not in catalog.table_names(con):
-            return {}
-        return dict(con.execute("SELECT key, value FROM kg_meta").fetchall())
 
 
 def _idmap_views_resolve(v: _Version) -> tuple[str, str]:
@@ -164,6 +158,13 @@ def _tuning_fits_index(v: _Version) -> tuple[str, str]:
     return OK, detail
 
 
+def _searchable(v: _Version) -> tuple[str, str]:
+    """A text query can be embedded for this version: an embedder is recorded, installed, and of the index's
+    dimension (`searchable_embedder`, what search checks)."""
+    embedder = searchable_embedder(catalog.read_meta(v.vdir / CATALOG_FILE), v.index.d, v.version)
+    return OK, f"queries are embedded with {embedder.name} (dimension {embedder.dim}, the index's)"
+
+
 def _pointer_consistent(v: _Version) -> tuple[str, str]:
     current = v.root.current()
     if current is None:
@@ -186,6 +187,7 @@ CHECKS: dict[str, Callable[[_Version], tuple[str, str]]] = {
     "idmap_views_resolve": _idmap_views_resolve,
     "chunk_symbols_resolve": _chunk_symbols_resolve,
     "tuning_fits_index": _tuning_fits_index,
+    "searchable": _searchable,
     "pointer_consistent": _pointer_consistent,
 }
 

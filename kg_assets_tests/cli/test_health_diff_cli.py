@@ -3,10 +3,46 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
+
+import duckdb
 
 from kg_assets.lib.lifecycle import LifecycleRoot
-from kg_assets_tests.cli.test_indexctl import indexctl
+from kg_assets_tests.cli.test_indexctl import indexctl, stage_args
 from kg_assets_tests.lib.test_health import flip_bytes
+
+
+def test_search_and_health_on_a_staged_version_without_kg_meta_exit_4_naming_it(
+    samples: dict, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    catalog = tmp_path / "catalog.duckdb"
+    shutil.copy(samples["a"]["duckdb"], catalog)
+    with duckdb.connect(str(catalog)) as con:
+        con.execute("DROP TABLE kg_meta")
+    done = indexctl(cli_env, *stage_args("v1", {**samples["a"], "duckdb": catalog}))
+    assert done.returncode == 0, done.stderr
+    done = indexctl(cli_env, "search", "parse a config file", "--version", "v1")
+    assert done.returncode == 4, done.stderr
+    assert "kg_meta" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    done = indexctl(cli_env, "health", "--version", "v1")
+    assert done.returncode == 4
+    assert any(
+        line.split()[:2] == ["FAILED", "searchable"] and "no kg_meta" in line for line in done.stdout.splitlines()
+    )
+
+
+def test_search_on_a_version_recording_no_embedder_exits_4_naming_it(
+    samples: dict, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    catalog = tmp_path / "catalog.duckdb"
+    shutil.copy(samples["a"]["duckdb"], catalog)
+    with duckdb.connect(str(catalog)) as con:
+        con.execute("DELETE FROM kg_meta WHERE key = 'embedder_spec'")
+    assert indexctl(cli_env, *stage_args("v1", {**samples["a"], "duckdb": catalog})).returncode == 0
+    done = indexctl(cli_env, "search", "parse a config file", "--version", "v1")
+    assert done.returncode == 4, done.stderr
+    assert "records no embedder" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_health_exits_0_on_a_good_version_and_4_on_a_corrupted_one(

@@ -11,7 +11,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from kg_assets.lib.errors import NotFoundError
+from kg_assets.lib.catalog import read_meta
+from kg_assets.lib.embedding import searchable_embedder
+from kg_assets.lib.errors import NotFoundError, ValidationError
 from kg_assets.lib.health import FAILED, OK, SKIPPED, version_health
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets_tests.conftest import published_state
@@ -40,6 +42,7 @@ def test_built_version_passes_every_check_including_the_views(built_pair: Lifecy
         "idmap_views_resolve": OK,
         "chunk_symbols_resolve": OK,
         "tuning_fits_index": OK,
+        "searchable": OK,
         "pointer_consistent": SKIPPED,  # nothing published in this root
     }
     detail = {c.name: c.detail for c in report.checks}
@@ -64,7 +67,7 @@ def test_corrupted_index_fails_the_manifest_check_and_the_other_checks_still_run
     assert not report.ok
     (failure,) = report.failures()
     assert failure.name == "files_match_manifest" and "faiss.index does not match its manifest sha256" in failure.detail
-    assert len(report.checks) == 6
+    assert len(report.checks) == 7
 
 
 def test_corrupted_catalog_fails_every_check_that_reads_it(sample_versions: LifecycleRoot) -> None:
@@ -93,6 +96,32 @@ def test_tuning_profile_measured_on_another_index_fails(sample_versions: Lifecyc
     tuning = next(c for c in checks if c.name == "tuning_fits_index")
     assert tuning.status == FAILED and "factory: recorded 'HNSW32', now 'IVF8,Flat'" in tuning.detail
     assert next(c for c in checks if c.name == "files_match_manifest").status == OK  # a mutable sidecar
+
+
+@pytest.mark.parametrize(
+    ("meta", "missing"),
+    [
+        (None, "its catalog has no kg_meta, so it records no embedder"),
+        ([("embedder", "sample")], "its kg_meta records no embedder (embedder_spec)"),
+        ([("embedder_spec", "http://127.0.0.1:9#other#64")], "gives dimension 64, its index has 32"),
+    ],
+)
+def test_a_version_search_cannot_embed_queries_for_is_not_searchable(
+    samples: dict, tmp_path: Path, meta: list[tuple[str, str]] | None, missing: str
+) -> None:
+    catalog = tmp_path / "catalog.duckdb"
+    shutil.copy(samples["a"]["duckdb"], catalog)
+    with duckdb.connect(str(catalog)) as con:
+        con.execute("DROP TABLE kg_meta")
+        if meta is not None:
+            con.execute("CREATE TABLE kg_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+            con.executemany("INSERT INTO kg_meta VALUES (?, ?)", meta)
+    root = LifecycleRoot(tmp_path / "indexes")
+    root.stage("v1", samples["a"]["faiss"], catalog, samples["a"]["scip"])
+    checks = {c.name: c for c in version_health(root, "v1").checks}
+    assert checks["searchable"].status == FAILED and missing in checks["searchable"].detail
+    with pytest.raises(ValidationError, match="cannot be searched"):
+        searchable_embedder(read_meta(root.version_dir("v1") / "catalog.duckdb"), 32, "v1")
 
 
 def test_lagging_current_link_fails_and_is_left_as_found(sample_versions: LifecycleRoot) -> None:
