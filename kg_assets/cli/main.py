@@ -225,7 +225,7 @@ def list_versions(ctx: _Context, as_json: bool) -> None:
 def gc(ctx: _Context, keep: int, staging_max_age: float, dry_run: bool, as_json: bool) -> None:
     """Remove the oldest versions beyond --keep (never current or the one before it) and stale staging dirs."""
     if not ctx.lifecycle.versions_dir.is_dir():
-        report = {"removed_versions": [], "removed_staging": [], "kept": [], "removed_derived": []}
+        report = {"removed_versions": [], "removed_staging": [], "kept": [], "removed_derived": [], "in_use": []}
     else:
         config = {"keep": keep, "staging_max_age_hours": staging_max_age, "dry_run": dry_run}
         report = ctx.run("gc", config)
@@ -238,6 +238,8 @@ def gc(ctx: _Context, keep: int, staging_max_age: float, dry_run: bool, as_json:
     if report["removed_derived"]:
         click.echo(f"removed caches and eval records of removed versions: {len(report['removed_derived'])}")
     click.echo(f"kept: {', '.join(report['kept']) or '-'}")
+    if report["in_use"]:
+        click.echo(f"kept because a reader (a server) holds them: {', '.join(report['in_use'])}")
 
 
 @cli.command()
@@ -280,6 +282,8 @@ def build(
 
     check_version_id(version)
     ctx.lifecycle.check_new_version(version)
+    # --publish is a compare-and-swap against CURRENT as the build found it (exit 5 if someone moved it meanwhile)
+    seen = ctx.lifecycle.current() or ""
     dim = load_embedder(embedder).dim
     if factory != "auto":
         check_factory(factory, dim)
@@ -289,6 +293,7 @@ def build(
         embedder=embedder,
         factory=factory,
         publish=publish_after,
+        expect_current=seen if publish_after else None,
         include=list(include),
         exclude=list(exclude),
     )
@@ -301,6 +306,11 @@ def build(
         f"  {summary['chunks']} chunks from {summary['files']} files; dim {attrs['faiss_dim']}; "
         f"factory {attrs['faiss_factory']}; {_size(summary['bytes'])}"
     )
+    click.echo("  languages: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["languages"].items())))
+    if summary["skipped"]:
+        click.echo("  skipped: " + ", ".join(f"{k} {v['count']}" for k, v in sorted(summary["skipped"].items())))
+    if summary["line_window_fallback"]:
+        click.echo("  no grammar loaded (line windows): " + ", ".join(summary["line_window_fallback"]))
     click.echo(f"  embedded {summary['embedded']}, reused {summary['reused']} from the previous version")
     click.echo("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
     if publish_after:
@@ -333,6 +343,26 @@ def search(ctx: _Context, text: str, k: int, mode: str, version: str | None, as_
     for hit in hits:
         where = _printable(f"{hit.uri}:{hit.start_line}-{hit.end_line}")
         click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {where}  {_printable(hit.first_line[:80])}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port (0: any free).")
+@pass_ctx
+def serve(ctx: _Context, host: str, port: int) -> None:
+    """Serve the current version over HTTP (/search, /health, /chunks/ID), following publish and rollback."""
+    from kg_assets.serve.http_server import serve as serve_http
+
+    serve_http(ctx.lifecycle, host, port)
+
+
+@cli.command()
+@pass_ctx
+def mcp(ctx: _Context) -> None:
+    """Serve the current version to an MCP client on stdio (search_code, get_chunk, find_symbol)."""
+    from kg_assets.serve.mcp_server import serve_stdio
+
+    serve_stdio(ctx.lifecycle)
 
 
 def _printable(text: str) -> str:
