@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,14 +201,31 @@ def build_idmap(staging: Path) -> int:
 SCIP_SOURCES_FILE = "scip_sources.json"
 
 
+def python_sources(repo: Path) -> list[str]:
+    """The indexable Python files as the chunker lists them (no symlinks) whose real path is inside `repo`."""
+    inside = Path(repo).resolve()
+    return [
+        uri
+        for uri in chunking.list_files(repo)
+        if uri.endswith((".py", ".pyi")) and (repo / uri).resolve().is_relative_to(inside)
+    ]
+
+
 def python_sources_digest(repo: Path) -> str:
     """sha256 over the (path, content) of every indexable Python file: what scip-python's output depends on."""
     digest = hashlib.sha256()
-    for uri in chunking.list_files(repo):
-        if uri.endswith((".py", ".pyi")):
-            digest.update(f"{uri}\0".encode())
-            digest.update(hashlib.sha256((repo / uri).read_bytes()).digest())
+    for uri in python_sources(repo):
+        digest.update(os.fsencode(uri) + b"\0")
+        digest.update(hashlib.sha256((repo / uri).read_bytes()).digest())
     return digest.hexdigest()
+
+
+def materialize_python_sources(repo: Path, dest: Path) -> None:
+    """Copy `python_sources(repo)` into `dest` at the same relative paths: the tree scip-python indexes, so it
+    never follows a symlink out of the repository nor reads a file the chunker left out."""
+    for uri in python_sources(repo):
+        (dest / uri).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(repo / uri, dest / uri)
 
 
 @dataclass(frozen=True)
@@ -226,30 +244,37 @@ def scip_started(
     """Start the SCIP step and yield `finish`, which waits for it and records the result; the caller can embed
     meanwhile (scip-python is a child process, mostly one core). Leaving the block unfinished kills scip-python.
 
-    The previous version's index.scip is copied instead when its Python sources are identical: the project version
-    passed to scip-python is the sources digest, so symbols only change with the code.
+    scip-python indexes a copy of the repository's Python sources in a scratch directory under the lifecycle root
+    (`materialize_python_sources`), removed at the end, or by `gc` after a crash. The previous version's index.scip
+    is copied instead when its Python sources are identical: the project version passed to scip-python is the
+    sources digest, so symbols only change with the code.
     """
     t0 = time.perf_counter()
     digest = python_sources_digest(repo)
-    reused_from, run = None, None
+    reused_from = None
     for version, vdir, meta in earlier_versions(root):
         if meta.get("scip_digest") == digest and meta.get("scip_project") == project_name:
             copy_file(vdir / SCIP_FILE, staging / SCIP_FILE)
             reused_from = version
             break
-    else:
-        run = scip.ScipPythonRun(repo, staging / SCIP_FILE, project_name, digest[:12])
 
-    def finish() -> ScipStats:
-        t1 = time.perf_counter()
-        index = run.wait() if run else scip.read_index(staging / SCIP_FILE)
-        waited = time.perf_counter() - t1
-        record = {"digest": digest, "project": project_name, "reused_from": reused_from}
-        (staging / BUILD_DIR).mkdir(exist_ok=True)
-        atomic_write_bytes(staging / BUILD_DIR / SCIP_SOURCES_FILE, json.dumps(record).encode())
-        return ScipStats(scip.summarize(index), digest, reused_from, time.perf_counter() - t0, waited)
+    with root.scratch("scip") as scratch, ExitStack() as stack:
+        run = None
+        if reused_from is None:
+            materialize_python_sources(repo, scratch / "src")
+            run = stack.enter_context(
+                scip.ScipPythonRun(scratch / "src", staging / SCIP_FILE, project_name, digest[:12], scratch)
+            )
 
-    with run or nullcontext():
+        def finish() -> ScipStats:
+            t1 = time.perf_counter()
+            index = run.wait() if run else scip.read_index(staging / SCIP_FILE)
+            waited = time.perf_counter() - t1
+            record = {"digest": digest, "project": project_name, "reused_from": reused_from}
+            (staging / BUILD_DIR).mkdir(exist_ok=True)
+            atomic_write_bytes(staging / BUILD_DIR / SCIP_SOURCES_FILE, json.dumps(record).encode())
+            return ScipStats(scip.summarize(index), digest, reused_from, time.perf_counter() - t0, waited)
+
         yield finish
 
 

@@ -6,10 +6,12 @@ full SCIP index are skipped by protobuf, so this subset parses any index. Field 
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import os
 import shutil
+import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,32 +146,44 @@ def scip_python_command() -> Path:
     )
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec: the kernel SIGKILLs it when its parent dies (Linux PR_SET_PDEATHSIG); a parent
+    that died before the call already left it orphaned, so it exits."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 class ScipPythonRun:
     """scip-python indexing a repository in a child process, so the caller can do other work until `wait()`.
 
     scip-python exits 1 and leaves a stub file when it crashes, so `wait()` checks the exit code and parses the
     output before it atomically replaces `out`. `close()` (or leaving the `with` block) kills a run that is still
-    going and removes its scratch directory. `timeout` counts from the start.
+    going. The indexer stays in the caller's process group and dies with it (even on SIGKILL of the caller); its
+    environment file, log and output go into `scratch`, which the caller owns. `timeout` counts from the start.
     """
 
-    def __init__(self, repo: Path, out: Path, project_name: str, project_version: str, timeout: float = 3600) -> None:
+    def __init__(
+        self, repo: Path, out: Path, project_name: str, project_version: str, scratch: Path, timeout: float = 3600
+    ) -> None:
         command = scip_python_command()
         self.out, self.timeout = Path(out), timeout
-        self._scratch = tempfile.TemporaryDirectory(prefix="kg-scip-")
-        tmp = Path(self._scratch.name)
-        env_file, self._result, self._log = tmp / "environment.json", tmp / "index.scip", tmp / "output.log"
+        env_file, self._result, self._log = scratch / "environment.json", scratch / "index.scip", scratch / "output.log"
         env_file.write_text("[]")  # skip pip-based dependency discovery: we index the repository's own code
         args = [str(command), "index", "--cwd", str(Path(repo).absolute()), "--project-name", project_name]
         args += ["--project-version", project_version, "--output", str(self._result), "--environment", str(env_file)]
         self._deadline = time.monotonic() + timeout
-        try:
-            with self._log.open("wb") as log:  # a file, not a pipe: nobody drains a pipe while the caller works
-                self.process = subprocess.Popen(
-                    [*args, "--quiet"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-                )
-        except BaseException:
-            self._scratch.cleanup()
-            raise
+        with self._log.open("wb") as log:  # a file, not a pipe: nobody drains a pipe while the caller works
+            self.process = subprocess.Popen(
+                [*args, "--quiet"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+            )
 
     def wait(self) -> Any:
         """Block until scip-python exits; check, parse and install its output into `out`; return the index."""
@@ -186,11 +200,10 @@ class ScipPythonRun:
         return index
 
     def close(self) -> None:
-        """Kill scip-python if it is still running and remove its scratch directory."""
+        """Kill scip-python if it is still running."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        self._scratch.cleanup()
 
     def __enter__(self) -> ScipPythonRun:
         return self

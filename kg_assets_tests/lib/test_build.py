@@ -12,7 +12,7 @@ import pytest
 
 from kg_assets.lib import build, scip
 from kg_assets.lib.lifecycle import SCIP_FILE, LifecycleRoot
-from kg_assets_tests.lib.test_scip import fake_scip_python
+from kg_assets_tests.lib.test_scip import SCIP_PYTHON, fake_scip_python
 from kg_assets_tests.sample_repo import write_repo
 
 
@@ -53,3 +53,22 @@ def test_leaving_the_scip_step_unfinished_kills_the_indexer(
     with pytest.raises(ProcessLookupError):
         os.kill(int((bin_dir / "indexer.pid").read_text()), 0)
     assert not (staging / SCIP_FILE).exists()
+
+
+@pytest.mark.skipif(not SCIP_PYTHON.exists(), reason="run scripts/setup.sh (npm ci) for scip-python")
+def test_scip_python_sees_nothing_outside_the_repository(staged: tuple, tmp_path: Path) -> None:
+    root, repo, staging = staged
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "leak.py").write_text('def outside_secret():\n    """Docstring from outside the repo."""\n')
+    (repo / "out").symlink_to(outside)
+    (repo / "pw.py").symlink_to("/etc/passwd")
+    with build.scip_started(root, repo, staging, "sample") as finish:
+        scratch = next((root.root / ".scratch").glob("scip-*[!k]"))
+        stats = finish()
+    data = (staging / SCIP_FILE).read_bytes()
+    assert b"outside_secret" not in data and b"Docstring from outside" not in data and b"root:x:0" not in data
+    paths = {doc.relative_path for doc in scip.read_index(staging / SCIP_FILE).documents}
+    assert paths == {"parsing.py", "generated_big.py", "shapes/__init__.py", "shapes/geometry.py"}
+    assert stats.summary.documents == 4
+    assert not scratch.exists() and not list((root.root / ".scratch").iterdir())  # its scratch is gone

@@ -77,7 +77,7 @@ def test_reads_a_real_scip_python_index(tmp_path: Path) -> None:
         'class Square:\n    """A square."""\n\n    def area(self, side: int) -> int:\n        return side * side\n'
     )
     out = tmp_path / "index.scip"
-    with scip.ScipPythonRun(repo, out, "t", "0") as run:
+    with scip.ScipPythonRun(repo, out, "t", "0", _scratch(tmp_path)) as run:
         index = run.wait()
     assert scip.read_index(out) == index
     assert index.metadata.tool_info.name == "scip-python"
@@ -94,7 +94,7 @@ def test_run_returns_while_the_indexer_works_and_installs_its_output_on_wait(
     gate = tmp_path / "go"
     monkeypatch.setattr(scip, "scip_python_command", lambda: fake_scip_python(tmp_path / "bin", gate=gate))
     out = tmp_path / "index.scip"
-    with scip.ScipPythonRun(tmp_path, out, "p", "1") as run:
+    with scip.ScipPythonRun(tmp_path, out, "p", "1", _scratch(tmp_path)) as run:
         assert run.process.poll() is None and not out.exists()  # still indexing: the caller is free meanwhile
         gate.touch()
         index = run.wait()
@@ -109,17 +109,22 @@ def test_failing_indexer_raises_its_last_output_line_and_writes_nothing(
     monkeypatch.setattr(scip, "scip_python_command", lambda: fake)
     out = tmp_path / "index.scip"
     expected = r"^scip-python failed with exit code 1: Error: cannot index pkg/b\.py$"
-    with scip.ScipPythonRun(tmp_path, out, "p", "1") as run, pytest.raises(ValidationError, match=expected):
+    run = scip.ScipPythonRun(tmp_path, out, "p", "1", _scratch(tmp_path))
+    with run, pytest.raises(ValidationError, match=expected):
         run.wait()
     assert not out.exists()
 
 
-def test_closing_an_unfinished_run_kills_the_indexer_and_removes_its_scratch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_closing_an_unfinished_run_kills_the_indexer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = fake_scip_python(tmp_path / "bin", gate=tmp_path / "never")
     monkeypatch.setattr(scip, "scip_python_command", lambda: fake)
-    with scip.ScipPythonRun(tmp_path, tmp_path / "index.scip", "p", "1") as run:
-        scratch = Path(run._scratch.name)
-    assert run.process.returncode is not None and not scratch.exists()
+    with scip.ScipPythonRun(tmp_path, tmp_path / "index.scip", "p", "1", _scratch(tmp_path)) as run:
+        pass
+    assert run.process.returncode is not None
     assert not (tmp_path / "index.scip").exists()
+
+
+def _scratch(tmp_path: Path) -> Path:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    return scratch
