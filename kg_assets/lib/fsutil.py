@@ -198,3 +198,18 @@ def is_locked(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def try_flock(path: Path, *, shared: bool) -> int | None:
+    """An open descriptor of `path` (created if missing) holding a shared or exclusive flock, or None when a
+    conflicting lock is held. Closing the descriptor releases the lock (so does the holder's death)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

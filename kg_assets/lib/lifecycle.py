@@ -8,6 +8,7 @@ Layout under a root::
     versions/<v>.staging/   being built or staged; never served
     versions/<v>/           complete: canonical files plus manifest.json
     .lock, .locks/<v>.lock  advisory locks (root-wide; per version while it is staged)
+    .locks/<v>.read         reader leases: shared while a server reads the version, exclusive while gc removes it
 
 Every write is temp file + fsync + rename (+ directory fsync), so a crash at any instant leaves `CURRENT`
 naming a complete version or nothing.
@@ -43,6 +44,7 @@ from kg_assets.lib.fsutil import (
     is_locked,
     sha256_file,
     tree_size,
+    try_flock,
 )
 from kg_assets.lib.tuning import AUDIT_FILE, TUNING_FILE
 
@@ -126,6 +128,7 @@ class GcReport:
     removed_staging: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     removed_derived: list[str] = field(default_factory=list)  # caches and eval records of versions now gone
+    in_use: list[str] = field(default_factory=list)  # kept only because a reader (a server) holds their lease
 
 
 class LifecycleRoot:
@@ -494,14 +497,64 @@ class LifecycleRoot:
                 self._point_link(current)
             yield
 
+    # ---- reader leases --------------------------------------------------------------------------
+
+    def lease_path(self, version: str) -> Path:
+        return self._locks_dir / f"{check_version_id(version)}.read"
+
+    @contextlib.contextmanager
+    def reader_lease(self, version: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Hold a shared lease on a complete version while the block reads it: gc never removes a leased version.
+
+        NotFoundError when the version is not (or no longer) complete; ConflictError when gc holds the lease
+        exclusively (it is moving the version away) for `timeout` seconds. The kernel drops the lease if the
+        holder dies.
+        """
+        path = self.lease_path(version)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        while (fd := try_flock(path, shared=True)) is None:
+            if time.monotonic() >= deadline:
+                raise ConflictError(f"version {version} is busy: gc holds {path}; retry when it finishes")
+            time.sleep(0.05)
+        try:
+            self.check_flip_target(version)  # gc may have removed it before the lease was taken
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _removal_leases(self, report: GcReport) -> Iterator[None]:
+        """Hold the lease of every version gc is about to remove, exclusively and without waiting, until the block
+        ends; a version a reader leased since `_plan_gc` looked moves to `kept` and `in_use`. The lease files of
+        versions gone at the end are removed (a reader that still opens one finds no version and lets go)."""
+        self._locks_dir.mkdir(parents=True, exist_ok=True)
+        held = {}
+        for version in list(report.removed_versions):
+            fd = try_flock(self.lease_path(version), shared=False)
+            if fd is None:
+                report.removed_versions.remove(version)
+                report.kept.append(version)
+                report.in_use.append(version)
+            else:
+                held[version] = fd
+        try:
+            yield
+        finally:
+            for version, fd in held.items():
+                if not self.version_dir(version).exists():
+                    self.lease_path(version).unlink(missing_ok=True)
+                os.close(fd)
+
     # ---- retention -----------------------------------------------------------------------------
 
     def gc(self, keep: int, *, staging_max_age_s: float = 24 * 3600, dry_run: bool = False) -> GcReport:
         """Remove the oldest complete versions beyond `keep`, abandoned staging and scratch directories.
 
-        Never removes a protected version (see `_protected_versions`); a staging directory whose version lock
-        is held (a stage or build in progress) or that is younger than `staging_max_age_s` is kept, and so is
-        a scratch directory whose owner is alive. A dry run reads only: no lock, no repair, no write.
+        Never removes a protected version (see `_protected_versions`) or one a reader leases (`in_use`); a
+        staging directory whose version lock is held (a stage or build in progress) or that is younger than
+        `staging_max_age_s` is kept, and so is a scratch directory whose owner is alive. A dry run reads only:
+        no lock, no repair, no write.
         """
         if keep < 0:
             raise UsageError("--keep must be zero or more")
@@ -514,11 +567,12 @@ class LifecycleRoot:
         with self._root_lock():
             self._plan_gc(report, keep, staging_max_age_s)
             trash = []
-            for name in [*report.removed_versions, *report.removed_staging]:
-                hidden = self._trash_name()
-                os.rename(self.versions_dir / name, hidden)
-                crash_point()
-                trash.append(hidden)
+            with self._removal_leases(report):
+                for name in [*report.removed_versions, *report.removed_staging]:
+                    hidden = self._trash_name()
+                    os.rename(self.versions_dir / name, hidden)
+                    crash_point()
+                    trash.append(hidden)
             trash.extend(self.versions_dir.glob(".trash-*"))
             fsync_dir(self.versions_dir)
             for leftover in self.root.glob(".*.tmp-*"):
@@ -541,6 +595,9 @@ class LifecycleRoot:
         for rank, info in enumerate(complete):
             if rank < keep or info.version in protected:
                 report.kept.append(info.version)
+            elif is_locked(self.lease_path(info.version)):
+                report.kept.append(info.version)
+                report.in_use.append(info.version)
             else:
                 report.removed_versions.append(info.version)
         now = time.time()
@@ -553,7 +610,7 @@ class LifecycleRoot:
 
     def _protected_versions(self) -> set[str]:
         """Versions gc never removes: the current one and the one it replaced (history must be readable, or
-        gc refuses). Readers' leases on versions in use belong here too."""
+        gc refuses). Versions readers lease are kept too (`in_use`), checked per version."""
         current = self.current()
         previous = next((e["from"] for e in reversed(self.history()) if e["to"] == current), None)
         return {v for v in (current, previous) if v}

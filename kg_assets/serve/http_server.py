@@ -1,0 +1,172 @@
+"""`indexctl serve`: the current version over HTTP JSON (Starlette on uvicorn), following `CURRENT`.
+
+    GET  /search?q=TEXT&k=10&mode=hybrid     POST /search {"query", "k", "mode"}
+         -> 200 {"version", "mode", "results": [hit, ...]}  (the hits of `indexctl search --json`)
+    GET  /health        -> 200 {"status", "version", "loaded_at", "queries_served", ...}; 503 when nothing is loaded
+    GET  /chunks/{id}   -> 200 {"version", "chunk_id", "uri", "language", "start_line", "end_line", "text", ...}
+
+A bad request gets 400 `{"error": one line}`. Searches run in a thread pool (they are CPU-bound), so the event
+loop keeps accepting and answering /health during a burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from kg_assets.lib.errors import ConflictError, UsageError
+from kg_assets.lib.lifecycle import LifecycleRoot
+from kg_assets.lib.retrieval import check_query
+from kg_assets.serve.holder import Unavailable, VersionHolder
+
+INT64 = range(-(2**63), 2**63)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise UsageError(f"{name} must be an integer, got {json.dumps(value)[:40]}")
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{name} must be an integer, got {value[:40]!r}") from None
+
+
+async def _search_params(request: Request) -> tuple[str, int, str]:
+    """(query, k, mode) from the query string (GET) or a JSON object body (POST); UsageError when malformed."""
+    if request.method == "GET":
+        params: Any = request.query_params
+        if "q" not in params:
+            raise UsageError("missing query parameter q")
+        text = params["q"]
+    else:
+        try:
+            params = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"the body is not JSON: {exc}") from None
+        if not isinstance(params, dict):
+            raise UsageError('the body must be a JSON object: {"query": TEXT, "k": 10, "mode": "hybrid"}')
+        text = params.get("query")
+        if not isinstance(text, str):
+            raise UsageError('the body needs "query", a string')
+    mode = params.get("mode", "hybrid")
+    if not isinstance(mode, str):
+        raise UsageError("mode must be a string")
+    k = _int(params.get("k", 10), "k")
+    return check_query(text, k, mode), k, mode
+
+
+async def search(request: Request) -> JSONResponse:
+    text, k, mode = await _search_params(request)
+    holder: VersionHolder = request.app.state.holder
+
+    def run() -> dict[str, Any]:
+        with holder.use() as handle:
+            hits = handle.search(text, k, mode)
+            holder.count_query()
+            return {"version": handle.version, "mode": mode, "results": [hit.to_json() for hit in hits]}
+
+    return JSONResponse(await run_in_threadpool(run))
+
+
+async def health(request: Request) -> JSONResponse:
+    state = request.app.state.holder.status()
+    return JSONResponse(state, status_code=200 if state["version"] else 503)
+
+
+async def chunk(request: Request) -> JSONResponse:
+    chunk_id = _int(request.path_params["chunk_id"], "chunk id")
+    if chunk_id not in INT64:
+        raise UsageError(f"chunk id {chunk_id} is not a signed 64-bit integer")
+    holder: VersionHolder = request.app.state.holder
+
+    def run() -> tuple[str, dict[str, Any] | None]:
+        with holder.use() as handle:
+            return handle.version, handle.chunk(chunk_id)
+
+    version, row = await run_in_threadpool(run)
+    if row is None:
+        return _error(404, f"version {version} has no chunk {chunk_id}")
+    return JSONResponse({"version": version, **row})
+
+
+async def _usage_error(request: Request, exc: Exception) -> JSONResponse:
+    return _error(400, str(exc).strip().splitlines()[0])
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return _error(503, str(exc))
+
+
+def create_app(holder: VersionHolder) -> Starlette:
+    app = Starlette(
+        routes=[
+            Route("/search", search, methods=["GET", "POST"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/chunks/{chunk_id}", chunk, methods=["GET"]),
+        ],
+        exception_handlers={UsageError: _usage_error, Unavailable: _unavailable},
+    )
+    app.state.holder = holder
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that a SIGTERM/SIGINT ends `serve` after the graceful shutdown (in-flight
+    requests finished) instead of being raised again, so the process exits 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def serve(root: LifecycleRoot, host: str, port: int) -> None:
+    """Load the current version, listen on host:port (0: any free port) and serve until SIGTERM/SIGINT;
+    prints `serving <version> on http://HOST:PORT` to stderr once requests are accepted."""
+    try:
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        raise ConflictError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    holder = VersionHolder(root)
+    try:
+        holder.start()
+        config = uvicorn.Config(create_app(holder), log_level="warning", access_log=False, lifespan="off")
+        asyncio.run(_serve(_Server(config), sock, holder))
+    finally:
+        holder.close()
+        sock.close()
+
+
+async def _serve(server: _Server, sock: socket.socket, holder: VersionHolder) -> None:
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if server.started:
+        host, port = sock.getsockname()[:2]
+        state = holder.status()
+        served = state["version"] or f"nothing yet ({state['error']})"
+        print(f"serving {served} on http://{host}:{port}", file=sys.stderr, flush=True)
+    await task
+    print("stopped", file=sys.stderr, flush=True)
