@@ -4,11 +4,13 @@
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench.py tuning [bench_tuning.py options]
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench.py eval   [bench_eval.py options]
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench.py quality [bench_quality.py options]
+    .venv/bin/python scripts/bench.py chunking [bench_chunking.py options]
 
 `build`: `indexctl build` vs the embedder + FAISS train/add on the same inputs, peak memory, no-change rebuild.
 `tuning`: `tune --quick/--full` vs a restricted `ParameterSpace.explore` on a 1M-vector IVF-PQ index.
 `eval`: the offline eval vs plain `faiss.knn` + `index.search` on the same queries over 1M vectors.
 `quality`: NDCG@10 / MRR@10 / recall@10 of every search mode on the labelled benchmark, and hybrid vs dense latency.
+`chunking`: chunks per CPU-second on one core for every language, on real source files (goal >= 1,000).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ BENCHES = {
     "tuning": "bench_tuning.py",
     "eval": "bench_eval.py",
     "quality": "bench_quality.py",
+    "chunking": "bench_chunking.py",
 }
 
 if __name__ == "__main__":
