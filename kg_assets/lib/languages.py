@@ -267,7 +267,7 @@ GRAMMARS: dict[str, Grammar] = {
 (variable_declaration (identifier)
  [(struct_declaration) (enum_declaration) (union_declaration) (opaque_declaration)]) @scope
 """,
-        names=("name", "identifier", "string"),
+        names=("name", "identifier"),
     ),
 }
 
