@@ -170,3 +170,14 @@ def test_vendored_generated_and_minified_files_are_skipped_with_reasons_and_glob
     assert sorted(chosen.files) == ["dist/command.js"]
     assert chosen.skipped["src/errors.go"] == "excluded (--exclude)"
     assert chosen.skipped["go.sum"] == "not included (--include)"
+
+
+def test_a_file_cut_inside_a_definition_still_partitions_and_keeps_the_definitions_before_it(
+    counter: chunking.TokenCounter,
+) -> None:
+    data = source("go").read_bytes()
+    cut = data[: data.index(b"func (w *withStack) Format")] + b"func (w *withStack) Format(s fmt.State, verb rune) {\n"
+    chunks = chunking.chunk_file("errors.go", cut, counter, BUDGET)
+    assert b"".join(c.text.encode() for c in chunks) == cut
+    symbols = {s for c in chunks for s in c.symbols}
+    assert {"New", "fundamental.Error", "withStack.Cause"} <= symbols
