@@ -359,15 +359,21 @@ def _fit(segments: list[_Segment], per_line: list[int], texts: list[str], limit:
     return fitted
 
 
+# Lines as good as blank to cut after: the empty lines of a comment paragraph (` *`, `//`) and a comment's end, so
+# an oversized doc comment splits between paragraphs and a definition's body starts a piece.
+_CUT_AFTER = frozenset({"", "*", "*/", "//", "///", "#", "--"})
+
+
 def _split_lines(seg: _Segment, per_line: list[int], texts: list[str], limit: int) -> list[_Segment]:
-    """Greedy pieces of at most `limit` tokens, cut preferably after a blank line, else at any line."""
+    """Greedy pieces of at most `limit` tokens, cut preferably after a blank line (`_CUT_AFTER`), else at any
+    line."""
     pieces: list[_Segment] = []
     start = seg.start
     while start < seg.end:
         total, stop, last_blank = 0, start, None
         while stop < seg.end and (total + per_line[stop] <= limit or stop == start):
             total += per_line[stop]
-            if not texts[stop].strip():
+            if texts[stop].strip() in _CUT_AFTER:
                 last_blank = stop + 1
             stop += 1
         if stop < seg.end and last_blank and last_blank > start:
