@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 from dataclasses import asdict
@@ -15,6 +16,7 @@ from typing import Any
 
 import click
 
+from kg_assets.cli.runs import POOL_WAIT_S
 from kg_assets.lib import progress
 from kg_assets.lib.errors import KgError, NotFoundError, UsageError, ValidationError
 from kg_assets.lib.lifecycle import (
@@ -35,9 +37,10 @@ expected CURRENT, version exists), 1 anything unexpected."""
 
 
 class _Context:
-    def __init__(self, root: str | None, verbose: bool) -> None:
+    def __init__(self, root: str | None, verbose: bool, wait: float) -> None:
         self.lifecycle = LifecycleRoot(root)
         self.verbose = verbose
+        self.wait = wait
 
     def build(self, version: str, repo: Path, **settings: Any) -> dict[str, Any]:
         from kg_assets.cli.runs import run_build
@@ -47,7 +50,7 @@ class _Context:
     def run(self, job: str, config: dict[str, Any]) -> Any:
         from kg_assets.cli.runs import run_op_job
 
-        return run_op_job(self.lifecycle.root, job, config, verbose=self.verbose)
+        return run_op_job(self.lifecycle.root, job, config, verbose=self.verbose, wait=self.wait)
 
 
 pass_ctx = click.make_pass_decorator(_Context)
@@ -60,10 +63,18 @@ pass_ctx = click.make_pass_decorator(_Context)
     help="Lifecycle root (default: $KG_INDEXES_DIR, else $CODEINTEL_INDEXES_DIR, else ./indexes).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show Dagster's run log and tracebacks.")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=POOL_WAIT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long stage, publish, rollback and gc wait for the busy lifecycle pool before giving up (exit 5).",
+)
 @click.pass_context
-def cli(ctx: click.Context, root: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, root: str | None, verbose: bool, wait: float) -> None:
     """Build, stage, publish and roll back versioned code-search indexes."""
-    ctx.obj = _Context(root, verbose)
+    ctx.obj = _Context(root, verbose, wait)
 
 
 def _parse_pairs(pairs: tuple[str, ...], flag: str) -> dict[str, Path]:
@@ -110,6 +121,7 @@ def stage(
     check_version_id(version)
     sources = stage_sources(faiss, duckdb, scip, faiss_idmap, tuning, extras)
     ctx.lifecycle.check_new_version(version)
+    ctx.lifecycle.check_not_staging(version)
     config = {
         "version": version,
         "faiss": str(sources.pop(FAISS_FILE)),
@@ -282,6 +294,7 @@ def build(
 
     check_version_id(version)
     ctx.lifecycle.check_new_version(version)
+    ctx.lifecycle.check_not_staging(version)
     # --publish is a compare-and-swap against CURRENT as the build found it (exit 5 if someone moved it meanwhile)
     seen = ctx.lifecycle.current() or ""
     dim = load_embedder(embedder).dim
@@ -747,8 +760,14 @@ def _one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the CLI and turn errors into one line and an exit code."""
+    """Console entry point: run the CLI and turn errors into one line and an exit code (SIGTERM ends it as
+    SIGINT does)."""
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         cli.main(args=argv, prog_name="indexctl", standalone_mode=False)
     except click.exceptions.Abort:

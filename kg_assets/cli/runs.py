@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from kg_assets.lib.fsutil import atomic_write_bytes, exclusive_lock
 from kg_assets.lib.lifecycle import LOCK_TIMEOUT_S
 
 INSTANCE_TEMPLATE = Path(kg_assets.__file__).parent / "dagster.yaml"
+POOL_WAIT_S = 5.0  # how long a lifecycle verb waits for the pool's slot by default (`indexctl --wait`)
 _ENGINE_ERRORS = {
     cls.__name__: cls for cls in (errors.UsageError, errors.NotFoundError, errors.ValidationError, errors.ConflictError)
 }
@@ -42,11 +44,13 @@ def run_job(
     *,
     partition_key: str | None = None,
     verbose: bool = False,
+    wait: float = POOL_WAIT_S,
 ) -> Any:
     """Execute job `job_name` in this process against the instance and return its result.
 
-    Resources get `root`; a partition key is registered in `index_versions` first. A failed run raises the
-    engine error its step raised (so the CLI maps it to an exit code), or ValidationError for a failed
+    Resources get `root`; a partition key is registered in `index_versions` first. A job whose every op is in a
+    concurrency pool (the lifecycle jobs) first waits up to `wait` seconds for a free slot. A failed run raises
+    the engine error its step raised (so the CLI maps it to an exit code), or ValidationError for a failed
     blocking check.
     """
     home = ensure_dagster_home(root)
@@ -72,6 +76,9 @@ def run_job(
             instance.event_log_storage.get_concurrency_keys()
             if partition_key is not None:
                 instance.add_dynamic_partitions("index_versions", [partition_key])
+        pools = {node.definition.pool for node in job.nodes}
+        if len(pools) == 1 and None not in pools:
+            wait_for_pool(instance, pools.pop(), wait)
         progress.claim_terminal()  # the step's stderr will be redirected into Dagster's compute logs
         with instance:
             result = job.execute_in_process(
@@ -86,13 +93,15 @@ def run_job(
         return result
 
 
-def run_op_job(root: Path, job_name: str, op_config: dict[str, Any], *, verbose: bool = False) -> Any:
+def run_op_job(
+    root: Path, job_name: str, op_config: dict[str, Any], *, verbose: bool = False, wait: float = POOL_WAIT_S
+) -> Any:
     """Run a single-op job (the lifecycle jobs) with `op_config` and return that op's output."""
     from kg_assets.defs.build.jobs import JOB_OPS as BUILD_JOB_OPS
     from kg_assets.defs.lifecycle.jobs import JOB_OPS
 
     op_name = {**JOB_OPS, **BUILD_JOB_OPS}[job_name]
-    result = run_job(root, job_name, {"ops": {op_name: {"config": op_config}}}, verbose=verbose)
+    result = run_job(root, job_name, {"ops": {op_name: {"config": op_config}}}, verbose=verbose, wait=wait)
     return result.output_for_node(op_name)
 
 
@@ -148,6 +157,32 @@ def _failure(result: Any) -> Exception:
         first = event.step_failure_data.error
         return errors.KgError(f"step {event.step_key} failed: {first.message.strip().splitlines()[0]}")
     return errors.KgError("the Dagster run failed; re-run with -v for its log")
+
+
+def wait_for_pool(instance: Any, pool: str, wait: float) -> None:
+    """Return once `pool` has a free slot, polling with back-off (0.1 s doubling to 2 s); ConflictError naming
+    the run that holds the slot after `wait` seconds. The wait is ours, so SIGINT and SIGTERM end it."""
+    deadline = time.monotonic() + wait
+    pause = 0.1
+    while True:
+        info = instance.event_log_storage.get_concurrency_info(pool)
+        limit = info.limit if info.limit is not None else info.slot_count
+        if not limit or info.active_slot_count < limit:
+            return
+        if time.monotonic() >= deadline:
+            holders = ", ".join(_describe_run(instance, s.run_id, s.step_key) for s in info.claimed_slots)
+            raise errors.ConflictError(
+                f"the {pool} pool is busy: {holders} holds its slot; retry when it ends, or wait longer with "
+                f"`indexctl --wait SECONDS`"
+            )
+        time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+        pause = min(pause * 2, 2.0)
+
+
+def _describe_run(instance: Any, run_id: str, step_key: str) -> str:
+    run = instance.get_run_by_id(run_id)
+    owner = f", indexctl pid {run.tags['kg/pid']}" if run and "kg/pid" in run.tags else ""
+    return f"run {run_id[:8]} ({run.job_name if run else 'unknown job'} step {step_key}{owner})"
 
 
 def _process_started(pid: int) -> str | None:

@@ -42,6 +42,7 @@ from kg_assets.lib.fsutil import (
     exclusive_lock,
     fsync_dir,
     is_locked,
+    lock_holder,
     sha256_file,
     tree_size,
     try_flock,
@@ -388,6 +389,14 @@ class LifecycleRoot:
         if self.version_dir(version).exists():
             raise ConflictError(f"version {version} already exists; choose a new version id")
 
+    def check_not_staging(self, version: str) -> None:
+        """ConflictError when another process is staging or building `version` right now."""
+        lock = self._locks_dir / f"{check_version_id(version)}.lock"
+        if is_locked(lock):
+            raise ConflictError(
+                f"version {version} is being staged or built ({lock_holder(lock)}); wait for it or choose another id"
+            )
+
     @contextlib.contextmanager
     def staging_lock(self, version: str) -> Iterator[None]:
         """Hold the lock that says "version is being staged or built" (ConflictError if someone holds it)."""
@@ -425,6 +434,7 @@ class LifecycleRoot:
         with self._root_lock():
             self.check_new_version(version)
             os.rename(staging, self.version_dir(version))
+            crash_point()
             fsync_dir(self.versions_dir)
 
     # ---- the pointer ---------------------------------------------------------------------------

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 from kg_assets.lib.lifecycle import MANIFEST, MAX_VERSION_LEN, LifecycleRoot
 from kg_assets_tests.cli import test_indexctl
 from kg_assets_tests.cli.test_indexctl import indexctl, stage_args
-from kg_assets_tests.conftest import published_state
+from kg_assets_tests.conftest import INDEXCTL, published_state
 
 staged_template, staged = test_indexctl.staged_template, test_indexctl.staged  # the v1 (current) + v2 root
 
@@ -121,3 +124,39 @@ def test_inputs_that_are_not_regular_files_are_refused(
     args[2] = str(tmp_path)
     _one_line_error(indexctl(cli_env, *args), 4, f"input for faiss.index is a directory, not a file: {tmp_path}")
     assert not staged.staging_dir("v3").exists()
+
+
+def test_a_busy_pool_is_waited_for_with_a_limit_and_signals_end_the_wait(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict
+) -> None:
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(staged.root / ".dagster")))
+    instance.event_log_storage.claim_concurrency_slot("lifecycle", "f" * 32, "stage_version")  # a stuck stage
+    before = published_state(staged)
+    started = time.monotonic()
+    done = indexctl(cli_env, "--wait", "1", "rollback", "v1")
+    _one_line_error(done, 5, f"the lifecycle pool is busy: run {'f' * 8} (unknown job step stage_version)")
+    assert time.monotonic() - started < 15
+    waiting = subprocess.Popen(
+        [*INDEXCTL, "--wait", "600", "publish", "v2"], env=cli_env, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(6)  # well into the wait
+    assert waiting.poll() is None
+    waiting.send_signal(signal.SIGTERM)
+    assert waiting.wait(timeout=10) == 130
+    assert waiting.stderr.read().strip() == "indexctl: aborted"
+    assert published_state(staged) == before
+    instance.event_log_storage.free_concurrency_slots_for_run("f" * 32)
+    assert indexctl(cli_env, "publish", "v2").returncode == 0
+
+
+def test_a_second_stage_of_a_version_being_staged_exits_5_at_once(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict
+) -> None:
+    with staged.staging_lock("v3"):
+        started = time.monotonic()
+        done = indexctl(cli_env, *stage_args("v3", samples["a"]))
+        _one_line_error(done, 5, "version v3 is being staged or built (pid ")
+        assert time.monotonic() - started < 15

@@ -3,6 +3,11 @@
     python -m kg_assets_tests.lib.lifecycle_worker churn ROOT SAMPLE_DIR   stage and publish new versions forever
     python -m kg_assets_tests.lib.lifecycle_worker flip ROOT N V1 V2 ...   N compare-and-swap flips among versions
     python -m kg_assets_tests.lib.lifecycle_worker read ROOT SECONDS       resolve `current` in a loop
+    python -m kg_assets_tests.lib.lifecycle_worker forkserver ROOT         run operations killed at a write step
+
+`forkserver` reads one JSON command a line (`{"op": "stage"|"publish"|"rollback"|"gc", "args": {...},
+"step": N}`), runs it in a forked child with $KG_CRASH_AT_STEP=N (0: no kill) and answers
+`{"killed": bool, "code": int}`: the imports are paid once, each kill costs a fork.
 
 Prints `ready` once imports are done, so the parent can time its kill from there. `flip` prints one JSON line
 per successful flip; `read` prints the number of reads and exits non-zero on the first bad read.
@@ -14,11 +19,13 @@ import itertools
 import json
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
 
 from kg_assets.lib.errors import ConflictError, ValidationError
+from kg_assets.lib.fsutil import CRASH_ENV
 from kg_assets.lib.lifecycle import MANIFEST, LifecycleRoot
 
 
@@ -65,6 +72,41 @@ def read(root: LifecycleRoot, seconds: float) -> None:
     print(reads)
 
 
+def forkserver(root: LifecycleRoot) -> None:
+    for line in sys.stdin:
+        command = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            os.environ[CRASH_ENV] = str(command["step"])
+            code = 0
+            try:
+                run_operation(root, command["op"], command["args"])
+            except Exception as exc:  # reported through the exit code; the parent checks what it left
+                print(f"{command['op']} failed: {exc}", file=sys.stderr, flush=True)
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        print(json.dumps({"killed": killed, "code": os.waitstatus_to_exitcode(status)}), flush=True)
+
+
+def run_operation(root: LifecycleRoot, op: str, args: dict) -> None:
+    if op == "stage":
+        sample = Path(args["sample"])
+        root.stage(
+            args["version"],
+            sample / "code.faiss",
+            sample / "catalog.duckdb",
+            sample / "index.scip",
+            idmap_path=sample / "faiss_idmap.parquet",
+            tuning_path=sample / "tuning.json",
+        )
+    elif op in ("publish", "rollback"):
+        getattr(root, op)(args["version"], expect_current=args["expect"])
+    elif op == "gc":
+        root.gc(args["keep"], staging_max_age_s=0)
+
+
 def main() -> None:
     mode, root = sys.argv[1], LifecycleRoot(sys.argv[2])
     print("ready", flush=True)
@@ -74,6 +116,8 @@ def main() -> None:
         flip(root, int(sys.argv[3]), sys.argv[4:])
     elif mode == "read":
         read(root, float(sys.argv[3]))
+    elif mode == "forkserver":
+        forkserver(root)
 
 
 if __name__ == "__main__":

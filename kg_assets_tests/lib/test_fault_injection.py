@@ -1,0 +1,163 @@
+"""Fault injection (issue 11): SIGKILL stage, publish, rollback and gc at every write step, over and over, and
+check what each kill left: `CURRENT` names a complete version or nothing, the history agrees with it, no file of a
+sealed version changed, and the next command succeeds.
+
+Each operation runs in a child forked by one worker process (`lifecycle_worker forkserver`) with
+$KG_CRASH_AT_STEP=N, so it dies at its Nth write step (`fsutil.crash_point`); N counts up until the operation
+completes, so every step of every operation is hit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kg_assets.lib.lifecycle import MANIFEST, STAGING_SUFFIX, LifecycleRoot
+from kg_assets_tests.sample_artifacts import write_sample
+
+MIN_KILLS = 200
+
+
+class ForkServer:
+    """The worker that runs one operation per command in a forked child, killed at the step asked for."""
+
+    def __init__(self, root: LifecycleRoot) -> None:
+        command = [sys.executable, "-m", "kg_assets_tests.lib.lifecycle_worker", "forkserver", str(root.root)]
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def run(self, op: str, step: int, **args: Any) -> dict[str, Any]:
+        self.proc.stdin.write(json.dumps({"op": op, "step": step, "args": args}) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+class Invariants:
+    """What every kill must leave intact; `sealed` holds each complete version's manifest as first seen."""
+
+    def __init__(self, root: LifecycleRoot) -> None:
+        self.root = root
+        self.sealed: dict[str, bytes] = {}
+
+    def check(self) -> None:
+        root = self.root
+        versions = root.list_versions()
+        current = root.current()
+        if current is None:
+            assert not root.current_link.is_symlink()
+        else:
+            assert current in versions
+            root.verify_version(current)
+        history = root.history()
+        assert (history[-1]["to"] if history else None) == current
+        if root.current_link.is_symlink():  # it may lag CURRENT by one flip; it never names anything incomplete
+            assert Path(os.readlink(root.current_link)).name in versions
+        for version in versions:
+            manifest = (root.version_dir(version) / MANIFEST).read_bytes()
+            assert self.sealed.setdefault(version, manifest) == manifest
+            root.verify_version(version)  # every immutable file still has its sealed sha256
+
+
+OK = {"killed": False, "code": 0}
+
+
+def _stage_round(server: ForkServer, invariants: Invariants, sample: Path, label: str) -> int:
+    """Stage new versions, killing the Nth stage at its Nth step, until one completes; return the kills."""
+    root = invariants.root
+    for step in range(1, 100):
+        version = f"{label}-{step}"
+        reply = server.run("stage", step, version=version, sample=str(sample))
+        invariants.check()
+        if not reply["killed"]:
+            assert reply == OK
+            return step - 1
+        if version not in root.list_versions():  # the next command succeeds: the same stage again
+            assert server.run("stage", 0, version=version, sample=str(sample)) == OK
+        invariants.check()
+    raise AssertionError("stage never completed")
+
+
+def _flip_round(server: ForkServer, invariants: Invariants, op: str) -> int:
+    """Flip between versions a and b, killing the Nth flip at its Nth step, until one completes."""
+    root = invariants.root
+    for step in range(1, 100):
+        current = root.current()
+        target = "a" if current == "b" else "b"
+        reply = server.run(op, step, version=target, expect=current)
+        invariants.check()
+        if not reply["killed"]:
+            assert reply == OK and root.current() == target
+            return step - 1
+        assert server.run(op, 0, version=target, expect=root.current()) == OK  # a retry completes the flip
+        invariants.check()
+        assert root.current() == target
+    raise AssertionError(f"{op} never completed")
+
+
+def _gc_round(server: ForkServer, invariants: Invariants, sample: Path, label: str) -> int:
+    """Stage two versions and gc (keep 2), killing the Nth gc at its Nth step, until one completes."""
+    for step in range(1, 100):
+        for extra in "xy":
+            assert server.run("stage", 0, version=f"{label}-{step}{extra}", sample=str(sample)) == OK
+        reply = server.run("gc", step, keep=2)
+        invariants.check()
+        if not reply["killed"]:
+            assert reply == OK
+            return step - 1
+        assert server.run("gc", 0, keep=2) == OK
+        invariants.check()
+    raise AssertionError("gc never completed")
+
+
+@pytest.fixture
+def shm_root(tmp_path: Path) -> Iterator[LifecycleRoot]:
+    """A root on tmpfs where there is one: a SIGKILL does not care about fsync, and hundreds of them cost less."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield LifecycleRoot(tmp_path / "indexes")
+        return
+    base = Path(tempfile.mkdtemp(prefix="kg-fault-", dir=shm))
+    try:
+        yield LifecycleRoot(base / "indexes")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_sigkill_at_every_write_step_keeps_the_root_consistent(shm_root: LifecycleRoot, tmp_path: Path) -> None:
+    root = shm_root
+    samples = [write_sample(tmp_path / f"s{i}", n=64, dim=8, seed=i, factory="Flat")["faiss"].parent for i in (0, 1)]
+    server = ForkServer(root)
+    invariants = Invariants(root)
+    kills: Counter[str] = Counter()
+    rounds = 0
+    try:
+        for version in ("a", "b"):
+            assert server.run("stage", 0, version=version, sample=str(samples[0])) == OK
+            assert server.run("publish", 0, version=version, expect=root.current()) == OK
+        while sum(kills.values()) < MIN_KILLS:
+            rounds += 1
+            kills["stage"] += _stage_round(server, invariants, samples[rounds % 2], f"s{rounds}")
+            kills["publish"] += _flip_round(server, invariants, "publish")
+            kills["rollback"] += _flip_round(server, invariants, "rollback")
+            kills["gc"] += _gc_round(server, invariants, samples[0], f"g{rounds}")
+    finally:
+        server.close()
+    print(f"fault injection: {sum(kills.values())} kills in {rounds} rounds: {dict(kills)}")
+    assert all(kills[op] >= 3 * rounds for op in ("stage", "publish", "rollback", "gc")), kills
+    root.gc(keep=0, staging_max_age_s=0)  # and whatever the kills left behind is cleaned
+    assert not list(root.versions_dir.glob(f"*{STAGING_SUFFIX}")) and not list(root.versions_dir.glob(".trash-*"))
+    assert not list(root.root.glob(".*.tmp-*"))
