@@ -179,9 +179,8 @@ def evaluate_version(
     vdir = root.version_dir(version)
     catalog_path = vdir / CATALOG_FILE
     db = settings.analytics_db
-    owner = root.owning_version(db)
-    if owner:
-        raise UsageError(f"{db} is inside version {owner}, whose files are immutable; pass another --duckdb")
+    root.check_output_path(db, "--duckdb")
+    root.check_output_path(settings.out_dir / version, "--out-dir")
     catalog_sha = root.catalog_sha256(version)
     _check_catalog(catalog_path)
     started = datetime.now(UTC)

@@ -189,14 +189,33 @@ class LifecycleRoot:
         ]
         return sorted(names, key=natural_key)
 
-    def owning_version(self, path: Path) -> str | None:
-        """The version directory (complete or staging) that holds `path`, if any: its files must not be written
-        from outside the build. Symlinks are resolved, so `current/catalog.duckdb` counts as its version's."""
+    def check_output_path(self, path: Path, option: str) -> None:
+        """UsageError when writing `path` could change a version's files: it lies under `versions/` (symlinks
+        resolved, so `current/...` counts) or it is an existing hard link to a version's file."""
+        path = Path(path)
+        if path.resolve().is_relative_to(self.versions_dir.resolve()):
+            raise UsageError(
+                f"{path} is inside {self.versions_dir}, whose versions are immutable; pass another {option}"
+            )
+        linked = self._hard_linked_version(path)
+        if linked:
+            raise UsageError(
+                f"{path} is a hard link to a file of version {linked}, which is immutable; pass another {option}"
+            )
+
+    def _hard_linked_version(self, path: Path) -> str | None:
+        """The version holding another name of the file at `path` (same inode), if any."""
         try:
-            rel = Path(path).resolve().relative_to(self.versions_dir.resolve())
-        except ValueError:
+            info = path.stat()
+        except OSError:
             return None
-        return rel.parts[0] if rel.parts else None
+        if info.st_nlink < 2 or not self.versions_dir.is_dir():
+            return None
+        for vdir in self.versions_dir.iterdir():
+            for file in vdir.rglob("*") if vdir.is_dir() else ():
+                if file.is_file() and os.path.samestat(file.stat(), info):
+                    return vdir.name
+        return None
 
     def history(self) -> list[dict[str, Any]]:
         """Every committed pointer flip, oldest first; ValidationError when `history.json` is malformed.

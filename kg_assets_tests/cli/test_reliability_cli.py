@@ -160,3 +160,17 @@ def test_a_second_stage_of_a_version_being_staged_exits_5_at_once(
         done = indexctl(cli_env, *stage_args("v3", samples["a"]))
         _one_line_error(done, 5, "version v3 is being staged or built (pid ")
         assert time.monotonic() - started < 15
+
+
+def test_no_output_path_may_write_into_a_sealed_version(
+    staged: LifecycleRoot, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    before = published_state(staged)
+    done = indexctl(cli_env, "eval", "--out-dir", str(staged.versions_dir), "--samples", "5")
+    _one_line_error(done, 2, f"is inside {staged.versions_dir}, whose versions are immutable; pass another --")
+    linked = tmp_path / "catalog.duckdb"
+    os.link(staged.version_dir("v1") / "catalog.duckdb", linked)
+    idmap = str(staged.version_dir("v1") / "faiss_idmap.parquet")
+    done = indexctl(cli_env, "materialize-join", idmap, "--duckdb", str(linked))
+    _one_line_error(done, 2, f"{linked} is a hard link to a file of version v1, which is immutable")
+    assert published_state(staged) == before

@@ -7,7 +7,6 @@ import dagster as dg
 from kg_assets.defs.build.assets import BUILD_GROUP, index_versions
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.lib import catalog, idmap
-from kg_assets.lib.errors import UsageError
 
 build = dg.define_asset_job(
     "build",
@@ -46,10 +45,9 @@ class JoinConfig(dg.Config):
 def refresh_faiss_join(context: dg.OpExecutionContext, config: JoinConfig, lifecycle: LifecycleResource) -> dict:
     """Export an ID map and/or refresh a catalog's ID-map join; each write is an asset materialization."""
     root = lifecycle.get_root()
-    for target in (config.out, config.duckdb):
-        owner = root.owning_version(Path(target)) if target else None
-        if owner:
-            raise UsageError(f"{target} is inside version {owner}, whose files are immutable; write elsewhere")
+    for target, option in ((config.out, "--out"), (config.duckdb, "--duckdb")):
+        if target:
+            root.check_output_path(Path(target), option)
     outcome: dict = {}
     if config.index and config.out:
         rows = idmap.export_idmap(Path(config.index), Path(config.out))
