@@ -171,12 +171,9 @@ class LexicalStats:
 def build_lexical(staging: Path) -> LexicalStats:
     """Index the chunks' code-aware tokens (text, path, defined names) for BM25 into `lexical.npz`."""
     t0 = time.perf_counter()
-    chunks = read_chunks(staging)
-    columns = (chunks.column(c).to_pylist() for c in ("uri", "language", "text", "symbols"))
-    documents = [lexical.document_tokens(*row) for row in zip(*columns, strict=True)]
-    index = lexical.LexicalIndex.build(chunks.column("chunk_id").to_numpy(), documents)
+    index = lexical.LexicalIndex.from_chunks(read_chunks(staging))
     index.save(staging / lexical.LEXICAL_FILE)
-    return LexicalStats(len(documents), index.terms, time.perf_counter() - t0)
+    return LexicalStats(len(index.ids), index.terms, time.perf_counter() - t0)
 
 
 def build_faiss(staging: Path, factory: str = "auto", seed: int = 0) -> faiss_index.BuildStats:
@@ -202,12 +199,16 @@ SCIP_SOURCES_FILE = "scip_sources.json"
 
 
 def python_sources(repo: Path) -> list[str]:
-    """The indexable Python files as the chunker lists them (no symlinks) whose real path is inside `repo`."""
+    """The indexable Python files as the chunker lists them (no symlinks) whose real path is inside `repo`,
+    whose name is UTF-8 and that can be read (the chunker skips the others too)."""
     inside = Path(repo).resolve()
     return [
         uri
         for uri in chunking.list_files(repo)
-        if uri.endswith((".py", ".pyi")) and (repo / uri).resolve().is_relative_to(inside)
+        if uri.endswith((".py", ".pyi"))
+        and chunking.is_utf8_name(uri)
+        and (repo / uri).resolve().is_relative_to(inside)
+        and os.access(repo / uri, os.R_OK)
     ]
 
 

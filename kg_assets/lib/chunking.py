@@ -158,6 +158,15 @@ def list_files(repo: Path) -> list[str]:
     return [p for p in _candidates(repo) if _skipped_dir(p) is None]
 
 
+def is_utf8_name(uri: str) -> bool:
+    """False for a path whose bytes are not UTF-8 (listed with surrogate escapes)."""
+    try:
+        uri.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _candidates(repo: Path) -> list[str]:
     """Repo-relative paths of all files, sorted: `git ls-files` (honours .gitignore) or a walk that prunes
     `SKIP_DIRS`."""
@@ -428,6 +437,9 @@ def chunk_repository(
     repo = Path(repo)
     result = RepoChunks([], {}, {})
     for uri in _candidates(repo):
+        if not is_utf8_name(uri):  # ids, the catalog and every output are UTF-8; shown with U+FFFD
+            result.skipped[os.fsencode(uri).decode("utf-8", "replace")] = "file name is not valid UTF-8"
+            continue
         included = matches(uri, include)
         if matches(uri, exclude):
             result.skipped[uri] = "excluded (--exclude)"
@@ -439,11 +451,14 @@ def chunk_repository(
             result.skipped[uri] = reason
             continue
         path = repo / uri
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            result.skipped[uri] = f"larger than {MAX_FILE_BYTES} bytes"
+        try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                result.skipped[uri] = f"larger than {MAX_FILE_BYTES} bytes"
+                continue
+            data = path.read_bytes()
+        except OSError as exc:  # one unreadable file must not stop the build of the rest
+            result.skipped[uri] = f"unreadable ({exc.strerror or type(exc).__name__})"
             continue
-        data = path.read_bytes()
         if not is_text(data):
             result.skipped[uri] = "binary"
             continue

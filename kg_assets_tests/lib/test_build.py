@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kg_assets.lib import build, scip
+from kg_assets.lib import build, chunking, scip
 from kg_assets.lib.lifecycle import SCIP_FILE, LifecycleRoot
 from kg_assets_tests.lib.test_scip import SCIP_PYTHON, fake_scip_python
 from kg_assets_tests.sample_repo import write_repo
@@ -72,3 +72,32 @@ def test_scip_python_sees_nothing_outside_the_repository(staged: tuple, tmp_path
     assert paths == {"parsing.py", "generated_big.py", "shapes/__init__.py", "shapes/geometry.py"}
     assert stats.summary.documents == 4
     assert not scratch.exists() and not list((root.root / ".scratch").iterdir())  # its scratch is gone
+
+
+def test_files_with_bad_names_or_unreadable_are_skipped_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = write_repo(tmp_path / "repo")
+    bad_name = os.fsdecode(b"caf\xe9.py")
+    (repo / bad_name).write_text("def cafe():\n    return 1\n")
+    locked = repo / "locked.py"
+    locked.write_text("def locked():\n    return 2\n")
+    locked.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: make the read fail as it does for other users
+        read_bytes = Path.read_bytes
+        monkeypatch.setattr(Path, "read_bytes", lambda p: _denied(p) if p == locked else read_bytes(p))
+        monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked)
+    result = chunking.chunk_repository(repo, lambda texts: [len(t) // 4 for t in texts], 200)
+    assert result.skipped["caf\ufffd.py"] == "file name is not valid UTF-8"
+    assert result.skipped["locked.py"] == "unreadable (Permission denied)"
+    assert "parsing.py" in result.files and all(c.uri.encode() for c in result.chunks)
+    assert set(build.python_sources(repo)) == {
+        "parsing.py",
+        "generated_big.py",
+        "shapes/__init__.py",
+        "shapes/geometry.py",
+    }
+
+
+def _denied(path: Path) -> bytes:
+    raise PermissionError(13, "Permission denied", str(path))
