@@ -67,7 +67,8 @@ def corpus(max_bytes: int) -> dict[str, list[tuple[str, bytes]]]:
                 ext = next((e for e, lang in chunking.LANGUAGES.items() if lang == language), "")
                 add(language, f"samples/{path.stem}{ext}", path)
             elif not uri.endswith(chunking.MINIFIED_SUFFIXES):
-                add(chunking.language_of(uri), uri, path)
+                language = chunking.language_of(uri)
+                add(chunking.language_of(uri, path.read_bytes()) if language == "c" else language, uri, path)
     add("shell", "git-sh-setup.sh", Path(exec_path) / "git-sh-setup")
     return files
 

@@ -13,6 +13,7 @@ import ast
 import fnmatch
 import hashlib
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -271,7 +272,7 @@ def chunk_file(
     texts = [line.decode("utf-8", errors="replace") for line in lines]
     per_line = count_tokens(texts)
     limit = max(budget - header_tokens, 8)
-    language = language_of(uri)
+    language = language_of(uri, data)
     found = _python_definitions(data) if language == "python" else treesitter.definitions(data, language)
     segments = _segments_of(found or [], 0, len(lines), "")
     pieces = _merge(_fit(segments, per_line, texts, limit), per_line, limit)
@@ -299,9 +300,17 @@ def chunk_file(
     return chunks
 
 
-def language_of(uri: str) -> str:
-    """The language a file is chunked and searched as, by its extension ('text' when unknown)."""
-    return LANGUAGES.get(Path(uri).suffix.lower(), "text")
+# A `.h` file is C++ when a line starts with what only C++ has (a class, namespace or template, an access label).
+_CPP_HEADER = re.compile(rb"^[ \t]*(?:(?:class|namespace|template)\b|(?:public|private|protected)[ \t]*:)", re.M)
+
+
+def language_of(uri: str, data: bytes = b"") -> str:
+    """The language a file is chunked and searched as: by its extension ('text' when unknown), and for a `.h`
+    file by its first 64 KiB of content (`data`), C or C++."""
+    language = LANGUAGES.get(Path(uri).suffix.lower(), "text")
+    if language == "c" and uri.lower().endswith(".h") and _CPP_HEADER.search(data[:65536]):
+        return "cpp"
+    return language
 
 
 def _python_definitions(data: bytes) -> list[Definition] | None:

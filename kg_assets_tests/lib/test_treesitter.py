@@ -13,6 +13,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pyarrow
 import pytest
 
@@ -181,3 +182,12 @@ def test_a_file_cut_inside_a_definition_still_partitions_and_keeps_the_definitio
     assert b"".join(c.text.encode() for c in chunks) == cut
     symbols = {s for c in chunks for s in c.symbols}
     assert {"New", "fundamental.Error", "withStack.Cause"} <= symbols
+
+
+def test_a_header_is_chunked_as_cpp_when_its_content_is_cpp(counter: chunking.TokenCounter) -> None:
+    cpp = Path(pyarrow.__file__).parent / "src" / "arrow" / "python" / "filesystem.h"
+    chunks = chunking.chunk_file("include/filesystem.h", cpp.read_bytes(), counter, BUDGET)
+    assert {c.language for c in chunks} == {"cpp"}
+    assert "arrow.py.fs.PyFileSystemVtable" in {s for c in chunks for s in c.symbols}
+    c_header = Path(np.get_include()) / "numpy" / "npy_common.h"
+    assert {c.language for c in chunking.chunk_file("npy_common.h", c_header.read_bytes(), counter, BUDGET)} == {"c"}
