@@ -710,7 +710,7 @@ def _print_diff(result: dict[str, Any], listed: int = 20) -> None:
     )
     for mark, key in (("+", "added"), ("-", "removed"), ("~", "changed")):
         for uri in files[key][:listed]:
-            click.echo(f"  {mark} {uri}")
+            click.echo(f"  {mark} {_printable(uri)}")
         if len(files[key]) > listed:
             click.echo(f"  {mark} ... {len(files[key]) - listed} more (--json lists them all)")
     if result["same_embedder"] is False:
@@ -727,7 +727,7 @@ def _metric(value: Any) -> Any:
 
 def _table(rows: list[tuple[Any, ...]]) -> list[str]:
     """Rows as left-aligned columns (None shown as '-'), trailing spaces stripped."""
-    cells = [["-" if cell is None else str(cell) for cell in row] for row in rows]
+    cells = [["-" if cell is None else _printable(str(cell)) for cell in row] for row in rows]
     widths = [max(len(row[col]) for row in cells) for col in range(len(cells[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
 
@@ -756,8 +756,9 @@ def _size(n: int) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message, control characters escaped."""
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return _printable(lines[0]) if lines else type(exc).__name__
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -174,3 +174,19 @@ def test_no_output_path_may_write_into_a_sealed_version(
     done = indexctl(cli_env, "materialize-join", idmap, "--duckdb", str(linked))
     _one_line_error(done, 2, f"{linked} is a hard link to a file of version v1, which is immutable")
     assert published_state(staged) == before
+
+
+def test_control_characters_in_file_names_cannot_spoof_output_lines(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict, tmp_path: Path
+) -> None:
+    import duckdb
+
+    sample = {kind: tmp_path / "evil" / path.name for kind, path in samples["b"].items()}
+    shutil.copytree(samples["b"]["faiss"].parent, tmp_path / "evil")
+    with duckdb.connect(str(sample["duckdb"])) as con:
+        con.execute("UPDATE chunks SET uri = 'pkg/evil\n  + spoofed.py' WHERE uri = 'pkg/mod1.py'")
+    assert indexctl(cli_env, *stage_args("v3", sample)).returncode == 0
+    done = indexctl(cli_env, "diff", "v2", "v3")
+    assert done.returncode == 0, done.stderr
+    assert "  + pkg/evil\\n  + spoofed.py" in done.stdout.splitlines()
+    assert not any(line.lstrip().startswith("+ spoofed") for line in done.stdout.splitlines())
