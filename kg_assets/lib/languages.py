@@ -121,7 +121,8 @@ class Grammar:
     definitions included. `patterns` are extra tree-sitter query patterns for definitions known by shape rather
     than node type, capturing `@scope` or `@function`. A definition's name is the first of `names` (a field, else
     a child of that type) that it has; `qualifier` names the field holding the type a function belongs to (Go's
-    method receiver). Comments and `leading` nodes directly above a definition belong to it.
+    method receiver). Comments and `leading` nodes directly above a definition belong to it. Matches of `blank`
+    (a bytes regex) are replaced by spaces before parsing: macros the grammar cannot parse, offsets unchanged.
     """
 
     module: str
@@ -132,6 +133,7 @@ class Grammar:
     names: tuple[str, ...] = ("name", "declarator", "type", "left")
     qualifier: str = ""
     entry: str = "language"
+    blank: bytes = b""
 
 
 _JS_FUNCTIONS = ("function_declaration", "generator_function_declaration", "method_definition")
@@ -148,6 +150,8 @@ _TS_FUNCTIONS = (
     "enum_declaration",
     "type_alias_declaration",
 )
+# `class EXPORT_MACRO Name : Base {`: tree-sitter reads the macro as the class name and the rest as a function.
+_EXPORT_MACRO = rb"(?:(?<=\bclass )|(?<=\bstruct ))[A-Z][A-Z0-9_]*[A-Z0-9](?=\s+[A-Za-z_]\w*\s*(?:final\s*)?[:{])"
 _C_TYPES = """
 (struct_specifier name: (_) body: (_)) @function
 (union_specifier name: (_) body: (_)) @function
@@ -190,7 +194,9 @@ GRAMMARS: dict[str, Grammar] = {
         ),
         leading=("attribute_item",),
     ),
-    "c": Grammar("tree_sitter_c", functions=("function_definition", "type_definition"), patterns=_C_TYPES),
+    "c": Grammar(
+        "tree_sitter_c", functions=("function_definition", "type_definition"), patterns=_C_TYPES, blank=_EXPORT_MACRO
+    ),
     "cpp": Grammar(
         "tree_sitter_cpp",
         ("namespace_definition",),
@@ -199,6 +205,7 @@ GRAMMARS: dict[str, Grammar] = {
         + """
 (class_specifier name: (_) body: (_)) @scope
 """,
+        blank=_EXPORT_MACRO,
     ),
     "csharp": Grammar(
         "tree_sitter_c_sharp",
