@@ -147,15 +147,18 @@ def _failure(result: Any) -> Exception:
             if str(value.value).startswith("FAILED")
         ] or [e.check_name for e in failed]
         return errors.ValidationError("blocking check failed, version not sealed: " + "; ".join(details))
-    for event in result.get_step_failure_events():
-        error = event.step_failure_data.error
+    failures = [e for e in result.all_events if e.event_type_value in ("STEP_FAILURE", "RESOURCE_INIT_FAILURE")]
+    for event in failures:
+        error, chain = event.event_specific_data.error, []
         while error is not None:
             if error.cls_name in _ENGINE_ERRORS:
                 message = error.message.strip().split(": ", 1)[-1]
                 return _ENGINE_ERRORS[error.cls_name](message)
+            chain.append(error)
             error = error.cause
-        first = event.step_failure_data.error
-        return errors.KgError(f"step {event.step_key} failed: {first.message.strip().splitlines()[0]}")
+        cause = chain[-1]  # the innermost error names what went wrong (ENOSPC, ELOOP, ...) and its path
+        where = f"step {event.step_key}" if event.step_key else "resource initialization"
+        return errors.KgError(f"{where} failed: {cause.message.strip().splitlines()[0]}")
     return errors.KgError("the Dagster run failed; re-run with -v for its log")
 
 

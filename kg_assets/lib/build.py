@@ -73,6 +73,10 @@ def build_chunks(
         include=include,
         exclude=exclude,
     )
+    if not result.chunks:  # nothing to index: leave nothing staged
+        shutil.rmtree(staging, ignore_errors=True)
+        reasons = ", ".join(sorted(set(result.skipped.values()))) or "none"
+        raise ValidationError(f"no indexable files in {repo} ({len(result.skipped)} skipped; reasons: {reasons})")
     columns: dict[str, list[Any]] = {name: [] for name in CHUNK_SCHEMA.names}
     for chunk in result.chunks:
         for name in CHUNK_SCHEMA.names:

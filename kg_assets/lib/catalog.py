@@ -25,15 +25,23 @@ class CatalogSummary:
 
 
 def connect_read_only(path: Path) -> duckdb.DuckDBPyConnection:
-    """Open an existing catalog read-only; ValidationError when the file is not a DuckDB database."""
+    """Open an existing catalog read-only; ConflictError while another process holds it for writing,
+    ValidationError when the file is not a DuckDB database."""
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"DuckDB catalog not found: {path}")
     try:
         return duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:
-        reason = str(exc).splitlines()[0]
-        raise ValidationError(f"{path} is not a readable DuckDB database ({reason})") from None
+        raise open_error(path, exc) from None
+
+
+def open_error(path: Path, exc: duckdb.Error) -> ConflictError | ValidationError:
+    """Why DuckDB could not open `path` to read: held by a writing process (a conflict), or not a database."""
+    reason = str(exc).splitlines()[0]
+    if isinstance(exc, duckdb.IOException) and "lock" in reason:
+        return ConflictError(f"{path} is held by another process ({reason}); retry when it is done")
+    return ValidationError(f"{path} is not a readable DuckDB database ({reason})")
 
 
 def table_names(con: duckdb.DuckDBPyConnection) -> set[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import duckdb
 
-from kg_assets.lib import tuning
+from kg_assets.lib import catalog, tuning
 from kg_assets.lib.errors import NotFoundError, ValidationError
 from kg_assets.lib.fsutil import tree_size
 from kg_assets.lib.lifecycle import CATALOG_FILE, LifecycleRoot
@@ -79,7 +79,7 @@ def chunk_churn(old_catalog: Path, new_catalog: Path) -> dict[str, Any]:
             try:
                 con.execute(f"ATTACH '{quoted}' AS {alias}_v (READ_ONLY)")
             except duckdb.Error as exc:
-                raise ValidationError(f"{path} is not a readable DuckDB catalog ({str(exc).splitlines()[0]})") from None
+                raise catalog.open_error(path, exc) from None
         digest = _content_expr(con)
         for alias in _SIDES:
             con.execute(f"CREATE TEMP VIEW {alias}_c AS SELECT chunk_id, uri, {digest} AS digest FROM {alias}_v.chunks")

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -190,3 +191,39 @@ def test_control_characters_in_file_names_cannot_spoof_output_lines(
     assert done.returncode == 0, done.stderr
     assert "  + pkg/evil\\n  + spoofed.py" in done.stdout.splitlines()
     assert not any(line.lstrip().startswith("+ spoofed") for line in done.stdout.splitlines())
+
+
+def test_a_catalog_held_by_another_process_is_a_conflict(staged: LifecycleRoot, cli_env: dict[str, str]) -> None:
+    catalog = staged.version_dir("v1") / "catalog.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, sys; con = duckdb.connect({str(catalog)!r}); print('held'); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for args in (
+            ("search", "parse"),
+            ("diff", "v1", "v2"),
+            ("tune", "--quick", "--samples", "10"),
+            ("eval", "--samples", "5"),
+        ):
+            _one_line_error(indexctl(cli_env, *args), 5, "is held by another process")
+        done = indexctl(cli_env, "health")
+        assert done.returncode == 4 and "is held by another process" in done.stdout and "corrupt" not in done.stdout
+    finally:
+        holder.communicate("")
+
+
+def test_an_empty_repository_says_so_and_stages_nothing(cli_env: dict[str, str], tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(64))
+    _one_line_error(indexctl(cli_env, "build", "v1", "--repo", str(repo)), 4, f"no indexable files in {repo}")
+    root = LifecycleRoot(cli_env["KG_INDEXES_DIR"])
+    assert not root.staging_dir("v1").exists() and not root.list_versions()
