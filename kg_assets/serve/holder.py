@@ -167,6 +167,10 @@ class VersionHolder:
             stack.enter_context(self.root.reader_lease(version))
             self.root.verify_version(version, hashes=True)
             handle = stack.enter_context(VersionHandle.open(self.root, version))
+            active = self._active
+            if active and active.handle.embedder.fingerprint == handle.embedder.fingerprint:
+                # the same model: keep its warm session (starting one costs about a second) instead of a new one
+                handle.embedder = active.handle.embedder
             handle.search("warm up", 1, "hybrid")  # loads the lazily built parts before the first request
             return Loaded(handle, stamp, stack.pop_all())
 

@@ -280,6 +280,11 @@ def index_version(
         "bytes": sum(e["size"] for e in files.values()),
         "files": dg.MetadataValue.md("\n".join(table)),
         "attrs": dg.MetadataValue.json(manifest["attrs"]),
+        # Long-running readers follow CURRENT: once this version is published they switch to it within seconds.
+        "serve": dg.MetadataValue.md(
+            f"Once published: `indexctl --root {root.root} serve` (HTTP on 127.0.0.1:8765: /search, /health, "
+            f"/chunks/ID) or `indexctl --root {root.root} mcp` (MCP on stdio: search_code, get_chunk, find_symbol)"
+        ),
     }
     if settings.publish:  # the publish job's own path: eval gate, then CAS against CURRENT as of the build's start
         _, published = publish_in_run(context, root, context.partition_key, settings.expect_current)
