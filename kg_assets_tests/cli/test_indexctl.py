@@ -154,7 +154,7 @@ def test_read_only_verbs_do_not_import_dagster_or_create_anything(tmp_path: Path
         "import sys\n"
         "from kg_assets.cli.main import main\n"
         "verbs = (['status'], ['status', '--json'], ['ls'], ['ls', '--json'], ['show-profile'], ['search', 'x'],\n"
-        "         ['health'], ['health', '--json'], ['diff', 'v1', 'v2'])\n"
+        "         ['health'], ['health', '--json'], ['diff', 'v1', 'v2'], ['mcp'])  # mcp: stdin is empty\n"
         "for verb in verbs:\n"
         "    try:\n"
         "        main(verb)\n"
@@ -162,7 +162,14 @@ def test_read_only_verbs_do_not_import_dagster_or_create_anything(tmp_path: Path
         "        assert exc.code in (0, 3), exc.code  # 3: nothing published yet\n"
         "assert 'dagster' not in sys.modules, 'read-only verbs must not import dagster'\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], env=cli_env, capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0, done.stderr
     assert "current: <none>" in done.stdout
     assert not (tmp_path / "indexes").exists()
