@@ -5,6 +5,7 @@ Every failure prints one line on stderr and exits with the code of its error fam
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,9 +17,11 @@ from typing import Any
 
 import click
 
+from kg_assets.cli.options import knob_options, settings_options
 from kg_assets.cli.runs import POOL_WAIT_S
 from kg_assets.lib import progress
 from kg_assets.lib.errors import KgError, NotFoundError, UsageError, ValidationError
+from kg_assets.lib.evaluation import EvalSettings
 from kg_assets.lib.lifecycle import (
     CATALOG_FILE,
     FAISS_FILE,
@@ -29,6 +32,9 @@ from kg_assets.lib.lifecycle import (
     check_version_id,
     stage_sources,
 )
+from kg_assets.lib.settings import from_values, to_values
+from kg_assets.lib.tuning import KNOBS
+from kg_assets.lib.tuning_run import TuneSettings
 
 EXIT_CODES = """\b
 Exit codes: 0 ok, 2 usage error, 3 version or file not found,
@@ -432,71 +438,50 @@ def _print_refresh(result: dict[str, Any]) -> None:
 @cli.command()
 @click.option("--quick", is_flag=True, help="Quick sweep (about 200 self-queries, bisection). The default.")
 @click.option("--full", is_flag=True, help="Full sweep (about 1000 self-queries, whole grid, frontier re-timed).")
-@click.option("--nprobe", type=int, help="Override: IVF lists probed.")
-@click.option("--ef-search", type=int, help="Override: HNSW efSearch.")
-@click.option("--quantizer-ef-search", type=int, help="Override: efSearch of an HNSW coarse quantizer.")
-@click.option("--k-factor", type=float, help="Override: exact re-rank of k * k_factor candidates (IndexRefine).")
+@knob_options
 @click.option("--version", "version", help="Tune this complete version instead of the current one.")
-@click.option("--target-recall", type=float, default=0.95, show_default=True)
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Recall@k.")
-@click.option("--samples", type=click.IntRange(min=1), help="Self-queries sampled from the catalog.")
-@click.option("--queries", "queries_file", type=click.Path(dir_okay=False, path_type=Path), help="Text queries.")
-@click.option("--no-docstring-queries", is_flag=True, help="Do not add queries made from the repo's docstrings.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@settings_options(TuneSettings, skip=("mode",))
+@click.option("--no-docstring-queries", "no_docstring_queries", is_flag=True, hidden=True)  # the old spelling
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
 @pass_ctx
 def tune(
     ctx: _Context,
     quick: bool,
     full: bool,
-    nprobe: int | None,
-    ef_search: int | None,
-    quantizer_ef_search: int | None,
-    k_factor: float | None,
     version: str | None,
-    target_recall: float,
-    k: int,
-    samples: int | None,
-    queries_file: Path | None,
     no_docstring_queries: bool,
-    seed: int,
     as_json: bool,
+    **values: Any,
 ) -> None:
     """Sweep the runtime knobs against exact search and write tuning.json, or persist manual overrides."""
     from kg_assets.lib.search import resolve_version
 
     if as_json:
         progress.silence()
-
-    overrides = {
-        "nprobe": nprobe,
-        "efSearch": ef_search,
-        "quantizer_efSearch": quantizer_ef_search,
-        "k_factor": k_factor,
-    }
-    overrides = {name: value for name, value in overrides.items() if value is not None}
+    knobs = {name: values.pop(name) for name in KNOBS}
+    overrides = {name: value for name, value in knobs.items() if value is not None}
     if quick and full:
         raise UsageError("choose one of --quick and --full")
     if overrides and (quick or full):
         raise UsageError("a sweep (--quick/--full) and manual overrides cannot be combined; run them separately")
-    if not 0 < target_recall <= 1:
+    mode = "overrides" if overrides else ("full" if full else "quick")
+    settings = from_values(TuneSettings, {**values, "mode": mode})
+    if no_docstring_queries:
+        settings = dataclasses.replace(settings, generated_queries=False)
+    if settings.target_recall <= 0:
         raise UsageError("--target-recall must be in (0, 1]")
     version = resolve_version(ctx.lifecycle, version)
-    if queries_file is not None and not queries_file.is_file():
-        raise NotFoundError(f"queries file not found: {queries_file}")
-    config = {
-        "mode": "overrides" if overrides else ("full" if full else "quick"),
-        "samples": samples or 0,
-        "target_recall": target_recall,
-        "k": k,
-        "seed": seed,
-        "queries_file": str(queries_file.absolute()) if queries_file else "",
-        "docstring_queries": not no_docstring_queries,
-        **overrides,
-    }
+    target_recall, k = settings.target_recall, settings.k
+    config = {**to_values(settings), **overrides}
     from kg_assets.cli.runs import run_job
 
-    run_job(ctx.lifecycle.root, "tune", {"ops": {"tuning_profile": {"config": config}}}, partition_key=version)
+    run_job(
+        ctx.lifecycle.root,
+        "tune",
+        {"ops": {"tuning_profile": {"config": config}}},
+        partition_key=version,
+        verbose=ctx.verbose,
+    )
     from kg_assets.lib.tuning_run import active_profile
 
     report = active_profile(ctx.lifecycle, version)
@@ -529,72 +514,35 @@ def show_profile(ctx: _Context, version: str | None, as_json: bool) -> None:
 
 
 @cli.command(name="eval")
-@click.option("--k", "-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per channel.")
-@click.option(
-    "--k-factor",
-    type=click.FloatRange(min=1.0),
-    help="Exact re-rank of k * k_factor candidates (an IndexRefine's knob; default: what the version serves).",
-)
-@click.option("--nprobe", type=click.IntRange(min=1), help="IVF lists probed (default: the tuning profile's).")
-@click.option("--xtr-oracle/--no-xtr-oracle", default=False, show_default=True, help="Add the MaxSim channel.")
 @click.option("--version", "version", help="Evaluate this complete version instead of the current one.")
-@click.option("--samples", type=click.IntRange(min=0), default=200, show_default=True, help="Self-queries.")
-@click.option("--queries", "queries_file", type=click.Path(dir_okay=False, path_type=Path), help="Labelled JSONL.")
-@click.option("--no-generated-queries", is_flag=True, help="Skip the queries made from documented definitions.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: artifacts/eval.")
-@click.option("--duckdb", "duckdb_path", type=click.Path(dir_okay=False, path_type=Path), help="Views go here.")
-@click.option("--recall-floor", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Gate.")
-@click.option("--max-mrr-drop", type=click.FloatRange(min=0), default=0.02, show_default=True, help="Gate.")
+@settings_options(EvalSettings)
+@click.option("--no-docstring-queries", "no_docstring_queries", is_flag=True, hidden=True)  # tune's old spelling
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @pass_ctx
-def evaluate(
-    ctx: _Context,
-    k: int,
-    k_factor: float | None,
-    nprobe: int | None,
-    xtr_oracle: bool,
-    version: str | None,
-    samples: int,
-    queries_file: Path | None,
-    no_generated_queries: bool,
-    seed: int,
-    out_dir: Path | None,
-    duckdb_path: Path | None,
-    recall_floor: float,
-    max_mrr_drop: float,
-    as_json: bool,
-) -> None:
+def evaluate(ctx: _Context, version: str | None, no_docstring_queries: bool, as_json: bool, **values: Any) -> None:
     """Compare the ANN index with exact search and other channels; write pool.parquet and metrics.json.
 
     Output: <out-dir>/<version>/<run>/ (and <version>/latest); views v_faiss_pool and v_pool_coverage in --duckdb
     (default <out-dir>/analytics.duckdb). The gate (ANN recall floor, MRR drop) decides whether publish accepts it.
     """
-    from kg_assets.lib.evaluation import resolve_out_dir
     from kg_assets.lib.search import resolve_version
 
     if as_json:
         progress.silence()
+    settings = from_values(EvalSettings, values)
+    if no_docstring_queries:
+        settings = dataclasses.replace(settings, generated_queries=False)
     version = resolve_version(ctx.lifecycle, version)
-    if queries_file is not None and not queries_file.is_file():
-        raise NotFoundError(f"queries file not found: {queries_file}")
-    config = {
-        "k": k,
-        "k_factor": k_factor or 0.0,
-        "nprobe": nprobe or 0,
-        "xtr_oracle": xtr_oracle,
-        "samples": samples,
-        "seed": seed,
-        "queries_file": str(queries_file.absolute()) if queries_file else "",
-        "generated_queries": not no_generated_queries,
-        "out_dir": str(resolve_out_dir(out_dir)),
-        "duckdb": str(duckdb_path.absolute()) if duckdb_path else "",
-        "recall_floor": recall_floor,
-        "max_mrr_drop": max_mrr_drop,
-    }
+    config = to_values(settings)
     from kg_assets.cli.runs import run_job
 
-    result = run_job(ctx.lifecycle.root, "eval", {"ops": {"evaluation": {"config": config}}}, partition_key=version)
+    result = run_job(
+        ctx.lifecycle.root,
+        "eval",
+        {"ops": {"evaluation": {"config": config}}},
+        partition_key=version,
+        verbose=ctx.verbose,
+    )
     (event,) = result.asset_materializations_for_node("evaluation")[1:]  # eval_pool, then eval_metrics
     metrics = json.loads(Path(event.metadata["path"].value).read_text(encoding="utf-8"))  # this run's own
     if as_json:

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from kg_assets.lib.late_interaction import LateInteractionScorer
 from kg_assets.lib.lexical import LEXICAL_FILE, code_tokens
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
 from kg_assets.lib.progress import Progress
+from kg_assets.lib.query_sets import GENERATED_HELP, QUERIES_HELP
 from kg_assets.lib.retrieval import VersionHandle
 from kg_assets.lib.retrieval_metrics import (
     ann_fidelity,
@@ -43,6 +44,7 @@ from kg_assets.lib.retrieval_metrics import (
     reciprocal_ranks,
 )
 from kg_assets.lib.search import resolve_version, version_vectors
+from kg_assets.lib.settings import check_bounds, setting
 
 POOL_FILE = "pool.parquet"
 METRICS_FILE = "metrics.json"
@@ -66,36 +68,25 @@ def resolve_out_dir(value: str | os.PathLike[str] | None) -> Path:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """Parameters of one eval run (the CLI flags and the eval asset's config). `nprobe` and `k_factor` None: what
-    the version serves with (its profile)."""
+    """Parameters of one eval run: the single definition of `indexctl eval`'s options and the eval asset's config
+    (both derived from these fields)."""
 
-    k: int = 10
-    k_factor: float | None = None
-    nprobe: int | None = None
-    xtr: bool = False
-    samples: int = 200
-    seed: int = 0
-    queries_file: Path | None = None
-    generated_queries: bool = True
-    max_generated: int = 200
-    out_dir: Path = field(default_factory=lambda: resolve_out_dir(None))
-    duckdb: Path | None = None
-    recall_floor: float = 0.9
-    max_mrr_drop: float = 0.02
+    k: int = setting(10, "Hits per channel.", minimum=1, flags=("-k", "--k"))
+    k_factor: float | None = setting(None, f"{tuning.KNOBS['k_factor'].help} Default: the profile's.", minimum=1)
+    nprobe: int | None = setting(None, f"{tuning.KNOBS['nprobe'].help} Default: the profile's.", minimum=1)
+    xtr_oracle: bool = setting(False, "Add the MaxSim (XTR-style) channel.")
+    samples: int = setting(200, "Self-queries sampled from the stored vectors.", minimum=0)
+    seed: int = setting(0, "Seed of the self-query sample and of the generated queries kept.")
+    queries_file: Path | None = setting(None, QUERIES_HELP, flags=("--queries",))
+    generated_queries: bool = setting(True, GENERATED_HELP)
+    max_generated: int = setting(200, "At most this many generated queries.", minimum=0)
+    out_dir: Path | None = setting(None, "Output directory (default $KG_EVAL_DIR, $EVAL_OUTPUT_DIR, artifacts/eval).")
+    duckdb: Path | None = setting(None, "DuckDB for the pool views (default: <out-dir>/analytics.duckdb).")
+    recall_floor: float = setting(0.9, "Gate: ANN recall@k against flat at least this.", minimum=0, maximum=1)
+    max_mrr_drop: float = setting(0.02, "Gate: faiss MRR@k at most this below the current version's.", minimum=0)
 
-    def check(self) -> None:
-        if self.k < 1:
-            raise UsageError("--k must be at least 1")
-        if self.k_factor is not None and self.k_factor < 1:
-            raise UsageError("--k-factor must be at least 1.0")
-        if self.nprobe is not None and self.nprobe < 1:
-            raise UsageError("--nprobe must be at least 1")
-        if self.samples < 0:
-            raise UsageError("--samples must be 0 or more")
-        if not 0 <= self.recall_floor <= 1:
-            raise UsageError("--recall-floor must be in [0, 1]")
-        if self.max_mrr_drop < 0:
-            raise UsageError("--max-mrr-drop must be 0 or more")
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", resolve_out_dir(self.out_dir))  # None: from the environment, once
 
     @property
     def analytics_db(self) -> Path:
@@ -174,7 +165,7 @@ def evaluate_version(
 ) -> dict[str, Any]:
     """Run the evaluation; write `pool.parquet`, `metrics.json`, the gate record and `latest`, then refresh the
     coverage views. Returns the gate record (paths, gate, headline summary) with the metrics under "metrics"."""
-    settings.check()
+    check_bounds(settings)
     version = resolve_version(root, version)
     vdir = root.version_dir(version)
     catalog_path = vdir / CATALOG_FILE
@@ -197,7 +188,7 @@ def evaluate_version(
 
     unavailable = {"splade": "no SPLADE model is configured; none installs with the project"}
     scorer = None
-    if settings.xtr:
+    if settings.xtr_oracle:
         if embedder is None or not hasattr(embedder, "token_vectors"):
             unavailable["xtr"] = "the version's embedder gives no token vectors"
         else:
@@ -244,7 +235,7 @@ def evaluate_version(
             "ntotal": index.ntotal,
             "seed": settings.seed,
             "samples": settings.samples,
-            "xtr_oracle": settings.xtr,
+            "xtr_oracle": settings.xtr_oracle,
             "recall_floor": settings.recall_floor,
             "max_mrr_drop": settings.max_mrr_drop,
         },

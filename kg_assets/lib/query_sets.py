@@ -15,6 +15,9 @@ from kg_assets.lib import catalog
 from kg_assets.lib.errors import NotFoundError, UsageError
 
 MIN_SENTENCE_WORDS = 4
+# The query options `tune` and `eval` share (one reader, one flag).
+QUERIES_HELP = "Query file: JSONL ({qid, text, positives} or the benchmark format), or plain text, one per line."
+GENERATED_HELP = "Add queries generated from documented definitions (a docstring's first sentence)."
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,8 @@ def self_sample(ids: np.ndarray, samples: int, seed: int) -> np.ndarray:
 
 
 def read_labelled_queries(path: Path, catalog_path: Path) -> list[TextQuery]:
-    """Queries from a JSONL file, one object per line, in either of two shapes:
+    """Queries from a file, the one format of `tune --queries` and `eval --queries`: JSONL, one object per line,
+    in either of two shapes, or plain text (a line not starting with `{`: an unlabelled query with id `q<line>`):
 
     - `{"qid", "text", "positives"}`: a positive is a chunk id (integer) or `path:line` (the chunk of that
       repo-relative file covering the 1-based line);
@@ -84,6 +88,9 @@ def read_labelled_queries(path: Path, catalog_path: Path) -> list[TextQuery]:
     parsed: list[tuple[int, str, str, list, bool, str]] = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
+            continue
+        if not line.lstrip().startswith("{"):
+            parsed.append((lineno, f"q{lineno}", line.strip(), [], False, ""))
             continue
         try:
             obj = json.loads(line)

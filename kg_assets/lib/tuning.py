@@ -27,9 +27,28 @@ from kg_assets.lib.errors import NotFoundError, UsageError, ValidationError
 from kg_assets.lib.fsutil import atomic_write_json
 from kg_assets.lib.progress import Progress
 
-# Runtime knobs a profile may set, with the type each must have.
-KNOBS: dict[str, type] = {"nprobe": int, "efSearch": int, "quantizer_efSearch": int, "k_factor": float}
-FAISS_KNOBS = ("nprobe", "efSearch", "quantizer_efSearch")
+
+@dataclass(frozen=True)
+class Knob:
+    """A runtime knob a profile may set (each is a whole number or a factor, at least 1)."""
+
+    name: str  # in tuning.json and, unless it is k_factor, in FAISS's ParameterSpace string
+    kind: type[int] | type[float]
+    flag: str  # the CLI override
+    help: str
+
+
+# The one table of runtime knobs: profiles, overrides, the CLI's override options and the Dagster config use it.
+KNOBS: dict[str, Knob] = {
+    knob.name: knob
+    for knob in (
+        Knob("nprobe", int, "--nprobe", "IVF lists probed."),
+        Knob("efSearch", int, "--ef-search", "HNSW efSearch."),
+        Knob("quantizer_efSearch", int, "--quantizer-ef-search", "efSearch of an HNSW coarse quantizer (IVF_HNSW)."),
+        Knob("k_factor", float, "--k-factor", "Exact re-rank of ceil(k * k_factor) candidates (approximate indexes)."),
+    )
+}
+FAISS_KNOBS = tuple(name for name in KNOBS if name != "k_factor")  # set through faiss.ParameterSpace
 TUNING_FILE = "tuning.json"
 AUDIT_FILE = "faiss.index.audit.json"
 K_FACTORS = (1, 2, 4, 8, 16, 32)
@@ -52,7 +71,7 @@ def load_profile(path: Path) -> dict[str, Any]:
     if not isinstance(overrides, dict):
         raise ValidationError(f"{path}: overrides must be a JSON object")
     for section in (profile, overrides):
-        for knob, kind in KNOBS.items():
+        for knob, kind in ((k.name, k.kind) for k in KNOBS.values()):
             value = section.get(knob)
             if value is None:
                 continue

@@ -13,14 +13,29 @@ import numpy as np
 from kg_assets.lib import catalog, faiss_index, query_sets, tuning
 from kg_assets.lib.channels import Corpus
 from kg_assets.lib.embedding import version_embedder
-from kg_assets.lib.errors import NotFoundError, UsageError
+from kg_assets.lib.errors import UsageError
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
 from kg_assets.lib.progress import Progress
 from kg_assets.lib.search import resolve_version, version_vectors
+from kg_assets.lib.settings import check_bounds, setting
 
 QUICK_SAMPLES = 200
 FULL_SAMPLES = 1000
 MAX_DOC_QUERIES = 200
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """A sweep: the single definition of `indexctl tune`'s sweep options and the tuning asset's config (both
+    derived from these fields; the asset adds the override knobs of `tuning.KNOBS`)."""
+
+    mode: str = setting("quick", "quick (bisection), full (the whole grid, frontier re-timed) or overrides.")
+    samples: int | None = setting(None, f"Self-queries ({QUICK_SAMPLES} quick, {FULL_SAMPLES} full).", minimum=1)
+    target_recall: float = setting(0.95, "Recall@k the chosen point must reach.", minimum=0, maximum=1)
+    k: int = setting(10, "Recall@k.", minimum=1, flags=("-k", "--k"))
+    seed: int = setting(0, "Seed of the self-query sample and of the generated queries kept.")
+    queries_file: Path | None = setting(None, query_sets.QUERIES_HELP, flags=("--queries",))
+    generated_queries: bool = setting(True, query_sets.GENERATED_HELP)
 
 
 @dataclass(frozen=True)
@@ -37,9 +52,7 @@ def query_set(
     parts, counts = [vectors[rows]], {"self": len(rows)}
     text_queries: dict[str, list[str]] = {}
     if queries_file is not None:
-        if not queries_file.is_file():
-            raise NotFoundError(f"queries file not found: {queries_file}")
-        text_queries["file"] = [q.strip() for q in queries_file.read_text(encoding="utf-8").splitlines() if q.strip()]
+        text_queries["file"] = [q.text for q in query_sets.read_labelled_queries(queries_file, vdir / CATALOG_FILE)]
     if texts:
         generated = query_sets.docstring_queries(vdir / CATALOG_FILE, MAX_DOC_QUERIES, seed)
         text_queries["docstrings"] = [q.text for q in generated]
@@ -59,27 +72,25 @@ def query_set(
 def tune_version(
     root: LifecycleRoot,
     version: str | None,
+    settings: TuneSettings = TuneSettings(),
     *,
-    full: bool = False,
-    samples: int | None = None,
-    target: float = 0.95,
-    k: int = 10,
-    seed: int = 0,
-    queries_file: Path | None = None,
-    text_queries: bool = True,
     run_id: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Sweep the version's runtime knobs against exact ground truth and write its `tuning.json`."""
-    if not 0 < target <= 1:
+    check_bounds(settings)
+    if settings.mode not in ("quick", "full"):
+        raise UsageError(f"a sweep's mode is quick or full, not {settings.mode!r}")
+    if settings.target_recall <= 0:
         raise UsageError("--target-recall must be in (0, 1]")
+    full, target, seed = settings.mode == "full", settings.target_recall, settings.seed
     version = resolve_version(root, version)
     vdir = root.version_dir(version)
     index = faiss_index.read_index(vdir / FAISS_FILE)
     ids, vectors = version_vectors(root, version)
-    samples = samples or (FULL_SAMPLES if full else QUICK_SAMPLES)
-    queries = query_set(vdir, ids, vectors, samples, seed, queries_file, text_queries)
-    k = min(k, len(ids))
+    samples = settings.samples or (FULL_SAMPLES if full else QUICK_SAMPLES)
+    queries = query_set(vdir, ids, vectors, samples, seed, settings.queries_file, settings.generated_queries)
+    k = min(settings.k, len(ids))
     cache = tuning.ground_truth_cache(root.root / ".cache" / "tuning", version, queries.vectors, k)
     _, truth = tuning.cached_exact_topk(cache, queries.vectors, vectors, ids, k)
     corpus = Corpus(ids, vectors)
@@ -118,11 +129,9 @@ def set_overrides(
     """Persist manual knob values in the profile's `overrides` (validated against the index); they win on load."""
     version = resolve_version(root, version)
     vdir = root.version_dir(version)
-    if overrides.get("k_factor") is not None and overrides["k_factor"] < 1:
-        raise UsageError("--k-factor must be at least 1")
-    for name in ("nprobe", "efSearch", "quantizer_efSearch"):
-        if overrides.get(name) is not None and overrides[name] < 1:
-            raise UsageError(f"{name} must be at least 1")
+    for name, value in overrides.items():
+        if name in tuning.KNOBS and value < 1:
+            raise UsageError(f"{tuning.KNOBS[name].flag} must be at least 1, got {value}")
     index = faiss_index.read_index(vdir / FAISS_FILE)
     tuning.set_knobs(index, overrides)  # UsageError for a knob this index lacks
     profile = tuning.load_profile(vdir / tuning.TUNING_FILE) if (vdir / tuning.TUNING_FILE).exists() else {}

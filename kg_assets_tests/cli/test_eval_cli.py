@@ -92,3 +92,21 @@ def test_eval_errors(two_versions: tuple, args: list[str], code: int, message: s
     done = indexctl(env, *args, cwd=workdir)
     assert done.returncode == code, done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_tune_and_eval_share_one_query_file_format_one_flag_and_verbose(two_versions: tuple, tmp_path: Path) -> None:
+    env, _, workdir = two_versions
+    queries = tmp_path / "queries.txt"  # a plain text line and a JSONL line, in one file both verbs read
+    queries.write_text('split text into words\n{"qid": "j1", "text": "parse a json config file", "positives": []}\n')
+    common = ["--version", "v2", "--queries", str(queries), "--json"]
+    done = indexctl(env, "-v", "tune", *common, "--no-generated-queries", "--samples", "20", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["queries"] == {"self": 20, "file": 2, "seed": 0}
+    assert "dagster - INFO - tune - " in done.stderr  # -v shows Dagster's run log, as every verb running a job does
+    done = indexctl(env, "tune", *common, "--no-docstring-queries", "--samples", "20", cwd=workdir)  # old spelling
+    assert done.returncode == 0 and "dagster - INFO" not in done.stderr, done.stderr
+    assert "--no-docstring-queries" not in indexctl(env, "tune", "--help").stdout
+    out = ["--out-dir", str(tmp_path / "eval")]
+    done = indexctl(env, "-v", "eval", *common, *out, "--no-generated-queries", "--samples", "0", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["query_sets"]["file"]["queries"] == 2 and "dagster - INFO - eval - " in done.stderr

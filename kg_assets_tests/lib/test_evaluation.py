@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from kg_assets.lib import catalog, channels, evaluation, faiss_index, retrieval_metrics, tuning
+from kg_assets.lib import catalog, channels, evaluation, faiss_index, query_sets, retrieval_metrics, tuning
 from kg_assets.lib.errors import ConflictError, UsageError
 from kg_assets.lib.evaluation import EvalSettings, evaluate_version
 from kg_assets.lib.lexical import LexicalIndex
@@ -80,7 +80,7 @@ def labelled_file(path: Path, root: LifecycleRoot) -> Path:
 def test_every_channel_returns_real_hits_in_one_pool(built: tuple, tmp_path: Path) -> None:
     root, _ = built
     queries = labelled_file(tmp_path / "q.jsonl", root)
-    record = evaluate_version(root, None, settings(tmp_path, xtr=True, queries_file=queries), run_id="r1")
+    record = evaluate_version(root, None, settings(tmp_path, xtr_oracle=True, queries_file=queries), run_id="r1")
     pool = pq.read_table(record["pool_path"])
     assert pool.schema.names == evaluation.POOL_SCHEMA.names
     rows = pool.to_pylist()
@@ -103,7 +103,7 @@ def test_every_channel_returns_real_hits_in_one_pool(built: tuple, tmp_path: Pat
 
 def test_labelled_queries_give_mrr_for_every_channel_and_hybrid_beside_them(built: tuple, tmp_path: Path) -> None:
     root, _ = built
-    record = evaluate_version(root, "v1", settings(tmp_path, xtr=True), run_id="r1")
+    record = evaluate_version(root, "v1", settings(tmp_path, xtr_oracle=True), run_id="r1")
     channels = record["metrics"]["channels"]
     assert set(channels) == {"faiss", "flat", "bm25", "xtr", "hybrid"}
     for figures in channels.values():
@@ -210,10 +210,21 @@ def test_k_beyond_the_corpus_is_cut_and_noted(built: tuple, tmp_path: Path) -> N
     assert record["metrics"]["ann"]["recall_at_k"] == 1.0  # every chunk is in everyone's top k
 
 
+def test_plain_text_lines_are_unlabelled_queries_beside_jsonl(built: tuple, tmp_path: Path) -> None:
+    root, _ = built
+    path = tmp_path / "q.txt"
+    path.write_text('  split text into words \n\n{"qid": "a", "text": "parse json"}\n')
+    found = query_sets.read_labelled_queries(path, root.version_dir("v1") / "catalog.duckdb")
+    assert [(q.qid, q.text, q.positives) for q in found] == [
+        ("q1", "split text into words", frozenset()),
+        ("a", "parse json", frozenset()),
+    ]
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("not json\n", "q.jsonl:1: not JSON"),
+        ("{not json\n", "q.jsonl:1: not JSON"),
         ('{"qid": "a"}\n', "q.jsonl:1: expected an object with a non-empty string 'text'"),
         ('{"text": "x", "positives": ["nowhere.py:3"]}\n', "q.jsonl:1: nowhere.py:3 matches no chunk"),
         ('{"text": "x", "positives": [12345]}\n', "chunk id 12345 is not in this version"),

@@ -12,6 +12,7 @@ import pytest
 from kg_assets.lib import catalog, channels, faiss_index, tuning, tuning_run
 from kg_assets.lib.errors import UsageError
 from kg_assets.lib.lifecycle import LifecycleRoot
+from kg_assets.lib.tuning_run import TuneSettings
 from kg_assets_tests.conftest import stage_sample
 from kg_assets_tests.sample_artifacts import write_sample
 
@@ -50,7 +51,9 @@ def _independent_recall(root: LifecycleRoot, version: str, k: int, seed: int) ->
 @pytest.mark.parametrize("full", [False, True])
 def test_chosen_point_meets_the_target_when_remeasured(tuned_root: LifecycleRoot, version: str, full: bool) -> None:
     samples = 400 if full else 200
-    profile = tuning_run.tune_version(tuned_root, version, full=full, samples=samples, target=0.95, text_queries=False)
+    profile = tuning_run.tune_version(
+        tuned_root, version, TuneSettings("full" if full else "quick", samples, generated_queries=False)
+    )
     assert profile["met_target"], profile
     knobs = set(tuning.index_knobs(faiss_index.read_index(tuned_root.version_dir(version) / "faiss.index")))
     assert set(tuning.active_params(profile)) <= knobs  # knobs the index lacks are never set
@@ -59,14 +62,14 @@ def test_chosen_point_meets_the_target_when_remeasured(tuned_root: LifecycleRoot
 
 
 def test_the_tuned_point_is_cheaper_than_the_largest(tuned_root: LifecycleRoot) -> None:
-    profile = tuning_run.tune_version(tuned_root, "ivf", target=0.9, text_queries=False)
+    profile = tuning_run.tune_version(tuned_root, "ivf", TuneSettings(target_recall=0.9, generated_queries=False))
     assert profile["nprobe"] < 64
     # IVF64,Flat over 20,000 x 32 floats: a query reads its nprobe lists of 128-byte codes.
     assert profile["bytes_per_query"] == int(profile["nprobe"] / 64 * 20_000 * 128)
 
 
 def test_a_lossy_index_without_a_re_rank_stage_reaches_the_target_only_by_k_factor(tuned_root: LifecycleRoot) -> None:
-    profile = tuning_run.tune_version(tuned_root, "pq", target=0.95, text_queries=False)
+    profile = tuning_run.tune_version(tuned_root, "pq", TuneSettings(generated_queries=False))
     assert profile["met_target"] and profile["k_factor"] > 1, profile
     # Every measured point without a re-rank stays below the target: PQ codes alone cannot rank the top 10.
     assert all(p["recall"] < 0.95 for p in profile["frontier"] if p["params"].get("k_factor", 1) == 1)
@@ -74,7 +77,7 @@ def test_a_lossy_index_without_a_re_rank_stage_reaches_the_target_only_by_k_fact
 
 
 def test_quantizer_efsearch_is_swept_with_nprobe(tuned_root: LifecycleRoot) -> None:
-    profile = tuning_run.tune_version(tuned_root, "ivfhnsw", full=True, samples=200, text_queries=False)
+    profile = tuning_run.tune_version(tuned_root, "ivfhnsw", TuneSettings("full", 200, generated_queries=False))
     assert set(tuning.index_knobs(faiss_index.read_index(tuned_root.version_dir("ivfhnsw") / "faiss.index"))) == {
         "nprobe",
         "quantizer_efSearch",
@@ -132,7 +135,7 @@ def test_ground_truth_is_cached(tuned_root: LifecycleRoot, tmp_path: Path) -> No
 
 
 def test_overrides_persist_win_on_load_and_are_validated(tuned_root: LifecycleRoot) -> None:
-    tuning_run.tune_version(tuned_root, "ivfpq", text_queries=False)
+    tuning_run.tune_version(tuned_root, "ivfpq", TuneSettings(generated_queries=False))
     tuning_run.set_overrides(tuned_root, "ivfpq", {"nprobe": 3, "k_factor": 1.5})
     for _ in range(2):  # survives repeated loads
         report = tuning_run.active_profile(tuned_root, "ivfpq")

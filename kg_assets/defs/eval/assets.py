@@ -6,14 +6,15 @@ passes or `--force` is given.
 """
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 
 from kg_assets.defs.build.assets import catalog, faiss_index, index_versions
+from kg_assets.defs.config import config_class
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.defs.tuning.assets import tuning_profile
 from kg_assets.lib import evaluation, progress
+from kg_assets.lib.settings import from_values
 
 EVAL_GROUP = "eval"
 eval_pool = dg.AssetSpec(
@@ -36,38 +37,7 @@ ANN_RECALL_CHECK = "ann_recall_floor"
 MRR_CHECK = "mrr_no_regression"
 
 
-class EvalConfig(dg.Config):
-    """`indexctl eval` flags. `out_dir` empty: $KG_EVAL_DIR, $EVAL_OUTPUT_DIR or ./artifacts/eval; `duckdb` empty:
-    `<out_dir>/analytics.duckdb`; `nprobe`, `k_factor` 0: what the version serves with (its profile)."""
-
-    k: int = 10
-    k_factor: float = 0.0
-    nprobe: int = 0
-    xtr_oracle: bool = False
-    samples: int = 200
-    seed: int = 0
-    queries_file: str = ""
-    generated_queries: bool = True
-    out_dir: str = ""
-    duckdb: str = ""
-    recall_floor: float = 0.9
-    max_mrr_drop: float = 0.02
-
-    def settings(self) -> evaluation.EvalSettings:
-        return evaluation.EvalSettings(
-            k=self.k,
-            k_factor=self.k_factor or None,
-            nprobe=self.nprobe or None,
-            xtr=self.xtr_oracle,
-            samples=self.samples,
-            seed=self.seed,
-            queries_file=Path(self.queries_file) if self.queries_file else None,
-            generated_queries=self.generated_queries,
-            out_dir=evaluation.resolve_out_dir(self.out_dir or None),
-            duckdb=Path(self.duckdb) if self.duckdb else None,
-            recall_floor=self.recall_floor,
-            max_mrr_drop=self.max_mrr_drop,
-        )
+EvalConfig = config_class(evaluation.EvalSettings, "EvalConfig")
 
 
 def channel_table(metrics: dict) -> str:
@@ -95,7 +65,7 @@ def evaluation_assets(context: dg.AssetExecutionContext, config: EvalConfig, lif
     record = evaluation.evaluate_version(
         lifecycle.get_root(),
         context.partition_key,
-        config.settings(),
+        from_values(evaluation.EvalSettings, config.model_dump()),
         run_id=_run_name(context),
         log=context.log.info,
         progress=lambda label: progress.log_progress(context.log.info, label),

@@ -5,26 +5,16 @@ import time
 import dagster as dg
 
 from kg_assets.defs.build.assets import catalog, faiss_index, index_versions
+from kg_assets.defs.config import config_class
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.lib import progress, tuning, tuning_run
 from kg_assets.lib.errors import UsageError
+from kg_assets.lib.settings import from_values
 
-
-class TuneConfig(dg.Config):
-    """`quick` or `full` sweep, or `overrides` (the knob fields below; setting any of them means overrides).
-    Samples 0: 200 queries quick, 1000 full."""
-
-    mode: str = "quick"
-    samples: int = 0
-    target_recall: float = 0.95
-    k: int = 10
-    seed: int = 0
-    queries_file: str = ""
-    docstring_queries: bool = True
-    nprobe: int | None = None
-    efSearch: int | None = None
-    quantizer_efSearch: int | None = None
-    k_factor: float | None = None
+# The sweep's settings, plus one override field per runtime knob (setting any of them means overrides).
+TuneConfig = config_class(
+    tuning_run.TuneSettings, "TuneConfig", {k.name: (k.kind, f"Override: {k.help}") for k in tuning.KNOBS.values()}
+)
 
 
 def plot_markdown(frontier: list[dict], chosen: dict) -> str:
@@ -58,21 +48,12 @@ def tuning_profile(
     context: dg.AssetExecutionContext, config: TuneConfig, lifecycle: LifecycleResource
 ) -> dg.MaterializeResult:
     root = lifecycle.get_root()
-    overrides = {
-        k: v
-        for k, v in {
-            "nprobe": config.nprobe,
-            "efSearch": config.efSearch,
-            "quantizer_efSearch": config.quantizer_efSearch,
-            "k_factor": config.k_factor,
-        }.items()
-        if v is not None
-    }
+    overrides = {name: getattr(config, name) for name in tuning.KNOBS if getattr(config, name) is not None}
     if config.mode == "overrides" or overrides:
         if config.mode == "full":
             raise UsageError("a sweep and manual overrides cannot be combined; run them separately")
         if not overrides:
-            raise UsageError("mode overrides needs at least one of nprobe, efSearch, quantizer_efSearch, k_factor")
+            raise UsageError(f"mode overrides needs at least one of {', '.join(tuning.KNOBS)}")
         profile = tuning_run.set_overrides(root, context.partition_key, overrides, run_id=context.run_id)
         return dg.MaterializeResult(
             metadata={
@@ -83,19 +64,11 @@ def tuning_profile(
                 "ntotal": profile["ntotal"],
             }
         )
-    if config.mode not in ("quick", "full"):
-        raise UsageError(f"mode must be quick, full or overrides, not {config.mode!r}")
     started = time.perf_counter()
     profile = tuning_run.tune_version(
         root,
         context.partition_key,
-        full=config.mode == "full",
-        samples=config.samples or None,
-        target=config.target_recall,
-        k=config.k,
-        seed=config.seed,
-        queries_file=config.queries_file or None,
-        text_queries=config.docstring_queries,
+        from_values(tuning_run.TuneSettings, config.model_dump()),
         run_id=context.run_id,
         progress=progress.log_progress(context.log.info, "tuning sweep"),
     )
@@ -104,7 +77,7 @@ def tuning_profile(
             f"no point reached recall@{profile['k']} {config.target_recall}; chose the most accurate "
             f"({profile['recall_at_k']})"
         )
-    chosen = {k: profile[k] for k in ("nprobe", "efSearch", "quantizer_efSearch", "k_factor") if k in profile}
+    chosen = {k: profile[k] for k in tuning.KNOBS if k in profile}
     chosen_point = {
         "params": chosen,
         "recall": profile["recall_at_k"],
