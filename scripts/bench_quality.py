@@ -27,6 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_repos
 
+from kg_assets.lib import catalog
+from kg_assets.lib.lexical import LexicalIndex
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets.lib.query_sets import read_labelled_queries
 from kg_assets.lib.retrieval import MODES, VersionHandle
@@ -94,6 +96,9 @@ def metrics(rows: list[tuple], mode: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rebuild", action="store_true", help="Build every version again.")
+    parser.add_argument(
+        "--relex", action="store_true", help="Re-index each version's chunks lexically in memory (tokenizer changes)."
+    )
     parser.add_argument("--repos", help="Comma-separated repository names (default: all).")
     parser.add_argument("--json", dest="json_out", type=Path, help="Also write the results as JSON here.")
     args = parser.parse_args(argv)
@@ -114,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         repo = bench_repos.materialize(spec, BENCH_DIR / "src")
         build_version(spec["name"], repo, root_dir, args.rebuild)
         with VersionHandle.open(root, spec["name"]) as handle:
+            if args.relex:
+                with catalog.connect_read_only(handle.catalog_path) as con:
+                    chunks = con.sql("SELECT chunk_id, uri, language, text, symbols FROM chunks ORDER BY chunk_id")
+                    handle.lexical = LexicalIndex.from_chunks(chunks.to_arrow_table())
             result = evaluate_repo(handle, mine)
         for i, query in enumerate(result["queries"]):
             rows.append((spec, query, {mode: result["found"][mode][i] for mode in MODES}))

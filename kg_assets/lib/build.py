@@ -175,12 +175,9 @@ class LexicalStats:
 def build_lexical(staging: Path) -> LexicalStats:
     """Index the chunks' code-aware tokens (text, path, defined names) for BM25 into `lexical.npz`."""
     t0 = time.perf_counter()
-    chunks = read_chunks(staging)
-    columns = (chunks.column(c).to_pylist() for c in ("uri", "language", "text", "symbols"))
-    documents = [lexical.document_tokens(*row) for row in zip(*columns, strict=True)]
-    index = lexical.LexicalIndex.build(chunks.column("chunk_id").to_numpy(), documents)
+    index = lexical.LexicalIndex.from_chunks(read_chunks(staging))
     index.save(staging / lexical.LEXICAL_FILE)
-    return LexicalStats(len(documents), index.terms, time.perf_counter() - t0)
+    return LexicalStats(len(index.ids), index.terms, time.perf_counter() - t0)
 
 
 def build_faiss(staging: Path, factory: str = "auto", seed: int = 0) -> faiss_index.BuildStats:

@@ -1,18 +1,16 @@
-"""Vector retrieval channels of the offline eval and their fusion: each answers a batch of queries with top-k
+"""Vector retrieval channels of the offline eval and of search: each answers a batch of queries with top-k
 (scores, chunk ids), -1 ids where it found fewer than k. The lexical and late-interaction channels live in
 `lexical` and `late_interaction`."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import Protocol
 
 import faiss
 import numpy as np
 
 from kg_assets.lib import faiss_index
-
-RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.)
 
 
 class Corpus:
@@ -33,8 +31,14 @@ class Corpus:
         return np.where(rows >= 0, scores, -np.inf).astype(np.float32)
 
 
+class StoredVectors(Protocol):
+    """Where an exact re-rank reads candidates' stored vectors: the corpus in memory, or a served version's catalog."""
+
+    def exact_scores(self, queries: np.ndarray, chunk_ids: np.ndarray) -> np.ndarray: ...
+
+
 def ann_search(
-    index: faiss.Index, corpus: Corpus, queries: np.ndarray, k: int, rerank_factor: float = 1.0
+    index: faiss.Index, corpus: StoredVectors, queries: np.ndarray, k: int, rerank_factor: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """The `faiss` channel: the index as loaded (its knobs set by the caller); with `rerank_factor` > 1,
     k * rerank_factor candidates re-ranked exactly from the stored vectors, top k kept."""
@@ -64,20 +68,3 @@ def pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
         return scores[:, :k], ids[:, :k]
     extra = ((0, 0), (0, k - ids.shape[1]))
     return np.pad(scores, extra), np.pad(ids, extra, constant_values=-1)
-
-
-def fuse(channels: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reciprocal-rank fusion: each chunk scores sum(1 / (RRF_K + rank)) over the channels that found it."""
-    n = channels[0].shape[0]
-    scores = np.zeros((n, k), dtype=np.float32)
-    ids = np.full((n, k), -1, dtype=np.int64)
-    for row in range(n):
-        fused: dict[int, float] = {}
-        for found in channels:
-            for rank, chunk_id in enumerate(found[row].tolist(), start=1):
-                if chunk_id != -1:
-                    fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
-        best = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
-        for rank, (chunk_id, score) in enumerate(best):
-            ids[row, rank], scores[row, rank] = chunk_id, score
-    return scores, ids

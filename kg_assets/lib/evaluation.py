@@ -2,10 +2,12 @@
 one pool of hits, metrics against exact search and labels, and the publish gate.
 
 Channels: `faiss` (the version's ANN index with its tuning profile and the run's overrides), `flat` (exact inner
-product over the whole corpus: the oracle), `bm25` (lexical, code-aware tokens), `xtr` (token-level MaxSim
-rescoring of the faiss and bm25 candidates; XTR-style, not the XTR model) and `hybrid` (reciprocal-rank fusion of
-faiss, bm25 and xtr). Self-queries (stored vectors) measure ANN fidelity and run only the vector channels; text
-query sets run every channel. Everything is in the `chunk_id` id space.
+product over the whole corpus: the oracle), `bm25` (the version's lexical index), `xtr` (token-level MaxSim
+rescoring of the faiss and bm25 candidates; XTR-style, not the XTR model) and `hybrid` (the retrieval stack that
+`indexctl search` serves, over this run's index). Self-queries (stored vectors) measure ANN fidelity and run only
+the vector channels; text query sets run every channel. Everything is in the `chunk_id` id space. Generated
+docstring queries are text of the chunks they label, so the headline quality figures leave them out whenever a
+labelled file is given; the MRR regression gate (faiss, version against version) still uses them.
 """
 
 from __future__ import annotations
@@ -101,6 +103,9 @@ class QuerySet:
     vectors: np.ndarray
     positives: list[frozenset[int]] | None  # None: unlabelled
     text_channels: bool  # run bm25/xtr/hybrid (text queries) or only the vector channels (self-queries)
+    targets: list[tuple[frozenset[int], ...]] | None = None  # positives grouped by labelled file or span
+    categories: list[str] | None = None  # a labelled query's category ("" when the file gives none)
+    leaky: bool = False  # the queries are text of their targets (docstring sentences): kept out of quality figures
 
 
 @dataclass
@@ -283,7 +288,13 @@ def _query_sets(
     for name, queries in labelled.items():
         texts = [q.text for q in queries]
         vectors = embedder.embed(texts, progress=progress(f"embedding {name} queries"))
-        sets.append(QuerySet(name, [q.qid for q in queries], texts, vectors, [q.positives for q in queries], True))
+        positives = [q.positives for q in queries]
+        targets = [q.targets or tuple(frozenset({p}) for p in q.positives) for q in queries]
+        categories = [q.category for q in queries]
+        leaky = name == "docstrings"  # a docstring's sentence is text of the chunk it labels
+        sets.append(
+            QuerySet(name, [q.qid for q in queries], texts, vectors, positives, True, targets, categories, leaky)
+        )
     if not sets:
         raise UsageError("no queries: use --samples > 0, --queries FILE, or generated docstring queries")
     return sets
@@ -335,10 +346,13 @@ def _metrics(sets: list[QuerySet], results: dict[str, dict[str, Hits]], corpus: 
     fidelity = []
     per_set: dict[str, Any] = {}
     found: dict[str, list[np.ndarray]] = {}
-    labels: list[frozenset[int]] = []
+    positives: list[frozenset[int]] = []
+    targets: list[tuple[frozenset[int], ...]] = []
     faiss_rr: dict[str, float] = {}
     seconds: dict[str, float] = {}
     answered: dict[str, int] = {}
+    labelled_sets = [qs.name for qs in sets if qs.positives is not None]
+    quality_sets = [qs.name for qs in sets if qs.positives is not None and not qs.leaky] or labelled_sets
     for qs in sets:
         hits = results[qs.name]
         ann, flat = hits["faiss"], hits["flat"]
@@ -354,26 +368,45 @@ def _metrics(sets: list[QuerySet], results: dict[str, dict[str, Hits]], corpus: 
             seconds[channel] = seconds.get(channel, 0.0) + h.seconds
             answered[channel] = answered.get(channel, 0) + len(qs.qids)
         if qs.positives is not None:
-            entry["channels"] = {ch: ranking_metrics(h.ids, qs.positives) for ch, h in hits.items()}
-            labels += qs.positives
-            for channel, h in hits.items():
-                found.setdefault(channel, []).append(h.ids)
+            entry["leaky"] = qs.leaky
+            entry["channels"] = {ch: ranking_metrics(h.ids, qs.positives, qs.targets) for ch, h in hits.items()}
+            entry["categories"] = _by_category(qs, hits)
+            if qs.name in quality_sets:
+                for channel, h in hits.items():
+                    found.setdefault(channel, []).append(h.ids)
+                positives += qs.positives
+                targets += qs.targets
             rr = reciprocal_ranks(ann.ids, qs.positives)
             faiss_rr.update({f"{qs.name}|{q}": r4(v) for q, v, p in zip(qs.qids, rr, qs.positives, strict=True) if p})
         per_set[qs.name] = entry
-    labelled_sets = sum(1 for qs in sets if qs.positives is not None)
-    labelled_channels = {  # channels that answered every labelled set, over all labelled queries together
-        ch: ranking_metrics(np.vstack(parts), labels) for ch, parts in found.items() if len(parts) == labelled_sets
+    labelled_channels = {  # channels that answered every quality set, over all their queries together
+        ch: ranking_metrics(np.vstack(parts), positives, targets)
+        for ch, parts in found.items()
+        if len(parts) == len(quality_sets)
     }
     return {
         "k": k,
         "ann": recall_summary(*(np.concatenate(part) for part in zip(*fidelity, strict=True))),
         "channels": {ch: labelled_channels[ch] for ch in CHANNELS if labelled_channels.get(ch)},
+        "quality_sets": quality_sets,
         "labelled_queries": len(faiss_rr),
         "faiss_rr": faiss_rr,
         "latency_ms_per_query": {ch: r4(1000 * seconds[ch] / answered[ch]) for ch in CHANNELS if ch in seconds},
         "sets": per_set,
     }
+
+
+def _by_category(qs: QuerySet, hits: dict[str, Hits]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per category of the set's queries (when the file gives categories): each channel's ranking metrics."""
+    names = sorted({c for c in qs.categories or () if c})
+    out = {}
+    for name in names:
+        rows = [i for i, c in enumerate(qs.categories) if c == name]
+        out[name] = {
+            ch: ranking_metrics(h.ids[rows], [qs.positives[i] for i in rows], [qs.targets[i] for i in rows])
+            for ch, h in hits.items()
+        }
+    return out
 
 
 def _gate(
@@ -607,10 +640,3 @@ def _texts(catalog_path: Path, chunk_ids: list[int]) -> dict[int, str]:
     if missing:
         raise NotFoundError(f"chunk ids not in the catalog: {sorted(missing)[:5]}")
     return {i: embedding_text(r["uri"], r["text"]) for i, r in rows.items()}
-
-
-def _all_texts(catalog_path: Path) -> tuple[np.ndarray, list[str]]:
-    with catalog.connect_read_only(catalog_path) as con:
-        table = con.sql("SELECT chunk_id, uri, text FROM chunks ORDER BY chunk_id").to_arrow_table()
-    uris, texts = table.column("uri").to_pylist(), table.column("text").to_pylist()
-    return table.column("chunk_id").to_numpy(), [embedding_text(u, t) for u, t in zip(uris, texts, strict=True)]

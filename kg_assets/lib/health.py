@@ -8,9 +8,10 @@ Every check runs even when an earlier one failed, so one report names every prob
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -19,7 +20,8 @@ import numpy as np
 
 from kg_assets.lib import catalog, faiss_index, tuning
 from kg_assets.lib.embedding import searchable_embedder
-from kg_assets.lib.errors import KgError
+from kg_assets.lib.errors import KgError, ValidationError
+from kg_assets.lib.lexical import LEXICAL_FILE, LexicalIndex
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot, validate_artifacts
 from kg_assets.lib.search import resolve_version
 from kg_assets.lib.tuning import TUNING_FILE
@@ -55,16 +57,18 @@ class HealthReport:
 
 
 class _Version:
-    """One version's files, each read at most once and only when a check needs it."""
+    """One version's files, each read at most once and only when a check needs it; `vdir` is the staging
+    directory of a version being sealed (no manifest yet), else the complete version's directory."""
 
-    def __init__(self, root: LifecycleRoot, version: str) -> None:
+    def __init__(self, root: LifecycleRoot, version: str, vdir: Path | None = None) -> None:
         self.root = root
         self.version = version
-        self.vdir = root.version_dir(version)
+        self.sealed = vdir is None
+        self.vdir = vdir or root.version_dir(version)
 
     @cached_property
     def manifest(self) -> dict[str, Any]:
-        return self.root.read_manifest(self.version)
+        return self.root.read_manifest(self.version) if self.sealed else {}
 
     @cached_property
     def index(self) -> faiss.Index:
@@ -165,6 +169,16 @@ def _searchable(v: _Version) -> tuple[str, str]:
     return OK, f"queries are embedded with {embedder.name} (dimension {embedder.dim}, the index's)"
 
 
+def _lexical_index_fits(v: _Version) -> tuple[str, str]:
+    """The lexical index loads and indexes exactly the index's chunk ids (search's lexical channel)."""
+    if not (v.vdir / LEXICAL_FILE).is_file():
+        return SKIPPED, f"no {LEXICAL_FILE}: search uses the dense and symbol channels only"
+    lexical = LexicalIndex.load(v.vdir / LEXICAL_FILE)
+    if not np.array_equal(np.sort(lexical.ids), np.sort(v.index_ids)):
+        return FAILED, f"{LEXICAL_FILE} indexes other chunk ids than {FAISS_FILE}"
+    return OK, f"{len(lexical.ids)} chunks, {lexical.terms} terms, the index's chunk ids"
+
+
 def _pointer_consistent(v: _Version) -> tuple[str, str]:
     current = v.root.current()
     if current is None:
@@ -188,19 +202,39 @@ CHECKS: dict[str, Callable[[_Version], tuple[str, str]]] = {
     "chunk_symbols_resolve": _chunk_symbols_resolve,
     "tuning_fits_index": _tuning_fits_index,
     "searchable": _searchable,
+    "lexical_index_fits": _lexical_index_fits,
     "pointer_consistent": _pointer_consistent,
 }
+
+
+# Checks that are not about the artifacts themselves: the manifest's hashes (verified on their own at publish),
+# the root's pointer, an embedder installed on this machine.
+_NOT_ARTIFACT_CHECKS = frozenset({"files_match_manifest", "searchable", "pointer_consistent"})
 
 
 def version_health(root: LifecycleRoot, version: str | None = None) -> HealthReport:
     """Run every check on `version` (default: the current one); NotFoundError when there is no such version."""
     version = resolve_version(root, version)
-    subject = _Version(root, version)
+    checks = _run(_Version(root, version), CHECKS)
+    return HealthReport(str(root.root), version, root.current(), checks)
+
+
+def check_artifacts(root: LifecycleRoot, version: str, staging: Path | None = None) -> None:
+    """ValidationError naming every failed artifact check of `version` (or of `staging`, the directory about to
+    be sealed as it): the checks `health` runs, so stage and build seal, and publish accepts, only what health
+    passes."""
+    names = [name for name in CHECKS if name not in _NOT_ARTIFACT_CHECKS]
+    failed = [c for c in _run(_Version(root, version, staging), names) if c.status == FAILED]
+    if failed:
+        raise ValidationError("; ".join(f"{c.name} failed: {c.detail}" for c in failed))
+
+
+def _run(subject: _Version, names: Iterable[str]) -> list[HealthCheck]:
     checks = []
-    for name, check in CHECKS.items():
+    for name in names:
         try:
-            status, detail = check(subject)
+            status, detail = CHECKS[name](subject)
         except _DAMAGE as exc:
             status, detail = FAILED, (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         checks.append(HealthCheck(name, status, detail))
-    return HealthReport(str(root.root), version, root.current(), checks)
+    return checks
