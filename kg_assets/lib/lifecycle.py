@@ -389,6 +389,9 @@ class LifecycleRoot:
         for name, entry in files.items():
             entry["mutable"] = name in MUTABLE_FILES
         attrs = {**validate_artifacts(staging), **attrs}
+        from kg_assets.lib import health  # imported here: health reads versions through this module
+
+        health.check_artifacts(self, version, staging)
         created, created_ts = _now()
         manifest = {
             "format": 1,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kg_assets.lib import evaluation
+from kg_assets.lib import evaluation, health
 from kg_assets.lib.errors import ValidationError
 from kg_assets.lib.lifecycle import Flip, LifecycleRoot
 
@@ -18,9 +18,14 @@ class Published:
 
 
 def publish_gated(root: LifecycleRoot, version: str, expect_current: str | None, *, force: bool = False) -> Published:
-    """Refuse a version whose last eval fails the gate (unless `force`), then flip `CURRENT` to it as a
-    compare-and-swap: `expect_current` is the id the caller saw ("" for nothing published; None skips the check),
-    and ConflictError says another operator moved the pointer since."""
+    """Refuse a version whose artifacts fail a health check, or whose last eval fails the gate (unless `force`),
+    then flip `CURRENT` to it as a compare-and-swap: `expect_current` is the id the caller saw ("" for nothing
+    published; None skips the check), and ConflictError says another operator moved the pointer since."""
+    root.check_flip_target(version)
+    try:
+        health.check_artifacts(root, version)
+    except ValidationError as exc:
+        raise ValidationError(f"{version} is unhealthy, not publishing it: {exc}") from None
     refusal = evaluation.publish_refusal(root, version)
     if refusal and not force:
         raise ValidationError(f"{refusal}; fix it and re-run indexctl eval, or publish with --force")

@@ -227,3 +227,23 @@ def test_an_empty_repository_says_so_and_stages_nothing(cli_env: dict[str, str],
     _one_line_error(indexctl(cli_env, "build", "v1", "--repo", str(repo)), 4, f"no indexable files in {repo}")
     root = LifecycleRoot(cli_env["KG_INDEXES_DIR"])
     assert not root.staging_dir("v1").exists() and not root.list_versions()
+
+
+def test_stage_and_publish_refuse_what_health_fails(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict, tmp_path: Path
+) -> None:
+    from kg_assets.lib import catalog
+
+    sample = {kind: tmp_path / "views" / path.name for kind, path in samples["a"].items()}
+    shutil.copytree(samples["a"]["faiss"].parent, tmp_path / "views")
+    catalog.refresh_join(sample["duckdb"], samples["b"]["idmap"])  # views that map FAISS rows to other ids
+    done = indexctl(cli_env, *stage_args("v3", sample))
+    _one_line_error(done, 4, "idmap_views_resolve failed: faiss_idmap external_id values differ")
+    assert not staged.staging_dir("v3").exists() and "v3" not in staged.list_versions()
+
+    before = published_state(staged)
+    (staged.version_dir("v2") / "tuning.json").write_text(json.dumps({"factory": "HNSW32", "ntotal": 7, "nprobe": 4}))
+    done = indexctl(cli_env, "health", "--version", "v2")
+    assert done.returncode == 4 and "tuning_fits_index" in done.stdout
+    _one_line_error(indexctl(cli_env, "publish", "v2"), 4, "v2 is unhealthy, not publishing it: tuning_fits_index")
+    assert staged.current() == "v1" and published_state(staged)["history"] == before["history"]

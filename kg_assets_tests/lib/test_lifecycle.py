@@ -152,7 +152,7 @@ def test_abandoned_staging_is_reclaimed_by_the_next_stage(root: LifecycleRoot, s
         ("truncate_faiss", ValidationError, "not a readable FAISS index"),
         ("short_idmap", ValidationError, "ID map has 499 rows but the FAISS index has 500"),
         ("garbage_tuning", ValidationError, "not valid JSON"),
-        ("bad_knob", ValidationError, "nprobe must be a positive int"),
+        ("bad_knob", ValidationError, "nprobe must be a finite positive int"),
         ("not_duckdb", ValidationError, "not a readable DuckDB database"),
         ("not_scip", ValidationError, "not a SCIP index"),
         ("missing_scip", NotFoundError, "input for index.scip not found"),
