@@ -157,6 +157,8 @@ def main() -> None:
         own, tree = first["step_peaks"].get(stage, (0, 0))
         memory = f"{own / MIB:9.0f} ({tree / MIB:.0f})" if own else "        - (too short to sample)"
         print(f"  {stage:<32} {seconds:7.1f}s {n / seconds if seconds else float('inf'):11.1f} {memory}")
+    lexical_share = first["seconds"].get("lexical_index", 0.0) / first["wall"]
+    print(f"  lexical_index: {100 * lexical_share:.2f}% of the build's wall time (goal <= 5%)")
     embed, scip_meta = first["asset_meta"]["embeddings"], first["asset_meta"]["scip_index"]
     print(
         f"  embeddings {embed['seconds']:.1f}s ({embed['chunks_per_second']:.1f} chunks/s); scip_index "
