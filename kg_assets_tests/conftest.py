@@ -81,8 +81,7 @@ def built_pair(tmp_path_factory: pytest.TempPathFactory) -> LifecycleRoot:
     changed (two real builds, about 20 s; v2 reuses v1's vectors). Treat it as read-only."""
     import dagster as dg
 
-    from kg_assets_tests.defs.test_build import run_build
-    from kg_assets_tests.lib.test_scip import SCIP_PYTHON
+    from kg_assets_tests.helpers import SCIP_PYTHON, run_build
     from kg_assets_tests.sample_repo import write_repo
 
     if not SCIP_PYTHON.exists():

@@ -34,7 +34,6 @@ from bench_tuning import clustered  # scripts/ is on sys.path when run as a scri
 from kg_assets.lib import catalog, faiss_index, idmap, query_sets, scip, tuning
 from kg_assets.lib.evaluation import EvalSettings, evaluate_version
 from kg_assets.lib.lifecycle import LifecycleRoot
-from kg_assets_tests.sample_artifacts import scip_bytes
 
 
 def write_version(root: LifecycleRoot, work: Path, x: np.ndarray, ids: np.ndarray, factory: str, knobs: dict) -> None:
@@ -59,7 +58,9 @@ def write_version(root: LifecycleRoot, work: Path, x: np.ndarray, ids: np.ndarra
     paths = sorted(set(uris))
     modules = pa.table({"repo_path": paths, "module_name": paths, "language": ["python"] * len(paths)})
     scip_path = work / "index.scip"
-    scip_path.write_bytes(scip_bytes(["pkg/mod0.py"]))
+    index = scip.message_classes()["Index"]()  # a SCIP index naming its tool, with no documents: no source here
+    index.metadata.tool_info.name, index.metadata.tool_info.version = "bench-eval", "1"
+    scip_path.write_bytes(index.SerializeToString())
     scip_tables = scip.tables(scip.read_index(scip_path))
     meta = {"embedder": "synthetic", "embedder_fingerprint": "synthetic"}
     t0 = time.perf_counter()

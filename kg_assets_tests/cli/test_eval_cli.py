@@ -13,8 +13,8 @@ import pytest
 
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets_tests.cli.test_indexctl import indexctl
+from kg_assets_tests.helpers import SCIP_PYTHON
 from kg_assets_tests.lib.test_evaluation import write_eval_repo
-from kg_assets_tests.lib.test_scip import SCIP_PYTHON
 
 pytestmark = pytest.mark.skipif(not SCIP_PYTHON.exists(), reason="run scripts/setup.sh (npm ci) for scip-python")
 

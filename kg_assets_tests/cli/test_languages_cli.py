@@ -13,7 +13,7 @@ import pytest
 
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets_tests.cli.test_indexctl import indexctl
-from kg_assets_tests.lib.test_scip import SCIP_PYTHON
+from kg_assets_tests.helpers import SCIP_PYTHON
 from kg_assets_tests.lib.test_treesitter import SAMPLES, source
 
 pytestmark = pytest.mark.skipif(not SCIP_PYTHON.exists(), reason="run scripts/setup.sh (npm ci) for scip-python")

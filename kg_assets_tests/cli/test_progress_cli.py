@@ -14,7 +14,7 @@ import pytest
 
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets_tests.conftest import INDEXCTL, stage_sample
-from kg_assets_tests.lib.test_scip import SCIP_PYTHON
+from kg_assets_tests.helpers import SCIP_PYTHON
 from kg_assets_tests.sample_repo import write_repo
 
 

@@ -12,7 +12,7 @@ import pytest
 from kg_assets.cli.runs import _failure
 from kg_assets.lib.errors import ConflictError, KgError
 from kg_assets.lib.lifecycle import LifecycleRoot
-from kg_assets_tests.defs.test_build import run_build
+from kg_assets_tests.helpers import run_build
 from kg_assets_tests.sample_repo import write_repo
 
 

@@ -18,7 +18,7 @@ from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_F
 from kg_assets.lib.retrieval import VersionHandle
 from kg_assets.lib.search import search_version
 from kg_assets_tests.cli.test_indexctl import indexctl
-from kg_assets_tests.lib.test_scip import SCIP_PYTHON
+from kg_assets_tests.helpers import SCIP_PYTHON
 
 pytestmark = pytest.mark.skipif(not SCIP_PYTHON.exists(), reason="run scripts/setup.sh (npm ci) for scip-python")
 

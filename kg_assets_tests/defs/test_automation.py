@@ -23,8 +23,8 @@ from kg_assets.defs.automation.sensors import (
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets_tests.conftest import stage_sample
+from kg_assets_tests.helpers import SCIP_PYTHON
 from kg_assets_tests.lib.test_commits import commit_all
-from kg_assets_tests.lib.test_scip import SCIP_PYTHON
 from kg_assets_tests.sample_repo import write_repo
 
 FIRST = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

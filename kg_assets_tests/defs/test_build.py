@@ -9,37 +9,15 @@ import dagster as dg
 import pytest
 
 from kg_assets.cli import runs
-from kg_assets.definitions import defs
 from kg_assets.lib import build, catalog, scip
 from kg_assets.lib.errors import ValidationError
 from kg_assets.lib.lifecycle import SCIP_FILE, LifecycleRoot
 from kg_assets.lib.search import search_version
-from kg_assets_tests.lib.test_scip import SCIP_PYTHON, fake_scip_python
+from kg_assets_tests.helpers import SCIP_PYTHON, run_build
+from kg_assets_tests.lib.test_scip import fake_scip_python
 from kg_assets_tests.sample_repo import write_repo
 
 pytestmark = pytest.mark.skipif(not SCIP_PYTHON.exists(), reason="run scripts/setup.sh (npm ci) for scip-python")
-
-
-def run_build(
-    root: LifecycleRoot,
-    repo: Path,
-    version: str,
-    instance: dg.DagsterInstance,
-    assets: list[str] | None = None,
-    **settings: Any,
-) -> Any:
-    """One in-process run of the build job for `version` (only `assets` of it when given); `settings` override
-    BuildSettings (e.g. factory)."""
-    instance.add_dynamic_partitions("index_versions", [version])
-    rooted = {"config": {"root": str(root.root)}}
-    config = {"repo": str(repo), **settings}
-    return defs.resolve_job_def("build").execute_in_process(
-        partition_key=version,
-        instance=instance,
-        raise_on_error=False,
-        asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
-        run_config={"resources": {"lifecycle": rooted, "hold": rooted, "settings": {"config": config}}},
-    )
 
 
 def materializations(result: Any) -> dict[str, dict[str, Any]]:

@@ -11,7 +11,8 @@ import dagster as dg
 from kg_assets.definitions import defs
 from kg_assets.defs.lifecycle.jobs import LIFECYCLE_POOL
 from kg_assets.lib.lifecycle import LifecycleRoot
-from kg_assets_tests.defs.test_build import materializations, run_build
+from kg_assets_tests.defs.test_build import materializations
+from kg_assets_tests.helpers import run_build
 from kg_assets_tests.sample_repo import write_repo
 
 

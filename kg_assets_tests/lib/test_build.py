@@ -12,7 +12,8 @@ import pytest
 
 from kg_assets.lib import build, chunking, scip
 from kg_assets.lib.lifecycle import SCIP_FILE, LifecycleRoot
-from kg_assets_tests.lib.test_scip import SCIP_PYTHON, fake_scip_python
+from kg_assets_tests.helpers import SCIP_PYTHON
+from kg_assets_tests.lib.test_scip import fake_scip_python
 from kg_assets_tests.sample_repo import write_repo
 
 

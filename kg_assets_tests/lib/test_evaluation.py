@@ -20,8 +20,7 @@ from kg_assets.lib.errors import ConflictError, UsageError
 from kg_assets.lib.evaluation import EvalSettings, evaluate_version
 from kg_assets.lib.lexical import LexicalIndex
 from kg_assets.lib.lifecycle import CATALOG_FILE, LifecycleRoot
-from kg_assets_tests.defs.test_build import run_build
-from kg_assets_tests.lib.test_scip import SCIP_PYTHON
+from kg_assets_tests.helpers import SCIP_PYTHON, run_build
 from kg_assets_tests.sample_artifacts import clustered_vectors
 from kg_assets_tests.sample_repo import write_repo
 

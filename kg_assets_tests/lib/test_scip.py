@@ -11,10 +11,8 @@ import pytest
 
 from kg_assets.lib import scip
 from kg_assets.lib.errors import NotFoundError, ValidationError
+from kg_assets_tests.helpers import SCIP_PYTHON
 from kg_assets_tests.sample_artifacts import scip_bytes
-
-REPO = Path(__file__).resolve().parents[2]
-SCIP_PYTHON = REPO / "node_modules" / ".bin" / "scip-python"
 
 
 def fake_scip_python(directory: Path, *, fail: str = "", gate: Path | None = None) -> Path:

@@ -129,7 +129,7 @@ def test_ground_truth_is_cached(tuned_root: LifecycleRoot, tmp_path: Path) -> No
     ids, vectors = catalog.chunk_vectors(tuned_root.version_dir("ivf") / "catalog.duckdb")
     cache = tmp_path / "gt.npz"
     first = tuning.cached_exact_topk(cache, vectors[:50], vectors, ids, 5)
-    assert cache.is_file()
+    assert list(tmp_path.iterdir()) == [cache]  # written through a unique temp sibling, renamed into place
     second = tuning.cached_exact_topk(cache, vectors[:50], vectors[:10], ids[:10], 5)  # served from the cache
     assert np.array_equal(first[1], second[1])
 

@@ -24,7 +24,7 @@ import pytest
 
 from kg_assets.cli.runs import ensure_dagster_home
 from kg_assets.lib.lifecycle import ROOT_ENV_VARS, LifecycleRoot
-from kg_assets_tests.lib.test_scip import REPO, SCIP_PYTHON
+from kg_assets_tests.helpers import REPO, SCIP_PYTHON
 from kg_assets_tests.sample_repo import write_repo
 
 UI_TESTS_ENABLED = os.environ.get("CI") == "true" or os.environ.get("KG_UI_TESTS") == "1"

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from kg_assets.defs.build.assets import _staging, catalog, index_versions
+from kg_assets.defs.build.assets import catalog, index_versions, partition_staging
 from kg_assets.defs.build.resources import BuildSettings
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.lib import build
@@ -14,7 +14,7 @@ def catalog_consistent(
 ) -> dg.AssetCheckResult:
     """Dimensions (embedder, index, catalog) agree; ntotal = chunk rows = ID-map rows; the same unique ids
     everywhere; no NaN vectors; every chunk's text matches its hash."""
-    _, staging = _staging(context, lifecycle)
+    _, staging = partition_staging(context, lifecycle)
     results = build.check_staging(staging, settings.load_embedder().dim)
     return dg.AssetCheckResult(
         passed=all(r.passed for r in results),
