@@ -24,7 +24,7 @@ import numpy as np
 from kg_assets.lib import faiss_index
 from kg_assets.lib.channels import Corpus, search_with_profile
 from kg_assets.lib.errors import NotFoundError, UsageError, ValidationError
-from kg_assets.lib.fsutil import atomic_file, atomic_write_json
+from kg_assets.lib.fsutil import atomic_write_json
 from kg_assets.lib.progress import Progress
 
 
@@ -53,6 +53,8 @@ TUNING_FILE = "tuning.json"
 AUDIT_FILE = "faiss.index.audit.json"
 K_FACTORS = (1, 2, 4, 8, 16, 32)
 EF_VALUES = (16, 32, 64, 128, 256, 512)
+# Largest accepted values (nprobe: the index's nlist); beyond them a knob only overflows or stalls a search.
+KNOB_LIMITS = {"efSearch": 1 << 16, "quantizer_efSearch": 1 << 16, "k_factor": 1024.0}
 AUDIT_HISTORY = 20
 
 
@@ -79,6 +81,8 @@ def load_profile(path: Path) -> dict[str, Any]:
                 raise ValidationError(f"{path}: {knob} must be a finite positive {kind.__name__}, got {value!r}")
             if kind is int and value != int(value):
                 raise ValidationError(f"{path}: {knob} must be a whole number, got {value!r}")
+            if knob == "k_factor" and value < 1:
+                raise ValidationError(f"{path}: k_factor must be at least 1, got {value!r}")
     if "param_str" in profile and not isinstance(profile["param_str"], str):
         raise ValidationError(f"{path}: param_str must be a string")
     return profile
@@ -163,17 +167,25 @@ def set_knobs(index: faiss.Index, params: dict[str, float]) -> None:
                 else f"this index ({faiss_index.factory_string(index)}) has no {name} knob"
             )
             raise UsageError(f"{why}; it has: {', '.join(have) or 'no runtime knobs (exact search)'}")
+        limit = _ivf(index).nlist if name == "nprobe" else KNOB_LIMITS[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= limit:
+            raise UsageError(
+                f"{name}={value!r} is out of range for {faiss_index.factory_string(index)}: use 1 to {limit:g}"
+            )
         if name == "k_factor":
             for node in index_nodes(index):
                 if isinstance(node, faiss.IndexRefine):
                     node.k_factor = float(value)
         elif name == "quantizer_efSearch":
-            ivf = next(n for n in index_nodes(index) if isinstance(n, faiss.IndexIVF))
-            for node in index_nodes(ivf.quantizer):
+            for node in index_nodes(_ivf(index).quantizer):
                 if isinstance(node, faiss.IndexHNSW):
                     node.hnsw.efSearch = int(value)
         else:
             faiss.ParameterSpace().set_index_parameter(index, name, float(value))
+
+
+def _ivf(index: faiss.Index) -> faiss.IndexIVF:
+    return next(n for n in index_nodes(index) if isinstance(n, faiss.IndexIVF))
 
 
 def param_string(params: dict[str, float]) -> str:
@@ -335,15 +347,15 @@ def ground_truth_cache(cache_dir: Path, version: str, queries: np.ndarray, k: in
 def cached_exact_topk(
     cache: Path, queries: np.ndarray, corpus: np.ndarray, ids: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`exact_topk`, memoized in `cache` (a version's corpus never changes); written atomically, so concurrent
-    tunes of a version never read a half-written file or clobber each other's temp file."""
+    """`exact_topk`, memoized in `cache` (a version's corpus never changes)."""
     if cache.is_file():
         with np.load(cache) as data:
             return data["scores"], data["ids"]
     scores, found = exact_topk(queries, corpus, ids, k)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(cache) as fh:
-        np.savez(fh, scores=scores, ids=found)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, scores=scores, ids=found)
+    tmp.replace(cache)
     return scores, found
 
 

@@ -247,3 +247,18 @@ def test_stage_and_publish_refuse_what_health_fails(
     assert done.returncode == 4 and "tuning_fits_index" in done.stdout
     _one_line_error(indexctl(cli_env, "publish", "v2"), 4, "v2 is unhealthy, not publishing it: tuning_fits_index")
     assert staged.current() == "v1" and published_state(staged)["history"] == before["history"]
+
+
+def test_knob_values_are_validated_against_the_index(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict, tmp_path: Path
+) -> None:
+    before = published_state(staged)
+    done = indexctl(cli_env, "tune", "--nprobe", "3000000000")
+    _one_line_error(done, 2, "nprobe=3000000000 is out of range for IVF8,Flat: use 1 to 8")
+    assert published_state(staged) == before
+    sample = {kind: tmp_path / "knobs" / path.name for kind, path in samples["a"].items()}
+    shutil.copytree(samples["a"]["faiss"].parent, tmp_path / "knobs")
+    sample["tuning"].write_text(json.dumps({"nprobe": 3000000000}))
+    _one_line_error(indexctl(cli_env, *stage_args("v3", sample)), 4, "tuning_fits_index failed: nprobe=3000000000")
+    sample["tuning"].write_text(json.dumps({"nprobe": 4, "k_factor": 0.5}))
+    _one_line_error(indexctl(cli_env, *stage_args("v3", sample)), 4, "k_factor must be at least 1")
