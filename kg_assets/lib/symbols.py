@@ -4,7 +4,8 @@ Definitions come from the chunker (`chunks.symbols`: the names each chunk define
 `Class.method`; every language with a grammar supplies them) qualified further by the file's module (`modules`,
 else the path); references from SCIP occurrences that are not definitions. A query term matches a name when its
 dotted parts are a suffix of the name's qualified parts (`merge`, `Session.merge`, `sessions.Session.merge`),
-exactly or ignoring case; definitions rank before references.
+exactly or ignoring case, or its qualifiers appear in order among the name's (`requests.get` for
+`src.requests.api.get`); definitions rank before references.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from kg_assets.lib import catalog
 
 # Scores of one matching entry (the channel ranks by them; fusion only sees the ranks).
 EXACT_DEFINITION = 1.0
-FOLDED_DEFINITION = 0.9  # same name, other case: `blueprint` for `Blueprint`
+FOLDED_DEFINITION = 0.6  # same name, other case (`option` for `Option`): below an exact definition by a margin
+# the other channels cannot close when both exist (0.9 let click's `option` decorator outrank `class Option`)
 REFERENCE = 0.3
 QUALIFIED_BONUS = 0.1  # per dotted part matched beyond the last: `Session.merge` over a bare `merge` match
 
@@ -105,18 +107,23 @@ class SymbolTable:
         return cls(entries)
 
     def lookup(self, parts: Sequence[str]) -> list[SymbolMatch]:
-        """Entries whose qualified name ends with `parts`, each scored (definitions first, exact case first)."""
+        """Entries named `parts[-1]` whose qualifiers include `parts[:-1]` in order, scored: definitions before
+        references, exact case before other case, a qualified match (`Session.merge`) above a bare one, and a
+        contiguous one above a match that skips levels (`requests.get` for `requests.api.get`)."""
         if not parts:
             return []
         folded = [p.lower() for p in parts]
         found = []
         for entry in self._by_name.get(folded[-1], ()):
             name_parts = entry.name.split(".")
-            if len(name_parts) < len(parts) or [p.lower() for p in name_parts[-len(parts) :]] != folded:
+            positions = _in_order([p.lower() for p in name_parts[:-1]], folded[:-1])
+            if positions is None:
                 continue
-            exact = name_parts[-len(parts) :] == list(parts)
+            matched = [name_parts[i] for i in positions] + [name_parts[-1]]
+            exact = matched == list(parts)
             score = (EXACT_DEFINITION if exact else FOLDED_DEFINITION) if entry.definition else REFERENCE
-            score += QUALIFIED_BONUS * (len(parts) - 1)
+            contiguous = positions == list(range(len(name_parts) - len(parts), len(name_parts) - 1))
+            score += (QUALIFIED_BONUS if contiguous else QUALIFIED_BONUS / 2) * (len(parts) - 1)
             found.append(SymbolMatch(entry.chunk_id, entry.name, entry.definition, score))
         return found
 
@@ -137,6 +144,18 @@ class SymbolTable:
         ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[1][1], item[0]))[:k]
         scores = np.array([s for _, (s, _) in ranked], dtype=np.float32)
         return scores, np.array([chunk_id for chunk_id, _ in ranked], dtype=np.int64)
+
+
+def _in_order(qualifiers: list[str], wanted: list[str]) -> list[int] | None:
+    """Positions in `qualifiers` of each of `wanted` in order, as close to the end as possible; None if absent."""
+    positions: list[int] = []
+    end = len(qualifiers)
+    for part in reversed(wanted):
+        end = next((i for i in range(end - 1, -1, -1) if qualifiers[i] == part), -1)
+        if end < 0:
+            return None
+        positions.append(end)
+    return positions[::-1]
 
 
 def module_prefix(uri: str, modules: dict[str, str | None]) -> str:

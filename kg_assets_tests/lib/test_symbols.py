@@ -49,6 +49,9 @@ def test_qualified_names_narrow_the_match() -> None:
     assert ids.tolist()[-1] == 4
     _, ids = TABLE.search([["utils", "merge"]], 10)
     assert ids.tolist() == [3]
+    scores, ids = TABLE.search([["pkg", "merge"]], 10)  # a package qualifier that skips the module
+    assert ids.tolist()[:2] == [3, 2] and scores[0] < TABLE.search([["utils", "merge"]], 1)[0][0]
+    assert TABLE.search([["nowhere", "merge"]], 10)[1].tolist() == []
 
 
 def test_query_kind_tells_lookups_from_questions() -> None:
