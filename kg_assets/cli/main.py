@@ -399,14 +399,12 @@ def export_idmap(ctx: _Context, out: Path, duckdb_path: Path | None, index_path:
 
     The index is --index, else $FAISS_INDEX, else the current version's faiss.index.
     """
-    from kg_assets.lib.search import resolve_version
-
     if index_path is None:
         env_index = os.environ.get("FAISS_INDEX")
         if env_index:
             index_path = Path(env_index)
         else:
-            index_path = ctx.lifecycle.version_dir(resolve_version(ctx.lifecycle, None)) / FAISS_FILE
+            index_path = ctx.lifecycle.version_dir(ctx.lifecycle.resolve_version(None)) / FAISS_FILE
     if not index_path.is_file():
         raise NotFoundError(f"FAISS index not found: {index_path}")
     config = {"index": str(index_path.absolute()), "out": str(out.absolute())}
@@ -454,8 +452,6 @@ def tune(
     **values: Any,
 ) -> None:
     """Sweep the runtime knobs against exact search and write tuning.json, or persist manual overrides."""
-    from kg_assets.lib.search import resolve_version
-
     if as_json:
         progress.silence()
     knobs = {name: values.pop(name) for name in KNOBS}
@@ -470,7 +466,7 @@ def tune(
         settings = dataclasses.replace(settings, generated_queries=False)
     if settings.target_recall <= 0:
         raise UsageError("--target-recall must be in (0, 1]")
-    version = resolve_version(ctx.lifecycle, version)
+    version = ctx.lifecycle.resolve_version(version)
     target_recall, k = settings.target_recall, settings.k
     config = {**to_values(settings), **overrides}
     from kg_assets.cli.runs import run_job
@@ -525,14 +521,12 @@ def evaluate(ctx: _Context, version: str | None, no_docstring_queries: bool, as_
     Output: <out-dir>/<version>/<run>/ (and <version>/latest); views v_faiss_pool and v_pool_coverage in --duckdb
     (default <out-dir>/analytics.duckdb). The gate (ANN recall floor, MRR drop) decides whether publish accepts it.
     """
-    from kg_assets.lib.search import resolve_version
-
     if as_json:
         progress.silence()
     settings = from_values(EvalSettings, values)
     if no_docstring_queries:
         settings = dataclasses.replace(settings, generated_queries=False)
-    version = resolve_version(ctx.lifecycle, version)
+    version = ctx.lifecycle.resolve_version(version)
     config = to_values(settings)
     from kg_assets.cli.runs import run_job
 

@@ -45,7 +45,7 @@ from kg_assets.lib.retrieval_metrics import (
     recall_summary,
     reciprocal_ranks,
 )
-from kg_assets.lib.search import resolve_version, version_vectors
+from kg_assets.lib.search import version_vectors
 from kg_assets.lib.settings import check_bounds, setting
 
 POOL_FILE = "pool.parquet"
@@ -171,7 +171,7 @@ def evaluate_version(
     """Run the evaluation; write `pool.parquet`, `metrics.json`, the gate record and `latest`, then refresh the
     coverage views. Returns the gate record (paths, gate, headline summary) with the metrics under "metrics"."""
     check_bounds(settings)
-    version = resolve_version(root, version)
+    version = root.resolve_version(version)
     vdir = root.version_dir(version)
     catalog_path = vdir / CATALOG_FILE
     db = settings.analytics_db

@@ -18,11 +18,10 @@ import duckdb
 import faiss
 import numpy as np
 
-from kg_assets.lib import catalog, faiss_index, tuning
+from kg_assets.lib import catalog, faiss_index, tuning, validation
 from kg_assets.lib.embedding import searchable_embedder
 from kg_assets.lib.errors import KgError, ValidationError
-from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot, validate_artifacts
-from kg_assets.lib.search import resolve_version
+from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
 from kg_assets.lib.tuning import TUNING_FILE
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
@@ -87,7 +86,7 @@ def _files_match_manifest(v: _Version) -> tuple[str, str]:
 
 def _artifacts_agree(v: _Version) -> tuple[str, str]:
     """Dimension, ntotal, ID map and catalog agree now (validate_artifacts), and as the manifest recorded."""
-    attrs = validate_artifacts(v.vdir)
+    attrs = validation.validate_artifacts(v.vdir)
     drift = _differences(v.manifest.get("attrs", {}), attrs)
     meta_dim = catalog.read_meta(v.vdir / CATALOG_FILE).get("embedder_dim")
     if meta_dim is not None and int(meta_dim) != attrs["faiss_dim"]:
@@ -202,7 +201,7 @@ _NOT_ARTIFACT_CHECKS = frozenset({"files_match_manifest", "searchable", "pointer
 
 def version_health(root: LifecycleRoot, version: str | None = None) -> HealthReport:
     """Run every check on `version` (default: the current one); NotFoundError when there is no such version."""
-    version = resolve_version(root, version)
+    version = root.resolve_version(version)
     checks = _run(_Version(root, version), CHECKS)
     return HealthReport(str(root.root), version, root.current(), checks)
 

@@ -24,14 +24,11 @@ import shutil
 import stat
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
-
-from kg_assets.lib import catalog, faiss_index, idmap, scip, tuning
 from kg_assets.lib.errors import ConflictError, NotFoundError, UsageError, ValidationError
 from kg_assets.lib.fsutil import (
     atomic_symlink,
@@ -47,7 +44,6 @@ from kg_assets.lib.fsutil import (
     tree_size,
     try_flock,
 )
-from kg_assets.lib.tuning import AUDIT_FILE, TUNING_FILE
 
 ROOT_ENV_VARS = ("KG_INDEXES_DIR", "CODEINTEL_INDEXES_DIR")
 STAGING_SUFFIX = ".staging"
@@ -56,6 +52,8 @@ FAISS_FILE = "faiss.index"
 CATALOG_FILE = "catalog.duckdb"
 SCIP_FILE = "index.scip"
 IDMAP_FILE = "faiss_idmap.parquet"
+TUNING_FILE = "tuning.json"
+AUDIT_FILE = "faiss.index.audit.json"  # the tuning audit snapshot
 CANONICAL_FILES = (FAISS_FILE, CATALOG_FILE, SCIP_FILE, IDMAP_FILE, TUNING_FILE)
 # The only files of a version that may change after it is complete (tune rewrites them atomically).
 MUTABLE_FILES = frozenset({TUNING_FILE, AUDIT_FILE})
@@ -132,11 +130,25 @@ class GcReport:
     in_use: list[str] = field(default_factory=list)  # kept only because a reader (a server) holds their lease
 
 
+class Validation(Protocol):
+    """The checks of artifact formats the lifecycle does not read itself (FAISS, DuckDB, SCIP, the ID map, the
+    tuning profile): `kg_assets.lib.validation` unless a root is given others."""
+
+    def validate_artifacts(self, vdir: Path) -> dict[str, Any]:
+        """Summary attributes of a staged version for its manifest; ValidationError when its files disagree."""
+        ...
+
+    def check_sidecar(self, path: Path) -> None:
+        """ValidationError unless a mutable sidecar of a complete version still parses."""
+        ...
+
+
 class LifecycleRoot:
     """A lifecycle root directory. Constructing one touches nothing on disk; only mutating calls create it."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, validation: Validation | None = None) -> None:
         self.root = resolve_root(root)
+        self._given_validation = validation
         self.versions_dir = self.root / "versions"
         self.current_file = self.root / "CURRENT"
         self.current_link = self.root / "current"
@@ -290,8 +302,8 @@ class LifecycleRoot:
         for name, entry in manifest["files"].items():
             path = vdir / name
             if entry.get("mutable"):
-                if name == TUNING_FILE and path.exists():
-                    tuning.load_profile(path)
+                if path.exists():
+                    self._validation().check_sidecar(path)
                 continue
             if not path.is_file():
                 raise ValidationError(f"version {version}: {name} is missing; the version is broken")
@@ -388,7 +400,7 @@ class LifecycleRoot:
         """Validate the staged files, write the manifest, then rename the directory into place."""
         for name, entry in files.items():
             entry["mutable"] = name in MUTABLE_FILES
-        attrs = {**validate_artifacts(staging), **attrs}
+        attrs = {**self._validation().validate_artifacts(staging), **attrs}
         from kg_assets.lib import health  # imported here: health reads versions through this module
 
         health.check_artifacts(self, version, staging)
@@ -468,6 +480,23 @@ class LifecycleRoot:
     def rollback(self, version: str, *, expect_current: object = _EXPECT_ANY) -> Flip:
         """Point `CURRENT` back at an earlier complete, verified version (idempotent)."""
         return self._flip("rollback", version, expect_current)
+
+    def resolve_version(self, version: str | None) -> str:
+        """The given complete version, else the current one; NotFoundError when there is neither."""
+        if version is None:
+            version = self.current()
+            if version is None:
+                raise NotFoundError(f"nothing is published under {self.root}; publish a version or pass --version")
+        self.check_flip_target(version)
+        return version
+
+    def _validation(self) -> Validation:
+        """The artifact checks given to this root, else `kg_assets.lib.validation`, imported only when needed."""
+        if self._given_validation is not None:
+            return self._given_validation
+        from kg_assets.lib import validation
+
+        return validation
 
     def check_flip_target(self, version: str) -> None:
         """UsageError for a bad id, NotFoundError unless `version` is a complete version directory."""
@@ -766,49 +795,3 @@ def _copy_verified(src: Path, dst: Path, name: str) -> dict[str, dict[str, Any]]
     if actual != expected:
         raise ValidationError(f"copy of {src} does not match its source; was it being written? retry the stage")
     return {name: {"size": dst.stat().st_size, "sha256": actual}}
-
-
-def validate_artifacts(vdir: Path) -> dict[str, Any]:
-    """Validate the canonical files in a version directory and return summary attributes for the manifest.
-
-    FAISS loads (dimension, ntotal), DuckDB opens read-only, SCIP parses, the ID map has one row per FAISS row
-    with the same ids, the tuning profile parses, and dimensions and counts agree where both sides know them.
-    """
-    index = faiss_index.read_index(vdir / FAISS_FILE)
-    summary = faiss_index.summarize(index)
-    attrs: dict[str, Any] = {
-        "faiss_dim": summary.dim,
-        "faiss_ntotal": summary.ntotal,
-        "faiss_factory": summary.factory,
-        "faiss_metric": summary.metric,
-    }
-    cat = catalog.describe(vdir / CATALOG_FILE)
-    attrs["catalog_tables"] = list(cat.tables)
-    if cat.chunk_count is not None:
-        attrs["chunk_count"] = cat.chunk_count
-        if cat.chunk_count != summary.ntotal:
-            raise ValidationError(
-                f"catalog has {cat.chunk_count} chunks but the FAISS index has {summary.ntotal} vectors"
-            )
-    if cat.embedding_dim is not None:
-        attrs["embedder_dim"] = cat.embedding_dim
-        if cat.embedding_dim != summary.dim:
-            raise ValidationError(
-                f"catalog embeddings have dimension {cat.embedding_dim} but the FAISS index has {summary.dim}"
-            )
-    if cat.embedder:
-        attrs["embedder_name"] = cat.embedder
-    scip_summary = scip.summarize(scip.read_index(vdir / SCIP_FILE))
-    attrs.update({f"scip_{k}": v for k, v in asdict(scip_summary).items()})
-    if (vdir / IDMAP_FILE).exists():
-        table = idmap.read_idmap(vdir / IDMAP_FILE)
-        if table.num_rows != summary.ntotal:
-            raise ValidationError(f"ID map has {table.num_rows} rows but the FAISS index has {summary.ntotal} vectors")
-        order = np.argsort(table.column("faiss_row").to_numpy())
-        mapped = table.column("external_id").to_numpy()[order]
-        if not np.array_equal(mapped, faiss_index.external_ids(index)):
-            raise ValidationError("ID map external_id values differ from the FAISS index's ids")
-        attrs["idmap_rows"] = table.num_rows
-    if (vdir / TUNING_FILE).exists():
-        tuning.load_profile(vdir / TUNING_FILE)
-    return attrs

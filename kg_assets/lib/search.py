@@ -8,21 +8,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kg_assets.lib import catalog
-from kg_assets.lib.errors import NotFoundError
 from kg_assets.lib.lifecycle import CATALOG_FILE, LifecycleRoot
 
 if TYPE_CHECKING:
     from kg_assets.lib.retrieval import SearchHit
-
-
-def resolve_version(root: LifecycleRoot, version: str | None) -> str:
-    """The given version, else the current one; NotFoundError when there is neither."""
-    if version is None:
-        version = root.current()
-        if version is None:
-            raise NotFoundError(f"nothing is published under {root.root}; publish a version or pass --version")
-    root.check_flip_target(version)
-    return version
 
 
 def version_vectors(root: LifecycleRoot, version: str) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +29,6 @@ def search_version(
     from kg_assets.lib.retrieval import VersionHandle, check_query
 
     check_query(text, k, mode)
-    version = resolve_version(root, version)
+    version = root.resolve_version(version)
     with VersionHandle.open(root, version) as handle:
         return version, handle.search(text, k, mode), handle.notes

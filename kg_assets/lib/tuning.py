@@ -25,6 +25,7 @@ from kg_assets.lib import faiss_index
 from kg_assets.lib.channels import Corpus, search_with_profile
 from kg_assets.lib.errors import NotFoundError, UsageError, ValidationError
 from kg_assets.lib.fsutil import atomic_write_json
+from kg_assets.lib.lifecycle import AUDIT_FILE, TUNING_FILE
 from kg_assets.lib.progress import Progress
 
 
@@ -49,8 +50,6 @@ KNOBS: dict[str, Knob] = {
     )
 }
 FAISS_KNOBS = tuple(name for name in KNOBS if name != "k_factor")  # set through faiss.ParameterSpace
-TUNING_FILE = "tuning.json"
-AUDIT_FILE = "faiss.index.audit.json"
 K_FACTORS = (1, 2, 4, 8, 16, 32)
 EF_VALUES = (16, 32, 64, 128, 256, 512)
 # Largest accepted values (nprobe: the index's nlist); beyond them a knob only overflows or stalls a search.

@@ -16,7 +16,7 @@ from kg_assets.lib.embedding import version_embedder
 from kg_assets.lib.errors import UsageError
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
 from kg_assets.lib.progress import Progress
-from kg_assets.lib.search import resolve_version, version_vectors
+from kg_assets.lib.search import version_vectors
 from kg_assets.lib.settings import check_bounds, setting
 
 QUICK_SAMPLES = 200
@@ -84,7 +84,7 @@ def tune_version(
     if settings.target_recall <= 0:
         raise UsageError("--target-recall must be in (0, 1]")
     full, target, seed = settings.mode == "full", settings.target_recall, settings.seed
-    version = resolve_version(root, version)
+    version = root.resolve_version(version)
     vdir = root.version_dir(version)
     index = faiss_index.read_index(vdir / FAISS_FILE)
     ids, vectors = version_vectors(root, version)
@@ -127,7 +127,7 @@ def set_overrides(
     root: LifecycleRoot, version: str | None, overrides: dict[str, float], *, run_id: str | None = None
 ) -> dict[str, Any]:
     """Persist manual knob values in the profile's `overrides` (validated against the index); they win on load."""
-    version = resolve_version(root, version)
+    version = root.resolve_version(version)
     vdir = root.version_dir(version)
     for name, value in overrides.items():
         if name in tuning.KNOBS and value < 1:
@@ -145,7 +145,7 @@ def set_overrides(
 
 def active_profile(root: LifecycleRoot, version: str | None) -> dict[str, Any]:
     """What a load of the version runs with: knob values read back from the index after applying the profile."""
-    version = resolve_version(root, version)
+    version = root.resolve_version(version)
     vdir = root.version_dir(version)
     index = faiss_index.read_index(vdir / FAISS_FILE)
     path = vdir / tuning.TUNING_FILE
