@@ -165,9 +165,10 @@ class VersionHandle:
         self._con = con
 
     @classmethod
-    def open(cls, root: LifecycleRoot, version: str, *, index: Any = None) -> VersionHandle:
+    def open(cls, root: LifecycleRoot, version: str, *, index: Any = None, quick_start: bool = False) -> VersionHandle:
         """Load a complete version; ValidationError naming what is missing or inconsistent. `index`: the version's
-        FAISS index already loaded, with its knobs set by the caller (the eval's, which may override them)."""
+        FAISS index already loaded, with its knobs set by the caller (the eval's, which may override them);
+        `quick_start`: for a process that answers one query (see `load_embedder`)."""
         vdir = root.version_dir(version)
         con = catalog.connect_read_only(vdir / CATALOG_FILE)
         try:
@@ -181,7 +182,7 @@ class VersionHandle:
             else:
                 knobs = tuning.current_knobs(index)
             meta = dict(con.execute("SELECT key, value FROM kg_meta").fetchall()) if "kg_meta" in tables else {}
-            embedder = searchable_embedder(meta, index.d, version)
+            embedder = searchable_embedder(meta, index.d, version, quick_start=quick_start)
             notes = []
             lexical = None
             if (vdir / LEXICAL_FILE).is_file():

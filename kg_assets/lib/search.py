@@ -30,5 +30,5 @@ def search_version(
 
     check_query(text, k, mode)
     version = root.resolve_version(version)
-    with VersionHandle.open(root, version) as handle:
+    with VersionHandle.open(root, version, quick_start=True) as handle:
         return version, handle.search(text, k, mode), handle.notes
