@@ -1,21 +1,14 @@
-"""Build assets, partitioned by index version; each writes its files into `versions/<v>.staging` and its
-intermediates into the version's step-output location (`BuildSettings.work_dir`).
-
-Embedding and encoding fan out inside the build run: the graph-backed `embeddings`/`faiss_index` asset plans the
-shards (a dynamic output per shard), embeds each shard in its own step, trains the one index on the collected
-shards, encodes each shard into a copy of it in its own step, and merges them. Every step holds the version's
-build lease (a file on the lifecycle root), so any executor (in-process, multiprocess, Celery, Kubernetes) runs
-them under the same lease.
-"""
+"""Build assets, partitioned by index version; each writes its files into `versions/<v>.staging`."""
 
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import dagster as dg
 
-from kg_assets.defs.build.resources import BuildSettings, hold_build_lease
+from kg_assets.defs.build.resources import BuildSettings, StagingHold
 from kg_assets.defs.lifecycle.jobs import LIFECYCLE_POOL, publish_in_run
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.lib import build, chunking, progress
@@ -23,17 +16,13 @@ from kg_assets.lib import catalog as catalog_lib
 from kg_assets.lib.errors import NotFoundError
 from kg_assets.lib.lexical import LEXICAL_FILE
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
-from kg_assets.lib.workdir import WorkPath
 
 index_versions = dg.DynamicPartitionsDefinition(name="index_versions")
 BUILD_GROUP = "build"
 CATALOG_TABLES = ("chunks", "modules", "scip_symbols", "scip_occurrences", "faiss_idmap_mat")
-OUTPUTS = "build_outputs"  # the IO manager of values passed between build steps (see BuildOutputs)
 
 
-def partition_staging(
-    context: dg.AssetExecutionContext | dg.OpExecutionContext, lifecycle: LifecycleResource
-) -> tuple[LifecycleRoot, Path]:
+def partition_staging(context: dg.AssetExecutionContext, lifecycle: LifecycleResource):
     root = lifecycle.get_root()
     staging = root.staging_dir(context.partition_key)
     if not staging.is_dir():
@@ -43,23 +32,13 @@ def partition_staging(
     return root, staging
 
 
-def build_step(
-    context: dg.AssetExecutionContext | dg.OpExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
-) -> tuple[LifecycleRoot, Path, WorkPath]:
-    """What a build step after `chunks` works on: the root, the staging directory and the step-output
-    location, with the version's build lease held by this run."""
-    root, staging = partition_staging(context, lifecycle)
-    hold_build_lease(context, root, context.partition_key)
-    return root, staging, settings.work_path(root, context.partition_key)
-
-
 def _file_meta(context: dg.AssetExecutionContext, root: LifecycleRoot, staging: Path, name: str) -> dict:
     """Size of a file the version keeps, and its path once the version is sealed (staging is renamed)."""
     final = root.version_dir(context.partition_key) / name
     return {"path": dg.MetadataValue.path(str(final)), "bytes": (staging / name).stat().st_size}
 
 
-def _intermediate_meta(path: WorkPath) -> dict:
+def _intermediate_meta(path: Path) -> dict:
     """Size of a build intermediate; it is dropped when the version is sealed, so no path is recorded."""
     return {"bytes": path.stat().st_size, "kept": "no (build intermediate, dropped at sealing)"}
 
@@ -72,20 +51,12 @@ def _intermediate_meta(path: WorkPath) -> dict:
     "tree-sitter grammar), with their definitions as symbols and stable chunk ids.",
 )
 def chunks(
-    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
+    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource, hold: StagingHold
 ) -> dg.MaterializeResult:
     root = lifecycle.get_root()
-    hold_build_lease(context, root, context.partition_key)  # the first step takes the lease; the rest keep it
     staging = root.reset_staging(context.partition_key)
-    work = settings.work_path(root, context.partition_key)
-    workdir.remove_tree(work)  # what an abandoned attempt left
     stats = build.build_chunks(
-        settings.repo_path(),
-        staging,
-        work,
-        settings.load_embedder(),
-        include=settings.include,
-        exclude=settings.exclude,
+        settings.repo_path(), staging, settings.load_embedder(), include=settings.include, exclude=settings.exclude
     )
     context.log.info(f"{stats.chunks} chunks from {stats.files} files in {stats.seconds:.1f}s")
     if stats.fallback_languages:
@@ -100,27 +71,77 @@ def chunks(
             "line_window_fallback": dg.MetadataValue.json(list(stats.fallback_languages)),
             "repo": settings.repo_path().as_posix(),
             "seconds": round(stats.seconds, 3),
-            **_intermediate_meta(work / build.CHUNKS_FILE),
+            **_intermediate_meta(staging / build.BUILD_DIR / build.CHUNKS_FILE),
         }
     )
 
 
-@dg.asset(
+embeddings = dg.AssetSpec(
+    "embeddings",
     deps=[chunks],
+    partitions_def=index_versions,
+    group_name=BUILD_GROUP,
+    kinds={"numpy"},
+    description="L2-normalized chunk vectors; chunks unchanged since the previous version reuse its vectors.",
+)
+scip_index = dg.AssetSpec(
+    "scip_index",
+    deps=[chunks],  # after `chunks`, which opens the staging directory for the run
     partitions_def=index_versions,
     group_name=BUILD_GROUP,
     kinds={"scip"},
     description="SCIP index of the repository's Python code (scip-python); reused when the sources are unchanged.",
 )
-def scip_index(
+
+
+@dg.multi_asset(
+    specs=[embeddings, scip_index],
+    partitions_def=index_versions,
+    can_subset=True,
+    description="One step, so scip-python (its own process) indexes while the chunks are embedded.",
+)
+def embeddings_and_scip_index(
     context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
-) -> dg.MaterializeResult:
-    root, staging, work = build_step(context, settings, lifecycle)
+) -> Iterator[dg.MaterializeResult]:
+    root, staging = partition_staging(context, lifecycle)
     repo = settings.repo_path()
-    with build.scip_started(root, repo, staging, work, repo.name or "repo") as finish:
-        stats = finish()
+    selected = context.selected_asset_keys
+    indexing = build.scip_started(root, repo, staging, repo.name or "repo") if scip_index.key in selected else None
+    with indexing or nullcontext() as finish_scip:
+        if embeddings.key in selected:
+            yield _embeddings_result(context, settings, root, staging)
+        if finish_scip:
+            yield _scip_index_result(finish_scip(), _file_meta(context, root, staging, SCIP_FILE))
+
+
+def _embeddings_result(
+    context: dg.AssetExecutionContext, settings: BuildSettings, root: LifecycleRoot, staging: Path
+) -> dg.MaterializeResult:
+    embedder = settings.load_embedder()
+    previous = build.previous_vectors(root, embedder.fingerprint)
+    report = progress.log_progress(context.log.info, "embedded")
+    stats = build.build_embeddings(staging, embedder, previous, progress=report)
+    rate = stats.embedded / stats.seconds if stats.seconds else 0.0
+    return dg.MaterializeResult(
+        asset_key=embeddings.key,
+        metadata={
+            "embedder": embedder.name,
+            "fingerprint": embedder.fingerprint,
+            "dimension": stats.dim,
+            "embedded": stats.embedded,
+            "reused": stats.reused,
+            "reused_from": stats.reused_from or "-",
+            "chunks_per_second": round(rate, 1),
+            "seconds": round(stats.seconds, 3),
+            **_intermediate_meta(staging / build.BUILD_DIR / build.EMBEDDINGS_FILE),
+        },
+    )
+
+
+def _scip_index_result(stats: build.ScipStats, file_meta: dict) -> dg.MaterializeResult:
     summary = stats.summary
     return dg.MaterializeResult(
+        asset_key=scip_index.key,
         metadata={
             "documents": summary.documents,
             "occurrences": summary.occurrences,
@@ -129,141 +150,10 @@ def scip_index(
             "sources_digest": stats.digest[:12],
             "reused_from": stats.reused_from or "-",
             "seconds": round(stats.seconds, 3),
-            **_file_meta(context, root, staging, SCIP_FILE),
-        }
-    )
-
-
-@dg.op(ins={"chunks": dg.In(dg.Nothing)}, out=dg.DynamicOut(int, io_manager_key=OUTPUTS))
-def plan_shards(
-    context: dg.OpExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
-) -> Iterator[dg.DynamicOutput[int]]:
-    """Cut the chunks into shards at file boundaries (`BuildSettings.shards`, 0 = by chunk count and cores)."""
-    _, _, work = build_step(context, settings, lifecycle)
-    ranges = build.plan_shards(work, settings.shards)
-    context.log.info(f"{len(ranges)} shard(s): {[end - start for start, end in ranges]} chunks")
-    for shard in range(len(ranges)):
-        yield dg.DynamicOutput(shard, mapping_key=f"s{shard}")
-
-
-@dg.op(out=dg.Out(dict, io_manager_key=OUTPUTS))
-def embed_shard(
-    context: dg.OpExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource, shard: int
-) -> dict:
-    """Embed one shard's chunks (reusing an earlier version's vectors of unchanged chunks)."""
-    root, _, work = build_step(context, settings, lifecycle)
-    embedder = settings.load_embedder()
-    report = progress.log_progress(context.log.info, f"shard {shard} embedded")
-    stats = build.embed_shard(root, work, shard, embedder, progress=report)
-    return {
-        "embedder": embedder.name,
-        "fingerprint": embedder.fingerprint,
-        "dimension": stats.dim,
-        "embedded": stats.embedded,
-        "reused": stats.reused,
-        "reused_from": stats.reused_from,
-        "seconds": stats.seconds,
-    }
-
-
-@dg.op(
-    out={
-        "embeddings": dg.Out(dict, io_manager_key=OUTPUTS),
-        "trained": dg.DynamicOut(dict, io_manager_key=OUTPUTS),
-    }
-)
-def train_shared_index(
-    context: dg.OpExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource, shards: list[dict]
-) -> Iterator[dg.Output | dg.DynamicOutput]:
-    """Record the embeddings (all shards), train the one index on the unsharded build's sample, fan out again."""
-    _, _, work = build_step(context, settings, lifecycle)
-    embedded = sum(s["embedded"] for s in shards)
-    seconds = max(s["seconds"] for s in shards)
-    yield dg.Output(
-        {"embedded": embedded},
-        "embeddings",
-        metadata={
-            "embedder": shards[0]["embedder"],
-            "fingerprint": shards[0]["fingerprint"],
-            "dimension": shards[0]["dimension"],
-            "embedded": embedded,
-            "reused": sum(s["reused"] for s in shards),
-            "reused_from": next((s["reused_from"] for s in shards if s["reused_from"]), None) or "-",
-            "shards": len(shards),
-            "chunks_per_second": round(embedded / seconds, 1) if seconds else 0.0,
-            "seconds": round(seconds, 3),
+            "waited_seconds": round(stats.waited, 3),
+            **file_meta,
         },
     )
-    stats = build.train_shared_index(work, settings.factory, settings.seed)
-    context.log.info(f"trained {stats.factory} on {stats.train_size} vectors in {stats.seconds:.1f}s")
-    trained = {"factory": stats.factory, "train_size": stats.train_size, "train_seconds": stats.seconds}
-    for shard in range(len(shards)):
-        yield dg.DynamicOutput({"shard": shard, **trained}, output_name="trained", mapping_key=f"s{shard}")
-
-
-@dg.op(out=dg.Out(dict, io_manager_key=OUTPUTS))
-def encode_shard(
-    context: dg.OpExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource, trained: dict
-) -> dict:
-    """Add one shard's vectors to a copy of the trained index."""
-    _, _, work = build_step(context, settings, lifecycle)
-    t0 = time.perf_counter()
-    rows = build.encode_shard(work, trained["shard"])
-    return {**trained, "rows": rows, "seconds": time.perf_counter() - t0}
-
-
-@dg.op(out=dg.Out(dict, io_manager_key=OUTPUTS))
-def merge_shards(
-    context: dg.AssetExecutionContext | dg.OpExecutionContext,
-    settings: BuildSettings,
-    lifecycle: LifecycleResource,
-    shards: list[dict],
-) -> dg.Output:
-    """Append the shards' indexes into the version's `faiss.index` (refused, exit 4, if trained differently)."""
-    root, staging, work = build_step(context, settings, lifecycle)
-    summary, merge_seconds = build.merge_shards(work, staging)
-    return dg.Output(
-        {"ntotal": summary.ntotal},
-        metadata={
-            "factory": summary.factory,
-            "ntotal": summary.ntotal,
-            "dimension": summary.dim,
-            "metric": summary.metric,
-            "shards": len(shards),
-            "train_size": shards[0]["train_size"],
-            "train_seconds": round(shards[0]["train_seconds"], 3),
-            "add_seconds": round(max(s["seconds"] for s in shards), 3),
-            "merge_seconds": round(merge_seconds, 3),
-            **_file_meta(context, root, staging, FAISS_FILE),
-        },
-    )
-
-
-@dg.graph_multi_asset(
-    outs={
-        "embeddings": dg.AssetOut(
-            kinds={"numpy"},
-            io_manager_key=OUTPUTS,
-            description="L2-normalized chunk vectors, embedded shard by shard; chunks unchanged since the previous "
-            "version reuse its vectors.",
-        ),
-        "faiss_index": dg.AssetOut(
-            kinds={"faiss"},
-            io_manager_key=OUTPUTS,
-            description="FAISS inner-product index over the chunk vectors, ids = chunk_id (IndexIDMap2): one "
-            "trained index, each shard encoded into a copy of it, merged in order.",
-        ),
-    },
-    ins={"chunks": dg.AssetIn(dagster_type=dg.Nothing)},
-    partitions_def=index_versions,
-    group_name=BUILD_GROUP,
-    internal_asset_deps={"embeddings": {dg.AssetKey("chunks")}, "faiss_index": {dg.AssetKey("embeddings")}},
-)
-def sharded_index(chunks):  # noqa: ANN001, ANN201 (a graph's body wires ops; its inputs are not values)
-    """Plan shards -> embed each -> train once -> encode each into a copy -> merge."""
-    embedded = plan_shards(chunks).map(embed_shard).collect()
-    embeddings, trained = train_shared_index(embedded)
-    return {"embeddings": embeddings, "faiss_index": merge_shards(trained.map(encode_shard).collect())}
 
 
 @dg.asset(
@@ -273,17 +163,41 @@ def sharded_index(chunks):  # noqa: ANN001, ANN201 (a graph's body wires ops; it
     kinds={"numpy"},
     description="BM25 index over the chunks' code-aware tokens (text, path, defined names): lexical.npz.",
 )
-def lexical_index(
-    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
-) -> dg.MaterializeResult:
-    root, staging, work = build_step(context, settings, lifecycle)
-    stats = build.build_lexical(staging, work)
+def lexical_index(context: dg.AssetExecutionContext, lifecycle: LifecycleResource) -> dg.MaterializeResult:
+    root, staging = partition_staging(context, lifecycle)
+    stats = build.build_lexical(staging)
     return dg.MaterializeResult(
         metadata={
             "chunks": stats.chunks,
             "terms": stats.terms,
             "seconds": round(stats.seconds, 3),
             **_file_meta(context, root, staging, LEXICAL_FILE),
+        }
+    )
+
+
+@dg.asset(
+    deps=[embeddings],
+    partitions_def=index_versions,
+    group_name=BUILD_GROUP,
+    kinds={"faiss"},
+    description="FAISS inner-product index over the chunk vectors, ids = chunk_id (IndexIDMap2).",
+)
+def faiss_index(
+    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
+) -> dg.MaterializeResult:
+    root, staging = partition_staging(context, lifecycle)
+    stats = build.build_faiss(staging, settings.factory, settings.seed)
+    return dg.MaterializeResult(
+        metadata={
+            "factory": stats.factory,
+            "ntotal": stats.ntotal,
+            "dimension": stats.summary.dim,
+            "metric": stats.summary.metric,
+            "train_size": stats.train_size,
+            "train_seconds": round(stats.train_seconds, 3),
+            "add_seconds": round(stats.add_seconds, 3),
+            **_file_meta(context, root, staging, FAISS_FILE),
         }
     )
 
