@@ -24,7 +24,7 @@ import numpy as np
 from kg_assets.lib import faiss_index
 from kg_assets.lib.channels import Corpus, search_with_profile
 from kg_assets.lib.errors import NotFoundError, UsageError, ValidationError
-from kg_assets.lib.fsutil import atomic_write_json
+from kg_assets.lib.fsutil import atomic_file, atomic_write_json
 from kg_assets.lib.lifecycle import AUDIT_FILE, TUNING_FILE
 from kg_assets.lib.progress import Progress
 
@@ -346,15 +346,15 @@ def ground_truth_cache(cache_dir: Path, version: str, queries: np.ndarray, k: in
 def cached_exact_topk(
     cache: Path, queries: np.ndarray, corpus: np.ndarray, ids: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`exact_topk`, memoized in `cache` (a version's corpus never changes)."""
+    """`exact_topk`, memoized in `cache` (a version's corpus never changes); written atomically, so concurrent
+    tunes of a version never read a half-written file or clobber each other's temp file."""
     if cache.is_file():
         with np.load(cache) as data:
             return data["scores"], data["ids"]
     scores, found = exact_topk(queries, corpus, ids, k)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, scores=scores, ids=found)
-    tmp.replace(cache)
+    with atomic_file(cache) as fh:
+        np.savez(fh, scores=scores, ids=found)
     return scores, found
 
 
