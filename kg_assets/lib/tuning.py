@@ -37,23 +37,22 @@ class Knob:
     kind: type[int] | type[float]
     flag: str  # the CLI override
     help: str
+    limit: float | None  # largest accepted value, beyond which a search only overflows or stalls (None: nlist)
 
 
 # The one table of runtime knobs: profiles, overrides, the CLI's override options and the Dagster config use it.
 KNOBS: dict[str, Knob] = {
     knob.name: knob
     for knob in (
-        Knob("nprobe", int, "--nprobe", "IVF lists probed."),
-        Knob("efSearch", int, "--ef-search", "HNSW efSearch."),
-        Knob("quantizer_efSearch", int, "--quantizer-ef-search", "efSearch of an HNSW coarse quantizer (IVF_HNSW)."),
-        Knob("k_factor", float, "--k-factor", "Exact re-rank of ceil(k * k_factor) candidates (approximate indexes)."),
+        Knob("nprobe", int, "--nprobe", "IVF lists probed.", None),
+        Knob("efSearch", int, "--ef-search", "HNSW efSearch.", 1 << 16),
+        Knob("quantizer_efSearch", int, "--quantizer-ef-search", "efSearch of an HNSW coarse quantizer.", 1 << 16),
+        Knob("k_factor", float, "--k-factor", "Exact re-rank of ceil(k * k_factor) candidates.", 1024.0),
     )
 }
 FAISS_KNOBS = tuple(name for name in KNOBS if name != "k_factor")  # set through faiss.ParameterSpace
 K_FACTORS = (1, 2, 4, 8, 16, 32)
 EF_VALUES = (16, 32, 64, 128, 256, 512)
-# Largest accepted values (nprobe: the index's nlist); beyond them a knob only overflows or stalls a search.
-KNOB_LIMITS = {"efSearch": 1 << 16, "quantizer_efSearch": 1 << 16, "k_factor": 1024.0}
 AUDIT_HISTORY = 20
 
 
@@ -166,7 +165,7 @@ def set_knobs(index: faiss.Index, params: dict[str, float]) -> None:
                 else f"this index ({faiss_index.factory_string(index)}) has no {name} knob"
             )
             raise UsageError(f"{why}; it has: {', '.join(have) or 'no runtime knobs (exact search)'}")
-        limit = _ivf(index).nlist if name == "nprobe" else KNOB_LIMITS[name]
+        limit = KNOBS[name].limit or _ivf(index).nlist
         if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= limit:
             raise UsageError(
                 f"{name}={value!r} is out of range for {faiss_index.factory_string(index)}: use 1 to {limit:g}"
