@@ -82,6 +82,9 @@ def test_k_factor_is_refused_where_the_index_scores_exactly(
     assert done.returncode == 2 and "Flat already scores exactly, so there is nothing to re-rank" in done.stderr
     assert not (root.version_dir("v1") / "tuning.json").exists()
     root.verify_version("v1")
+    done = indexctl(cli_env, "tune", "--quick")  # the runbook's sweep works on Flat: nothing to sweep, exact
+    assert done.returncode == 0, done.stderr
+    assert "active: none (exact search)" in indexctl(cli_env, "show-profile").stdout
 
 
 def test_show_profile_without_a_profile(tmp_path: Path, samples: dict, cli_env: dict[str, str]) -> None:
