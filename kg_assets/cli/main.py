@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,18 @@ class _Context:
 
         return run_build(self.lifecycle.root, version, repo, verbose=self.verbose, **settings)
 
-    def run(self, job: str, config: dict[str, Any]) -> Any:
-        from kg_assets.cli.runs import run_op_job
+    def run(self, job: str, config: dict[str, Any], without_instance: Callable[[], Any] | None = None) -> Any:
+        """Run `job` through Dagster; when the instance cannot record runs (a full disk), `without_instance`
+        (rollback and gc, which must work then) does the same work directly, and a note says so."""
+        from kg_assets.cli.runs import InstanceUnavailable, run_op_job
 
-        return run_op_job(self.lifecycle.root, job, config, verbose=self.verbose, wait=self.wait)
+        try:
+            return run_op_job(self.lifecycle.root, job, config, verbose=self.verbose, wait=self.wait)
+        except InstanceUnavailable as exc:
+            if without_instance is None:
+                raise
+            click.echo(f"note: {exc}; ran {job} without recording a Dagster run", err=True)
+            return without_instance()
 
 
 pass_ctx = click.make_pass_decorator(_Context)
@@ -158,7 +167,11 @@ def _flip(ctx: _Context, action: str, version: str, expect_current: str | None, 
     config: dict[str, Any] = {"version": version, "expect_current": expect_current}
     if force:
         config["force"] = True
-    result = ctx.run(action, config)
+
+    def rollback_directly() -> dict[str, Any]:
+        return asdict(ctx.lifecycle.rollback(version, expect_current=expect_current or None))
+
+    result = ctx.run(action, config, rollback_directly if action == "rollback" else None)
     before = result["from_version"] or "<none>"
     if not result["changed"]:
         click.echo(f"{version} is already current; nothing changed")
@@ -246,7 +259,11 @@ def gc(ctx: _Context, keep: int, staging_max_age: float, dry_run: bool, as_json:
         report = {"removed_versions": [], "removed_staging": [], "kept": [], "removed_derived": [], "in_use": []}
     else:
         config = {"keep": keep, "staging_max_age_hours": staging_max_age, "dry_run": dry_run}
-        report = ctx.run("gc", config)
+        report = ctx.run(
+            "gc",
+            config,
+            lambda: asdict(ctx.lifecycle.gc(keep, staging_max_age_s=staging_max_age * 3600, dry_run=dry_run)),
+        )
     if as_json:
         click.echo(json.dumps({**report, "dry_run": dry_run}, indent=2))
         return

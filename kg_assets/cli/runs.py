@@ -5,6 +5,7 @@ Dagster is imported here, lazily, so read-only verbs never pay for it.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -56,8 +57,6 @@ def run_job(
     home = ensure_dagster_home(root)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import dagster as dg
-
         from kg_assets.definitions import defs
 
         job = defs.resolve_job_def(job_name)
@@ -71,7 +70,7 @@ def run_job(
         # Two indexctl processes opening a brand-new instance at once race on creating its sqlite schema,
         # so the first open (and the reaping of dead runs) is serialized.
         with exclusive_lock(home / ".kg-instance.lock", LOCK_TIMEOUT_S, f"Dagster instance {home}"):
-            instance = dg.DagsterInstance.get()
+            instance = open_instance(home)
             reap_dead_runs(instance)
             instance.event_log_storage.get_concurrency_keys()
             if partition_key is not None:
@@ -91,6 +90,33 @@ def run_job(
         if not result.success:
             raise _failure(result)
         return result
+
+
+class InstanceUnavailable(errors.KgError):
+    """The Dagster instance cannot record a run because its disk is full; nothing was started."""
+
+
+def open_instance(home: Path) -> Any:
+    """The Dagster instance at `home` (= $DAGSTER_HOME); InstanceUnavailable when its disk is full."""
+    import dagster as dg
+
+    try:
+        return dg.DagsterInstance.get()
+    except Exception as exc:
+        if not _disk_full(exc):
+            raise
+        raise InstanceUnavailable(f"the Dagster instance at {home} cannot record runs: its disk is full") from exc
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether `exc` or its cause is ENOSPC, or sqlite's report of it."""
+    while exc is not None:
+        if getattr(exc, "errno", None) == errno.ENOSPC or any(
+            text in str(exc) for text in ("disk I/O error", "database or disk is full")
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def run_op_job(

@@ -8,6 +8,8 @@ Layout under a root::
     versions/<v>.staging/   being built or staged; never served
     versions/<v>/           complete: canonical files plus manifest.json
     .lock, .locks/<v>.lock  advisory locks (root-wide; per version while it is staged)
+    .reserve                1 MiB kept free for a flip on a full disk
+    .scratch/               private scratch directories of running builds (gc removes abandoned ones)
     .locks/<v>.read         reader leases: shared while a server reads the version, exclusive while gc removes it
 
 Every write is temp file + fsync + rename (+ directory fsync), so a crash at any instant leaves `CURRENT`
@@ -17,6 +19,7 @@ naming a complete version or nothing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -59,6 +62,7 @@ CANONICAL_FILES = (FAISS_FILE, CATALOG_FILE, SCIP_FILE, IDMAP_FILE, TUNING_FILE)
 MUTABLE_FILES = frozenset({TUNING_FILE, AUDIT_FILE})
 LOCK_TIMEOUT_S = 30.0
 MAX_VERSION_LEN = 128
+RESERVE_BYTES = 1 << 20
 SCRATCH_DIR = ".scratch"
 
 _VERSION_RE = re.compile(r"[A-Za-z0-9._-]+")
@@ -154,6 +158,7 @@ class LifecycleRoot:
         self.current_link = self.root / "current"
         self.history_file = self.root / "history.json"
         self._lock_file = self.root / ".lock"
+        self._reserve_file = self.root / ".reserve"
         self._locks_dir = self.root / ".locks"
 
     # ---- reading -------------------------------------------------------------------------------
@@ -526,14 +531,46 @@ class LifecycleRoot:
                 return Flip(action, current, version, changed=False)
             if action == "rollback":
                 self.check_rollback_target(version)
-            at, _ = _now()
-            events = [*self.history(), {"action": action, "from": current, "to": version, "at": at}]
-            # The record first, then CURRENT (the commit point): a failure in between leaves the pointer where
-            # it was and a last record that `history` ignores.
-            atomic_write_json(self.history_file, {"events": events})
-            atomic_write_text(self.current_file, version)
-            self._point_link(version)
+            try:
+                self._commit_flip(action, current, version)
+            except OSError as exc:  # a full disk: the reserve makes room for these few kilobytes, once
+                if exc.errno != errno.ENOSPC or not self._release_reserve():
+                    raise
+                self._commit_flip(action, current, version)
         return Flip(action, current, version, changed=True)
+
+    def _commit_flip(self, action: str, current: str | None, version: str) -> None:
+        """The record first, then CURRENT (the commit point), then the link: a failure before CURRENT is written
+        leaves the pointer where it was and a last record that `history` ignores (so this can be retried)."""
+        at, _ = _now()
+        events = [*self.history(), {"action": action, "from": current, "to": version, "at": at}]
+        atomic_write_json(self.history_file, {"events": events})
+        atomic_write_text(self.current_file, version)
+        self._point_link(version)
+
+    def _keep_reserve(self) -> None:
+        """Keep `.reserve`, RESERVE_BYTES of allocated disk that a flip frees when the disk is full (so a rollback
+        still has room to write CURRENT and history.json); best effort, never an error."""
+        if self._reserve_file.exists():
+            return
+        try:
+            fd = os.open(self._reserve_file, os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError:
+            return
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        except OSError:
+            self._reserve_file.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+    def _release_reserve(self) -> bool:
+        """Free the reserve (see `_keep_reserve`); False when there was none."""
+        try:
+            self._reserve_file.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def _point_link(self, version: str) -> None:
         """Point `current` at `version`; a real directory someone put in the link's place is moved to the trash."""
@@ -551,6 +588,7 @@ class LifecycleRoot:
         """The root-wide lock; on entry it also repairs a `current` link left behind by a crash (or replaced)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(self._lock_file, LOCK_TIMEOUT_S, f"lifecycle root {self.root}"):
+            self._keep_reserve()
             current = self.current()
             target = os.path.join("versions", current) if current else None
             stale = not self.current_link.is_symlink() or os.readlink(self.current_link) != target
