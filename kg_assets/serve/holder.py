@@ -4,7 +4,8 @@ A watcher thread polls `CURRENT` and the served version's `tuning.json` every `P
 verifies and loads the new version beside the old one (under the new version's reader lease), then swaps one
 reference. Requests hold the version they started on (`VersionHolder.use` counts them), and the old handle is
 closed, and its lease released, when the last of them ends. A version that fails to load is not switched to:
-the old one keeps serving and `status()` reports the failure; the load is retried every `RETRY_S` seconds.
+the old one keeps serving and `status()` reports the failure; the load is retried every `RETRY_S` seconds, or at
+once when `CURRENT` or the tuning profile changes again.
 """
 
 from __future__ import annotations
@@ -48,9 +49,14 @@ class Loaded:
 @dataclass(frozen=True)
 class LoadFailure:
     version: str
+    tuning_stamp: tuple[int, int, int] | None
     error: str
     at: str
     monotonic: float
+
+    def due(self) -> bool:
+        """True once RETRY_S seconds have passed: the same version is tried again (it may have been repaired)."""
+        return time.monotonic() - self.monotonic >= RETRY_S
 
 
 class VersionHolder:
@@ -138,7 +144,7 @@ class VersionHolder:
         try:
             target = self.root.current()
         except KgError as exc:  # a CURRENT that is not a version id: keep serving, report it
-            self._fail("CURRENT", exc)
+            self._fail("CURRENT", None, exc)
             return
         if target is None:
             return  # nothing published (or never was): keep whatever is loaded
@@ -149,12 +155,12 @@ class VersionHolder:
                 self._failure = None  # CURRENT names the served version (again)
             return
         failure = self._failure
-        if failure and failure.version == target and time.monotonic() - failure.monotonic < RETRY_S:
+        if failure and (failure.version, failure.tuning_stamp) == (target, stamp) and not failure.due():
             return
         try:
             loaded = self._load(target, stamp)
         except Exception as exc:  # any failed load leaves the old version serving
-            self._fail(target, exc)
+            self._fail(target, stamp, exc)
             return
         with self._lock:
             old, self._active, self._failure = self._active, loaded, None
@@ -181,10 +187,10 @@ class VersionHolder:
         if done:
             loaded.stack.close()
 
-    def _fail(self, version: str, exc: Exception) -> None:
+    def _fail(self, version: str, stamp: tuple[int, int, int] | None, exc: Exception) -> None:
         message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         with self._lock:
-            self._failure = LoadFailure(version, message, _now(), time.monotonic())
+            self._failure = LoadFailure(version, stamp, message, _now(), time.monotonic())
 
     def _tuning_stamp(self, version: str) -> tuple[int, int, int] | None:
         try:

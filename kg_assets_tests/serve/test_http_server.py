@@ -13,7 +13,9 @@ from typing import Any
 
 import duckdb
 
+from kg_assets.lib.fsutil import atomic_write_json
 from kg_assets.lib.lifecycle import CATALOG_FILE, LifecycleRoot
+from kg_assets.lib.tuning import TUNING_FILE
 from kg_assets_tests.conftest import INDEXCTL, published_state, stage_sample
 from kg_assets_tests.serve.conftest import Server
 
@@ -189,6 +191,34 @@ def test_a_version_that_fails_to_load_is_not_served_and_gc_skips_the_served_one(
         time.sleep(0.05)
     assert "does not match its manifest sha256" in state["load_error"]["error"]
     assert state["version"] == "v1"
+
+
+def test_a_new_tuning_profile_of_the_served_version_is_loaded_and_a_bad_one_is_not(
+    server: Server, served_root: LifecycleRoot
+) -> None:
+    profile = served_root.version_dir("v1") / TUNING_FILE
+
+    def reloaded(since: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 5
+        while (state := server.get("/health")[1])["loaded_at"] == since and "load_error" not in state:
+            assert time.monotonic() < deadline, state
+            time.sleep(0.05)
+        return state
+
+    first = server.get("/health")[1]
+    atomic_write_json(profile, {"overrides": {}})  # tune writes the profile this way: a new file renamed over it
+    state = reloaded(first["loaded_at"])
+    assert state["status"] == "ok" and state["version"] == "v1"
+    atomic_write_json(profile, {"k_factor": -2})
+    state = reloaded(state["loaded_at"])
+    assert state["status"] == "degraded" and state["load_error"]["version"] == "v1"
+    assert "k_factor must be a finite positive" in state["load_error"]["error"]
+    assert server.get("/search?q=hypotenuse")[0] == 200
+    atomic_write_json(profile, {})
+    deadline = time.monotonic() + 5
+    while (state := server.get("/health")[1])["status"] != "ok":
+        assert time.monotonic() < deadline, state
+        time.sleep(0.05)
 
 
 def test_sigkill_during_a_swap_leaves_the_root_intact_and_a_restart_serves_current(
