@@ -75,7 +75,7 @@ def run_job(
             instance.event_log_storage.get_concurrency_keys()
             if partition_key is not None:
                 instance.add_dynamic_partitions("index_versions", [partition_key])
-        pools = {node.definition.pool for node in job.nodes}
+        pools = {getattr(node.definition, "pool", None) for node in job.nodes}  # a graph node has none
         if len(pools) == 1 and None not in pools:
             wait_for_pool(instance, pools.pop(), wait)
         progress.claim_terminal()  # the step's stderr will be redirected into Dagster's compute logs
