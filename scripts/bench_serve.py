@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loaded_mib = server.rss_mib()
         served = over_http(server, args.requests, args.clients)
+        single = over_http(server, args.requests // 2, 1)  # one client: a query's latency without queueing
         swap = swap_memory(server, root)
     finally:
         server.stop()
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "version": {"chunks": manifest["attrs"].get("faiss_ntotal"), "factory": manifest["attrs"].get("faiss_factory")},
         "in_process": engine,
         "http": {"clients": args.clients, **served},
+        "http_one_client": single,
         "one_shot_cli": cli,
         "memory": {
             "nothing_loaded_mib": baseline_mib,
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "ratios": {
             "http_vs_in_process_qps": served["qps"] / engine["qps"],
-            "one_shot_vs_http_p50": cli["seconds_per_query"] * 1000 / served["p50_ms"],
+            "one_shot_vs_http_p50": cli["seconds_per_query"] * 1000 / single["p50_ms"],
             "one_shot_vs_http_per_query": cli["seconds_per_query"] * served["qps"],
         },
     }
@@ -265,14 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("engine `handle.search`, warm loop", engine["qps"], engine),
         (f"HTTP /search, {args.clients} clients", served["qps"], served),
+        ("HTTP /search, 1 client", single["qps"], single),
         ("one-shot `indexctl search`", 1 / cli["seconds_per_query"], cli),
     ]
     for name, qps, stats in rows:
         print(f"| {name} | {qps:.2f} | {stats['p50_ms']:.1f} | {stats['p99_ms']:.1f} |")
     print(f"HTTP QPS / in-process QPS: {r['http_vs_in_process_qps']:.2f} (goal >= 0.7)")
     print(
-        f"one-shot per query / HTTP: {r['one_shot_vs_http_p50']:.0f}x against the p50 latency under "
-        f"{args.clients} clients, {r['one_shot_vs_http_per_query']:.0f}x against 1/QPS (goal >= 20x)"
+        f"one-shot per query / HTTP: {r['one_shot_vs_http_p50']:.0f}x against one client's p50 latency, "
+        f"{r['one_shot_vs_http_per_query']:.0f}x against 1/QPS with {args.clients} clients (goal >= 20x)"
     )
     print(
         f"memory: {m['nothing_loaded_mib']:.0f} MiB with nothing loaded, {m['one_version_loaded_mib']:.0f} MiB with "
