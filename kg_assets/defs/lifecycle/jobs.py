@@ -128,6 +128,7 @@ def collect_garbage(context: dg.OpExecutionContext, config: GcConfig, lifecycle:
             "removed_versions": ", ".join(report.removed_versions) or "-",
             "removed_staging": ", ".join(report.removed_staging) or "-",
             "removed_derived": len(report.removed_derived),
+            "in_use": ", ".join(report.in_use) or "-",  # kept because a server holds their reader lease
             "dry_run": config.dry_run,
         }
     )
