@@ -292,6 +292,18 @@ def gc(ctx: _Context, keep: int, staging_max_age: float, dry_run: bool, as_json:
     help="Index only paths matching GLOB (repeatable); they are indexed even if vendored, minified or generated.",
 )
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching GLOB (repeatable).")
+@click.option(
+    "--shards",
+    type=click.IntRange(0, 1024),
+    default=0,
+    help="Shards that embed and encode in parallel steps (default 0: 1 below 20k chunks, else by chunks and cores).",
+)
+@click.option(
+    "--work-dir",
+    default="",
+    metavar="PATH|URL",
+    help="Where step outputs go, a path or fsspec URL all workers see (default: versions/<v>.staging/build).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_ctx
 def build(
@@ -303,6 +315,8 @@ def build(
     factory: str,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
+    shards: int,
+    work_dir: str,
     as_json: bool,
 ) -> None:
     """Build VERSION from a repository (one Dagster run of the build assets), optionally publishing it.
@@ -323,6 +337,10 @@ def build(
     dim = load_embedder(embedder).dim
     if factory != "auto":
         check_factory(factory, dim)
+    if work_dir:
+        from kg_assets.lib.workdir import location
+
+        location(work_dir)  # a protocol fsspec does not know is a usage error (exit 2) before any run
     summary = ctx.build(
         version,
         repo.absolute(),
@@ -332,6 +350,8 @@ def build(
         expect_current=seen if publish_after else None,
         include=list(include),
         exclude=list(exclude),
+        shards=shards,
+        work_dir=work_dir,
     )
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -347,7 +367,10 @@ def build(
         click.echo("  skipped: " + ", ".join(f"{k} {v['count']}" for k, v in sorted(summary["skipped"].items())))
     if summary["line_window_fallback"]:
         click.echo("  no grammar loaded (line windows): " + ", ".join(summary["line_window_fallback"]))
-    click.echo(f"  embedded {summary['embedded']}, reused {summary['reused']} from the previous version")
+    click.echo(
+        f"  embedded {summary['embedded']}, reused {summary['reused']} from the previous version "
+        f"({summary['shards']} shard{'s' if summary['shards'] != 1 else ''})"
+    )
     click.echo("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
     if publish_after:
         click.echo(f"Published {version} (was {summary['published_from']})")
@@ -590,6 +613,15 @@ def _print_eval(metrics: dict[str, Any]) -> None:
     rows += [(channel, *map(_metric, figures), latency) for channel, *figures, latency in channel_rows(metrics)]
     for line in _table(rows):
         click.echo("  " + line)
+    for name, info in metrics["sets"].items():
+        if info.get("categories"):
+            click.echo(f"NDCG@{k} of {name} queries by category:")
+            channels = list(next(iter(info["categories"].values())))
+            table: list[tuple[Any, ...]] = [("CATEGORY", *(c.upper() for c in channels))]
+            for category, figures in info["categories"].items():
+                table.append((category, *(_metric(figures.get(c, {}).get("ndcg_at_k", "-")) for c in channels)))
+            for line in _table(table):
+                click.echo("  " + line)
     for channel, reason in metrics["channels_unavailable"].items():
         click.echo(f"  {channel}: not available ({reason})")
     if metrics["delta"]:

@@ -102,6 +102,7 @@ def test_search_cli_library_and_eval_hybrid_channel_agree(h11_root: tuple, tmp_p
         env, "eval", "--queries", str(queries), "--samples", "0", "--no-generated-queries", "--out-dir", str(out)
     )
     assert done.returncode == 0, done.stderr
+    assert "of file queries by category" in done.stdout and "symbol" in done.stdout
     pool = pq.read_table(out / "h1" / "latest" / "pool.parquet").to_pylist()
     metrics = json.loads((out / "h1" / "latest" / "metrics.json").read_text())
     assert set(metrics["sets"]["file"]["categories"]) == {"semantic", "symbol"}

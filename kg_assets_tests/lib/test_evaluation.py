@@ -18,7 +18,6 @@ import pytest
 from kg_assets.lib import catalog, channels, evaluation, faiss_index, query_sets, retrieval_metrics, tuning
 from kg_assets.lib.errors import ConflictError, UsageError
 from kg_assets.lib.evaluation import EvalSettings, evaluate_version
-from kg_assets.lib.lexical import LexicalIndex
 from kg_assets.lib.lifecycle import CATALOG_FILE, LifecycleRoot
 from kg_assets_tests.helpers import SCIP_PYTHON, run_build
 from kg_assets_tests.sample_artifacts import clustered_vectors
@@ -277,22 +276,6 @@ def test_a_record_from_an_earlier_build_under_the_same_id_is_ignored(built: tupl
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "catalog_sha256": "0" * 64}))
     assert evaluation.latest_eval(root, "v1") is None and evaluation.publish_refusal(root, "v1") is None
-
-
-def test_the_bm25_index_is_cached_per_catalog(tmp_path: Path) -> None:
-    texts = ["def parse_config(path): ...", "class Circle: radius", "HTTPServer serve_forever"]
-    calls = []
-
-    def corpus() -> tuple[np.ndarray, list[str]]:
-        calls.append(1)
-        return np.array([7, 8, 9]), texts
-
-    first = LexicalIndex.load_or_build(tmp_path / "bm25", corpus)
-    again = LexicalIndex.load_or_build(tmp_path / "bm25", corpus)
-    assert len(calls) == 1
-    for index in (first, again):
-        _, found = index.search(["parse config", "http server"], 2)
-        assert found[:, 0].tolist() == [7, 9] and (found[:, 1] == -1).all()
 
 
 def test_mrr_comparison_uses_shared_queries_only() -> None:

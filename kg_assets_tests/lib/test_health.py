@@ -14,7 +14,7 @@ import pytest
 from kg_assets.lib.catalog import read_meta
 from kg_assets.lib.embedding import searchable_embedder
 from kg_assets.lib.errors import NotFoundError, ValidationError
-from kg_assets.lib.health import FAILED, OK, SKIPPED, version_health
+from kg_assets.lib.health import CHECKS, FAILED, OK, SKIPPED, version_health
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets_tests.conftest import published_state
 
@@ -43,6 +43,7 @@ def test_built_version_passes_every_check_including_the_views(built_pair: Lifecy
         "chunk_symbols_resolve": OK,
         "tuning_fits_index": OK,
         "searchable": OK,
+        "lexical_index_fits": OK,
         "pointer_consistent": SKIPPED,  # nothing published in this root
     }
     detail = {c.name: c.detail for c in report.checks}
@@ -67,7 +68,7 @@ def test_corrupted_index_fails_the_manifest_check_and_the_other_checks_still_run
     assert not report.ok
     (failure,) = report.failures()
     assert failure.name == "files_match_manifest" and "faiss.index does not match its manifest sha256" in failure.detail
-    assert len(report.checks) == 7
+    assert len(report.checks) == len(CHECKS)
 
 
 def test_corrupted_catalog_fails_every_check_that_reads_it(sample_versions: LifecycleRoot) -> None:
@@ -148,3 +149,23 @@ def test_checking_writes_nothing(sample_versions: LifecycleRoot) -> None:
 def test_unknown_version_is_not_found(sample_versions: LifecycleRoot) -> None:
     with pytest.raises(NotFoundError, match="unknown version v9"):
         version_health(sample_versions, "v9")
+
+
+def test_a_lexical_index_of_other_chunks_is_refused_at_stage_and_fails_health(
+    sample_versions: LifecycleRoot, samples: dict, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from kg_assets.lib.errors import ValidationError
+    from kg_assets.lib.lexical import LEXICAL_FILE, LexicalIndex
+
+    LexicalIndex.build(np.array([1, 2, 3]), [["alpha"], ["beta"], ["gamma"]]).save(tmp_path / LEXICAL_FILE)
+    sample = samples["a"]
+    with pytest.raises(ValidationError, match="other chunk ids"):
+        sample_versions.stage(
+            "v3", sample["faiss"], sample["duckdb"], sample["scip"], extras={LEXICAL_FILE: tmp_path / LEXICAL_FILE}
+        )
+    (sample_versions.version_dir("v1") / LEXICAL_FILE).write_bytes((tmp_path / LEXICAL_FILE).read_bytes())
+    checks = {c.name: c for c in version_health(sample_versions, "v1").checks}
+    assert checks["lexical_index_fits"].status == FAILED
+    assert "other chunk ids" in checks["lexical_index_fits"].detail
