@@ -29,7 +29,7 @@ from kg_assets.lib.errors import UsageError, ValidationError
 from kg_assets.lib.languages import is_code
 from kg_assets.lib.lexical import LEXICAL_FILE, LexicalIndex, code_tokens, path_tokens
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
-from kg_assets.lib.symbols import SymbolTable, query_terms
+from kg_assets.lib.symbols import QUALIFIED_NAME, SymbolTable, query_terms
 
 MODES = ("hybrid", "dense", "lexical", "symbol")
 MAX_K = 1000
@@ -61,7 +61,6 @@ FILE_BOOST = (
 SAME_FILE_DECAY = 0.9
 
 _TEST_PATH = re.compile(r"(^|/)(tests?|testing|spec|__tests__)/|(^|/)test_[^/]*$|_test\.\w+$|\.(test|spec)\.\w+$")
-_NAME = re.compile(r"[A-Za-z_$][\w$]*(?:(?:\.|::|#|->)[A-Za-z_$][\w$]*)*")
 _CODE_SHAPE = re.compile(r"_|[a-z][A-Z]|\.|::|#|->|\(\)")
 
 
@@ -92,9 +91,7 @@ class SearchHit:
 def query_kind(text: str) -> str:
     """`identifier` for a lookup of one to three names (`Blueprint`, `url_for`, `Session.merge`), else `natural`."""
     words = text.replace("()", "").split()
-    if not 1 <= len(words) <= 3 or not all(
-        re.fullmatch(r"[A-Za-z_$][\w$]*(?:(?:\.|::|#|->)[A-Za-z_$][\w$]*)*", w) for w in words
-    ):
+    if not 1 <= len(words) <= 3 or not all(QUALIFIED_NAME.fullmatch(w) for w in words):
         return "natural"
     return "identifier" if len(words) == 1 or any(_CODE_SHAPE.search(w) for w in words) else "natural"
 

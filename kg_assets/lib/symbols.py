@@ -28,9 +28,9 @@ REFERENCE = 0.3
 QUALIFIED_BONUS = 0.1  # per dotted part matched beyond the last: `Session.merge` over a bare `merge` match
 
 _IDENT = r"[A-Za-z_$][\w$]*"
-_TERM = re.compile(rf"{_IDENT}(?:(?:\.|::|#|->){_IDENT})*")
+QUALIFIED_NAME = re.compile(rf"{_IDENT}(?:(?:\.|::|#|->){_IDENT})*")  # `a.b`, `A::b`, `A#b`, `a->b`
 _SEPARATORS = re.compile(r"::|#|->")
-_SCIP_NAME = re.compile(r"`([^`]+)`|([A-Za-z_$][\w$]*)")
+_SCIP_NAME = re.compile(rf"`([^`]+)`|({_IDENT})")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class SymbolMatch:
 
 def query_terms(text: str) -> list[list[str]]:
     """The dotted names a text mentions, each as its parts: `Session.merge()` -> [["Session", "merge"]]."""
-    return [_SEPARATORS.sub(".", m).split(".") for m in _TERM.findall(text)]
+    return [_SEPARATORS.sub(".", m).split(".") for m in QUALIFIED_NAME.findall(text)]
 
 
 @functools.lru_cache(maxsize=1 << 16)
