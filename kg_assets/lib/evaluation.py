@@ -205,7 +205,7 @@ def evaluate_version(
         stack.rerank_factor = knobs.rerank_factor
         notes += stack.notes
         if stack.lexical is None:
-            unavailable["bm25"] = f"version {version} has no {LEXICAL_FILE} (staged without one)"
+            unavailable["bm25"] = f"version {version} has no usable {LEXICAL_FILE} (see the notes)"
 
     try:
         results: dict[str, dict[str, Hits]] = {}
