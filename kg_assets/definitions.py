@@ -5,10 +5,10 @@ import dagster as dg
 from kg_assets.defs.automation.resources import RepoWatch
 from kg_assets.defs.automation.schedules import SCHEDULES
 from kg_assets.defs.automation.sensors import SENSORS
-from kg_assets.defs.build.assets import BUILD_ASSETS
+from kg_assets.defs.build.assets import BUILD_ASSETS, OUTPUTS
 from kg_assets.defs.build.checks import catalog_consistent
 from kg_assets.defs.build.jobs import build, faiss_idmap_export, faiss_join, faiss_join_refresh
-from kg_assets.defs.build.resources import BuildSettings, StagingHold
+from kg_assets.defs.build.resources import BuildOutputs, BuildSettings
 from kg_assets.defs.eval.assets import evaluation_assets
 from kg_assets.defs.eval.jobs import eval_job
 from kg_assets.defs.lifecycle.jobs import JOBS
@@ -16,6 +16,18 @@ from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.defs.tuning.assets import tuning_profile
 from kg_assets.defs.tuning.jobs import tune
 
+
+def executor() -> dg.ExecutorDefinition:
+    """In-process unless a run asks for more: the multiprocess default spawns an interpreter per step (~2 s each
+    on these machines). `execution: {config: {multiprocess: {max_concurrent: N}}}` runs shards in parallel
+    processes; $KG_EXECUTOR=celery makes every run's steps Celery tasks (see README, More than one machine)."""
+    base = dg.multi_or_in_process_executor
+    schema = dg.Field(base.config_schema.as_field().config_type, default_value={"in_process": {}})
+    return base.configured(lambda config: config, name="in_process_or_multiprocess", config_schema=schema)
+
+
+lifecycle = LifecycleResource()
+settings = BuildSettings()
 defs = dg.Definitions(
     assets=[*BUILD_ASSETS, tuning_profile, evaluation_assets, faiss_idmap_export, faiss_join],
     asset_checks=[catalog_consistent],
@@ -23,11 +35,10 @@ defs = dg.Definitions(
     schedules=SCHEDULES,
     sensors=SENSORS,
     resources={
-        "lifecycle": LifecycleResource(),
-        "settings": BuildSettings(),
-        "hold": StagingHold(),
+        "lifecycle": lifecycle,
+        "settings": settings,
+        OUTPUTS: BuildOutputs(lifecycle=lifecycle, settings=settings),
         "watch": RepoWatch(),
     },
-    # In-process: the multiprocess default spawns an interpreter per step (~2 s each on these machines).
-    executor=dg.in_process_executor,
+    executor=executor(),
 )

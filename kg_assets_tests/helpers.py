@@ -32,5 +32,5 @@ def run_build(
         instance=instance,
         raise_on_error=False,
         asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
-        run_config={"resources": {"lifecycle": rooted, "hold": rooted, "settings": {"config": config}}},
+        run_config={"resources": {"lifecycle": rooted, "settings": {"config": config}}},
     )

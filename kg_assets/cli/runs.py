@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import kg_assets
 from kg_assets.lib import errors, progress
 from kg_assets.lib.fsutil import atomic_write_bytes, exclusive_lock
-from kg_assets.lib.lifecycle import LOCK_TIMEOUT_S
+from kg_assets.lib.lifecycle import LOCK_TIMEOUT_S, LifecycleRoot
 
 INSTANCE_TEMPLATE = Path(kg_assets.__file__).parent / "dagster.yaml"
 POOL_WAIT_S = 5.0  # how long a lifecycle verb waits for the pool's slot by default (`indexctl --wait`)
@@ -60,7 +61,7 @@ def run_job(
         from kg_assets.definitions import defs
 
         job = defs.resolve_job_def(job_name)
-        resources = {"lifecycle": {"config": {"root": str(root)}}, "hold": {"config": {"root": str(root)}}}
+        resources = {"lifecycle": {"config": {"root": str(root)}}}
         used = {key for key in resources if key in job.resource_defs}
         full_config = {
             **run_config,
@@ -72,6 +73,7 @@ def run_job(
         with exclusive_lock(home / ".kg-instance.lock", LOCK_TIMEOUT_S, f"Dagster instance {home}"):
             instance = open_instance(home)
             reap_dead_runs(instance)
+            release_ended_leases(instance, LifecycleRoot(root))
             instance.event_log_storage.get_concurrency_keys()
             if partition_key is not None:
                 instance.add_dynamic_partitions("index_versions", [partition_key])
@@ -157,6 +159,7 @@ def run_build(root: Path, version: str, repo: Path, *, verbose: bool = False, **
         "line_window_fallback": meta["chunks"]["line_window_fallback"],
         "embedded": meta["embeddings"]["embedded"],
         "reused": meta["embeddings"]["reused"],
+        "shards": meta["embeddings"]["shards"],
         "seconds": seconds,
         "published_from": sealed.get("published_from"),
     }
@@ -190,7 +193,8 @@ def _failure(result: Any) -> Exception:
 
 def wait_for_pool(instance: Any, pool: str, wait: float) -> None:
     """Return once `pool` has a free slot, polling with back-off (0.1 s doubling to 2 s); ConflictError naming
-    the run that holds the slot after `wait` seconds. The wait is ours, so SIGINT and SIGTERM end it."""
+    the run that holds the slot after `wait` seconds. Says on stderr whom it waits for; the wait is ours, so SIGINT
+    and SIGTERM end it."""
     deadline = time.monotonic() + wait
     pause = 0.1
     while True:
@@ -198,12 +202,14 @@ def wait_for_pool(instance: Any, pool: str, wait: float) -> None:
         limit = info.limit if info.limit is not None else info.slot_count
         if not limit or info.active_slot_count < limit:
             return
+        holders = ", ".join(_describe_run(instance, s.run_id, s.step_key) for s in info.claimed_slots)
         if time.monotonic() >= deadline:
-            holders = ", ".join(_describe_run(instance, s.run_id, s.step_key) for s in info.claimed_slots)
             raise errors.ConflictError(
                 f"the {pool} pool is busy: {holders} holds its slot; retry when it ends, or wait longer with "
                 f"`indexctl --wait SECONDS`"
             )
+        if pause == 0.1:
+            print(f"indexctl: waiting up to {wait:g} s for the {pool} pool: {holders} holds it", file=sys.stderr)
         time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
         pause = min(pause * 2, 2.0)
 
@@ -254,3 +260,14 @@ def reap_dead_runs(instance: Any) -> list[str]:
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         reaped.append(run.run_id)
     return reaped
+
+
+def release_ended_leases(instance: Any, root: LifecycleRoot) -> list[str]:
+    """Release the build leases of runs that ended (a reaped or failed run whose cleanup never ran); the
+    versions whose lease was released."""
+    released = []
+    for version, lease in root.build_leases().items():
+        run = instance.get_run_by_id(lease["run_id"])
+        if (run is None or run.is_finished) and root.release_build_lease(version, lease["run_id"]):
+            released.append(version)
+    return released

@@ -1,11 +1,18 @@
 """The build steps that turn a repository into a version's artifacts, one function per asset.
 
-Each step reads its inputs from and writes its outputs into a staging directory (`versions/<v>.staging`);
-intermediate files live in its `build/` subdirectory and are dropped when the version is finalized.
+Each step writes the version's files into its staging directory (`versions/<v>.staging`) and its intermediate
+files into the build's step-output location `work` (default `versions/<v>.staging/build`; any path or fsspec URL
+all workers see, see `workdir`), dropped when the version is finalized.
+
+Embedding and encoding are sharded: the chunks (in their order, path-sorted) are cut into contiguous shards at
+file boundaries, each shard embeds its chunks and encodes them into a copy of the one trained index, and
+`merge_shards` appends the shards in order. The result is the unsharded build's: same rows in the same order,
+so the same ids, vectors and index (byte-identical for Flat and IVF-Flat).
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -20,17 +27,22 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from kg_assets.lib import catalog, chunking, faiss_index, idmap, lexical, scip
+from kg_assets.lib import catalog, chunking, faiss_index, idmap, lexical, scip, workdir
 from kg_assets.lib.embedding import Embedder, Progress, embedding_text
 from kg_assets.lib.errors import KgError, ValidationError
-from kg_assets.lib.fsutil import atomic_write_bytes, atomic_write_npy, atomic_write_parquet, copy_file
+from kg_assets.lib.fsutil import copy_file
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
+from kg_assets.lib.workdir import WorkPath
 
-BUILD_DIR = "build"
+BUILD_DIR = "build"  # the default step-output location inside the staging directory
 CHUNKS_FILE = "chunks.parquet"
-EMBEDDINGS_FILE = "embeddings.npy"
+PLAN_FILE = "shards.json"
+SHARDS_DIR = "shards"
+TRAINED_FILE = "trained.index"
+# Below this many chunks a build is one shard; above, `default_shards` cuts it (one shard embeds ~20 chunks/s
+# per two cores with the default model, so 20k chunks is ~15 minutes of one worker).
+SHARD_MIN_CHUNKS = 20_000
 
 CHUNK_SCHEMA = pa.schema(
     [
@@ -59,9 +71,15 @@ class ChunkStats:
 
 
 def build_chunks(
-    repo: Path, staging: Path, embedder: Embedder, *, include: Sequence[str] = (), exclude: Sequence[str] = ()
+    repo: Path,
+    staging: Path,
+    work: WorkPath,
+    embedder: Embedder,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> ChunkStats:
-    """Chunk `repo` within the embedder's token window (minus the header) into `build/chunks.parquet`;
+    """Chunk `repo` within the embedder's token window (minus the header) into `<work>/chunks.parquet`;
     `include`/`exclude` are path globs (see `chunking.chunk_repository`)."""
     t0 = time.perf_counter()
     budget = embedder.max_tokens - 2  # [CLS] and [SEP]
@@ -82,8 +100,8 @@ def build_chunks(
         for name in CHUNK_SCHEMA.names:
             value = getattr(chunk, name)
             columns[name].append(list(value) if name == "symbols" else value)
-    (staging / BUILD_DIR).mkdir(exist_ok=True)
-    atomic_write_parquet(staging / BUILD_DIR / CHUNKS_FILE, pa.table(columns, schema=CHUNK_SCHEMA))
+    workdir.ensure_dir(work)
+    workdir.write_table(work / CHUNKS_FILE, pa.table(columns, schema=CHUNK_SCHEMA))
     languages: dict[str, int] = {}
     for chunk in result.chunks:
         languages[chunk.language] = languages.get(chunk.language, 0) + 1
@@ -97,8 +115,41 @@ def build_chunks(
     )
 
 
-def read_chunks(staging: Path) -> pa.Table:
-    return pq.read_table(staging / BUILD_DIR / CHUNKS_FILE)
+def read_chunks(work: WorkPath) -> pa.Table:
+    return workdir.read_table(work / CHUNKS_FILE)
+
+
+def default_shards(chunks: int, cores: int | None = None) -> int:
+    """1 below SHARD_MIN_CHUNKS chunks; else one per core (at least 2), but no shard under SHARD_MIN_CHUNKS."""
+    if chunks < SHARD_MIN_CHUNKS:
+        return 1
+    return max(2, min(cores or os.cpu_count() or 1, chunks // SHARD_MIN_CHUNKS))
+
+
+def plan_shards(work: WorkPath, shards: int) -> list[tuple[int, int]]:
+    """Cut the chunk rows into `shards` contiguous ranges `[start, end)` (fewer when there are fewer files) of
+    about equal size, every cut at a file boundary (a file is never split), and record them in
+    `<work>/shards.json`. 0 means `default_shards`. Concatenating the shards in order gives the chunk order."""
+    uris = read_chunks(work).column("uri").to_pylist()
+    n = len(uris)
+    starts = [row for row in range(1, n) if uris[row] != uris[row - 1]]  # where each file after the first starts
+    count = min(shards or default_shards(n), len(starts) + 1)
+    bounds = [0]
+    for i in range(1, count):
+        first = bisect.bisect_right(starts, bounds[-1])  # a cut after the previous one ...
+        last = len(starts) - (count - i)  # ... leaving one file start for each cut still to make
+        bounds.append(starts[min(max(bisect.bisect_left(starts, i * n // count), first), last)])
+    ranges = list(zip(bounds, [*bounds[1:], n], strict=True))
+    workdir.write_bytes(work / PLAN_FILE, json.dumps({"shards": ranges, "chunks": n}).encode())
+    return ranges
+
+
+def read_plan(work: WorkPath) -> list[tuple[int, int]]:
+    return [tuple(r) for r in json.loads((work / PLAN_FILE).read_bytes())["shards"]]
+
+
+def shard_file(work: WorkPath, shard: int, suffix: str) -> WorkPath:
+    return work / SHARDS_DIR / f"{shard:04d}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -123,14 +174,21 @@ def earlier_versions(root: LifecycleRoot) -> Iterator[tuple[str, Path, dict[str,
             continue
 
 
-def previous_vectors(root: LifecycleRoot, fingerprint: str) -> tuple[str | None, dict[tuple[str, str], np.ndarray]]:
-    """Vectors of the newest complete version embedded with the same embedder, keyed by (uri, content hash)."""
+def previous_vectors(
+    root: LifecycleRoot, fingerprint: str, uris: Sequence[str] | None = None
+) -> tuple[str | None, dict[tuple[str, str], np.ndarray]]:
+    """Vectors of the newest complete version embedded with the same embedder, keyed by (uri, content hash);
+    only those of `uris` when given (a shard reads its own files' rows, not the whole catalog)."""
     for version, vdir, meta in earlier_versions(root):
         if meta.get("embedder_fingerprint") != fingerprint:
             continue
+        query = "SELECT uri, content_hash, embedding FROM chunks"
         try:
             with catalog.connect_read_only(vdir / CATALOG_FILE) as con:
-                table = con.sql("SELECT uri, content_hash, embedding FROM chunks").to_arrow_table()
+                if uris is not None:
+                    con.register("wanted", pa.table({"uri": sorted(set(uris))}))
+                    query += " WHERE uri IN (SELECT uri FROM wanted)"
+                table = con.sql(query).to_arrow_table()
         except (duckdb.Error, KgError):  # an unreadable old catalog only costs a full re-embed
             continue
         flat = table.column("embedding").combine_chunks().flatten().to_numpy().astype(np.float32)
@@ -140,14 +198,17 @@ def previous_vectors(root: LifecycleRoot, fingerprint: str) -> tuple[str | None,
     return None, {}
 
 
-def build_embeddings(
-    staging: Path, embedder: Embedder, previous: tuple[str | None, dict], progress: Progress | None = None
+def embed_shard(
+    root: LifecycleRoot, work: WorkPath, shard: int, embedder: Embedder, progress: Progress | None = None
 ) -> EmbedStats:
-    """Embed every chunk whose (uri, content hash) the previous version does not already have a vector for."""
+    """Embed shard `shard`'s chunks, reusing the vectors of unchanged (uri, content hash) of the newest earlier
+    version with the same embedder; writes `shards/NNNN.npy` and `shards/NNNN.parquet` (its chunk rows with an
+    `embedding` column, what the catalog reads)."""
     t0 = time.perf_counter()
-    chunks = read_chunks(staging)
+    start, end = read_plan(work)[shard]
+    chunks = read_chunks(work).slice(start, end - start)
     uris, hashes, texts = (chunks.column(c).to_pylist() for c in ("uri", "content_hash", "text"))
-    source, known = previous
+    source, known = previous_vectors(root, embedder.fingerprint, uris)
     vectors = np.zeros((chunks.num_rows, embedder.dim), dtype=np.float32)
     todo = []
     for row, key in enumerate(zip(uris, hashes, strict=True)):
@@ -157,12 +218,68 @@ def build_embeddings(
             todo.append(row)
     if todo:
         vectors[todo] = embedder.embed([embedding_text(uris[i], texts[i]) for i in todo], progress=progress)
-    atomic_write_npy(staging / BUILD_DIR / EMBEDDINGS_FILE, vectors)
+    workdir.ensure_dir(work / SHARDS_DIR)
+    workdir.write_array(shard_file(work, shard, ".npy"), vectors)
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    rows = chunks.append_column("embedding", pa.FixedSizeListArray.from_arrays(flat, embedder.dim))
+    workdir.write_table(shard_file(work, shard, ".parquet"), rows)
     return EmbedStats(len(todo), chunks.num_rows - len(todo), embedder.dim, time.perf_counter() - t0, source)
 
 
-def read_embeddings(staging: Path) -> np.ndarray:
-    return np.load(staging / BUILD_DIR / EMBEDDINGS_FILE)
+def read_embeddings(work: WorkPath) -> np.ndarray:
+    """Every chunk's vector, in chunk order (the shards' arrays concatenated)."""
+    parts = [workdir.read_array(shard_file(work, i, ".npy")) for i in range(len(read_plan(work)))]
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    factory: str
+    train_size: int
+    seconds: float
+
+
+def train_shared_index(work: WorkPath, factory: str = "auto", seed: int = 0) -> TrainStats:
+    """Train the one index every shard encodes into (`<work>/trained.index`), on the rows an unsharded build
+    samples (`faiss_index.train_rows`), gathered from the shards: so the quantizer is the unsharded one."""
+    t0 = time.perf_counter()
+    plan = read_plan(work)
+    n = plan[-1][1]
+    arrays = [workdir.read_array(shard_file(work, i, ".npy"), mmap=True) for i in range(len(plan))]
+    dim = arrays[0].shape[1]
+    if factory == "auto":
+        factory = faiss_index.choose_factory(n, dim)
+    rows = faiss_index.train_rows(factory, n, dim, seed)
+    sample = np.empty((len(rows), dim), dtype=np.float32)
+    for (start, end), array in zip(plan, arrays, strict=True):
+        mine = (rows >= start) & (rows < end)
+        sample[mine] = array[rows[mine] - start]
+    index = faiss_index.train_index(factory, dim, sample)
+    workdir.write_index(work / TRAINED_FILE, index)
+    return TrainStats(factory, len(rows), time.perf_counter() - t0)
+
+
+def encode_shard(work: WorkPath, shard: int) -> int:
+    """Add shard `shard`'s vectors (ids = chunk_id) to a copy of the trained index: `shards/NNNN.index`."""
+    start, end = read_plan(work)[shard]
+    index = workdir.read_index(work / TRAINED_FILE)
+    ids = read_chunks(work).column("chunk_id").to_numpy()[start:end]
+    faiss_index.add_vectors(index, workdir.read_array(shard_file(work, shard, ".npy"), mmap=True), ids)
+    workdir.write_index(shard_file(work, shard, ".index"), index)
+    return index.ntotal
+
+
+def merge_shards(work: WorkPath, staging: Path) -> tuple[faiss_index.IndexSummary, float]:
+    """Append the shards' indexes in order into the version's `faiss.index` (ValidationError when one was
+    trained differently from the others or from `trained.index`); returns its summary and the seconds taken."""
+    t0 = time.perf_counter()
+    trained = faiss_index.trained_fingerprint(workdir.read_index(work / TRAINED_FILE))
+    parts = [workdir.read_index(shard_file(work, i, ".index")) for i in range(len(read_plan(work)))]
+    if faiss_index.trained_fingerprint(parts[0]) != trained:
+        raise ValidationError("shard 0 was not encoded into this build's trained index; rebuild the version")
+    index = faiss_index.merge_indexes(parts)
+    faiss_index.write_index(index, staging / FAISS_FILE)
+    return faiss_index.summarize(index), time.perf_counter() - t0
 
 
 @dataclass(frozen=True)
@@ -172,23 +289,12 @@ class LexicalStats:
     seconds: float
 
 
-def build_lexical(staging: Path) -> LexicalStats:
+def build_lexical(staging: Path, work: WorkPath) -> LexicalStats:
     """Index the chunks' code-aware tokens (text, path, defined names) for BM25 into `lexical.npz`."""
     t0 = time.perf_counter()
-    index = lexical.LexicalIndex.from_chunks(read_chunks(staging))
+    index = lexical.LexicalIndex.from_chunks(read_chunks(work))
     index.save(staging / lexical.LEXICAL_FILE)
     return LexicalStats(len(index.ids), index.terms, time.perf_counter() - t0)
-
-
-def build_faiss(staging: Path, factory: str = "auto", seed: int = 0) -> faiss_index.BuildStats:
-    """Train and fill the FAISS index over the chunk vectors, with `chunk_id` as ids, into `faiss.index`."""
-    vectors = read_embeddings(staging)
-    ids = read_chunks(staging).column("chunk_id").to_numpy()
-    if factory == "auto":
-        factory = faiss_index.choose_factory(*vectors.shape)
-    index, stats = faiss_index.build_index(vectors, ids, factory, seed=seed)
-    faiss_index.write_index(index, staging / FAISS_FILE)
-    return stats
 
 
 def build_idmap(staging: Path) -> int:
@@ -244,7 +350,7 @@ class ScipStats:
 
 @contextmanager
 def scip_started(
-    root: LifecycleRoot, repo: Path, staging: Path, project_name: str
+    root: LifecycleRoot, repo: Path, staging: Path, work: WorkPath, project_name: str
 ) -> Iterator[Callable[[], ScipStats]]:
     """Start the SCIP step and yield `finish`, which waits for it and records the result; the caller can embed
     meanwhile (scip-python is a child process, mostly one core). Leaving the block unfinished kills scip-python.
@@ -276,24 +382,22 @@ def scip_started(
             index = run.wait() if run else scip.read_index(staging / SCIP_FILE)
             waited = time.perf_counter() - t1
             record = {"digest": digest, "project": project_name, "reused_from": reused_from}
-            (staging / BUILD_DIR).mkdir(exist_ok=True)
-            atomic_write_bytes(staging / BUILD_DIR / SCIP_SOURCES_FILE, json.dumps(record).encode())
+            workdir.ensure_dir(work)
+            workdir.write_bytes(work / SCIP_SOURCES_FILE, json.dumps(record).encode())
             return ScipStats(scip.summarize(index), digest, reused_from, time.perf_counter() - t0, waited)
 
         yield finish
 
 
-def build_catalog(staging: Path, meta: dict[str, str]) -> int:
-    """Write `catalog.duckdb`: chunks with vectors, modules, SCIP symbols and occurrences, ID-map join."""
-    sources = json.loads((staging / BUILD_DIR / SCIP_SOURCES_FILE).read_text())
+def build_catalog(staging: Path, work: WorkPath, meta: dict[str, str]) -> int:
+    """Write `catalog.duckdb`: chunks with vectors (the shards' Parquet files, read by DuckDB over one glob),
+    modules, SCIP symbols and occurrences, ID-map join."""
+    sources = json.loads((work / SCIP_SOURCES_FILE).read_bytes())
     meta = {**meta, "scip_digest": sources["digest"], "scip_project": sources["project"]}
-    chunks = read_chunks(staging)
-    vectors = read_embeddings(staging)
-    modules = _modules(chunks)
+    modules = _modules(read_chunks(work).select(["uri", "language"]))
     scip_tables = scip.tables(scip.read_index(staging / SCIP_FILE))
-    return catalog.write_catalog(
-        staging / CATALOG_FILE, chunks, vectors, modules, scip_tables, staging / IDMAP_FILE, meta
-    )
+    rows = catalog.ParquetRows(str(work / SHARDS_DIR / "*.parquet"), None if workdir.is_local(work) else work.fs)
+    return catalog.write_catalog(staging / CATALOG_FILE, rows, None, modules, scip_tables, staging / IDMAP_FILE, meta)
 
 
 def _modules(chunks: pa.Table) -> pa.Table:
@@ -322,7 +426,7 @@ class CheckResult:
     detail: str
 
 
-def check_staging(staging: Path, expected_dim: int) -> list[CheckResult]:
+def check_staging(staging: Path, work: WorkPath, expected_dim: int) -> list[CheckResult]:
     """The consistency checks that gate finalizing a build (each independent, all reported)."""
     index = faiss_index.read_index(staging / FAISS_FILE)
     index_ids = faiss_index.external_ids(index)
@@ -335,7 +439,7 @@ def check_staging(staging: Path, expected_dim: int) -> list[CheckResult]:
             "SELECT count(*) FROM chunks WHERE NOT isfinite(list_sum(embedding::FLOAT[]))"
         ).fetchone()[0]
         texts = con.execute("SELECT text, content_hash FROM chunks").fetchall()
-    vectors = read_embeddings(staging)
+    vectors = read_embeddings(work)
     dims = {"embedder": expected_dim, "index": index.d, "catalog": cat_dim[0], "embeddings": vectors.shape[1]}
     bad_hashes = sum(1 for text, h in texts if chunking.content_hash(text.encode("utf-8")) != h)
     counts = {"ntotal": index.ntotal, "idmap_rows": map_table.num_rows, "chunk_rows": len(cat_ids)}
@@ -360,10 +464,12 @@ def check_staging(staging: Path, expected_dim: int) -> list[CheckResult]:
     ]
 
 
-def finalize(root: LifecycleRoot, version: str, staging: Path, expected_dim: int, attrs: dict[str, Any]) -> Path:
-    """Re-run the gate checks, drop intermediates, then seal the staging dir into `versions/<version>`."""
-    raise_unless_passed(check_staging(staging, expected_dim))
-    shutil.rmtree(staging / BUILD_DIR, ignore_errors=True)
+def finalize(
+    root: LifecycleRoot, version: str, staging: Path, work: WorkPath, expected_dim: int, attrs: dict[str, Any]
+) -> Path:
+    """Re-run the gate checks, drop the step outputs, then seal the staging dir into `versions/<version>`."""
+    raise_unless_passed(check_staging(staging, work, expected_dim))
+    workdir.remove_tree(work)
     return root.finalize(version, staging, attrs)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -93,10 +94,19 @@ def row_counts(path: Path, tables: tuple[str, ...]) -> dict[str, int]:
 # ---- building -----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ParquetRows:
+    """Chunk rows with an `embedding` column in the Parquet files matching `glob` (a sharded build writes one
+    per shard); `filesystem` is the fsspec filesystem of a URL glob, None for local files."""
+
+    glob: str
+    filesystem: Any = None
+
+
 def write_catalog(
     path: Path,
-    chunks: pa.Table,
-    embeddings: np.ndarray,
+    chunks: pa.Table | ParquetRows,
+    embeddings: np.ndarray | None,
     modules: pa.Table,
     scip_tables: dict[str, pa.Table],
     idmap_path: Path,
@@ -104,21 +114,30 @@ def write_catalog(
 ) -> int:
     """Create a hermetic catalog at `path` (built beside it, then renamed); returns its chunk count.
 
+    `chunks` is a table whose rows `embeddings` (then given) holds the vectors of, or Parquet files already
+    carrying an `embedding` column, read in one DuckDB `read_parquet` over their glob.
     Tables: `chunks` (with the `embedding FLOAT[d]` column), `modules`, `scip_symbols`, `scip_occurrences`,
     `kg_meta`, and the ID-map objects `faiss_idmap_mat` (+ `_meta`), `faiss_idmap`, `v_faiss_join`;
     view `v_chunk_symbols` maps chunks to the SCIP symbols defined inside them.
     """
     path = Path(path)
-    dim = embeddings.shape[1]
-    vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), type=pa.float32()), dim)
-    chunk_rows = chunks.append_column("embedding", vectors)
     tmp = temp_sibling(path)
     try:
         with duckdb.connect(str(tmp)) as con:
-            con.register("chunk_rows", chunk_rows)
+            if isinstance(chunks, ParquetRows):
+                if chunks.filesystem is not None:
+                    con.register_filesystem(chunks.filesystem)
+                quoted = chunks.glob.replace("'", "''")
+                source = f"read_parquet('{quoted}')"
+                dim = con.execute(f"SELECT len(embedding) FROM {source} LIMIT 1").fetchone()[0]
+            else:
+                dim = embeddings.shape[1]
+                vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), type=pa.float32()), dim)
+                con.register("chunk_rows", chunks.append_column("embedding", vectors))
+                source = "chunk_rows"
             con.execute(
                 f"CREATE TABLE chunks AS SELECT * EXCLUDE (embedding), embedding::FLOAT[{dim}] AS embedding "
-                "FROM chunk_rows ORDER BY chunk_id"
+                f"FROM {source} ORDER BY chunk_id"
             )
             con.execute("ALTER TABLE chunks ADD PRIMARY KEY (chunk_id)")
             for name, table in {"modules": modules, **scip_tables}.items():

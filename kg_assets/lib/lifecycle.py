@@ -26,7 +26,7 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -438,12 +438,74 @@ class LifecycleRoot:
 
     @contextlib.contextmanager
     def staging_lock(self, version: str) -> Iterator[None]:
-        """Hold the lock that says "version is being staged or built" (ConflictError if someone holds it)."""
+        """Hold the lock that says "version is being staged or built" (ConflictError if someone holds it, or a
+        build run holds the version's lease)."""
         self.check_new_version(version)
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         self._locks_dir.mkdir(exist_ok=True)
         with exclusive_lock(self._locks_dir / f"{version}.lock", 0, f"staging of version {version}"):
+            self._check_no_build_lease(version)
             yield
+
+    # ---- build leases: held by a run across its steps, whatever process or host runs each step -------------
+
+    def build_lease_path(self, version: str) -> Path:
+        return self._locks_dir / f"{check_version_id(version)}.lease"
+
+    def build_lease(self, version: str) -> dict[str, Any] | None:
+        """The run holding `version`'s build lease (`run_id`, `host`, `taken`), or None."""
+        try:
+            return json.loads(self.build_lease_path(version).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):  # a torn or foreign file: treated as held by an unknown run
+            return {"run_id": "unknown", "host": "unknown", "taken": None}
+
+    def build_leases(self) -> dict[str, dict[str, Any]]:
+        """Every held build lease, by version."""
+        names = sorted(self._locks_dir.glob("*.lease")) if self._locks_dir.is_dir() else []
+        return {p.stem: lease for p in names if (lease := self.build_lease(p.stem)) is not None}
+
+    def take_build_lease(
+        self, version: str, run_id: str, host: str, *, inherits: Collection[str] = (), is_dead: Callable[[str], bool]
+    ) -> None:
+        """Hold `version`'s build lease for run `run_id` (a file naming the run and host, so every step of the run,
+        in any process, sees it). A lease of `run_id` itself or of a run it re-executes (`inherits`) passes to it;
+        one of a run `is_dead` says has ended is reclaimed; any other is a ConflictError. Sealing or the run's
+        failure releases it (`release_build_lease`)."""
+        self.check_new_version(version)
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self._locks_dir.mkdir(exist_ok=True)
+        with exclusive_lock(self._locks_dir / f"{version}.lock", LOCK_TIMEOUT_S, f"staging of version {version}"):
+            held = self.build_lease(version)
+            if held and held["run_id"] != run_id and held["run_id"] not in inherits and not is_dead(held["run_id"]):
+                raise ConflictError(self._lease_message(version, held))
+            if not held or held["run_id"] != run_id:
+                atomic_write_json(self.build_lease_path(version), {"run_id": run_id, "host": host, "taken": _now()[0]})
+
+    def release_build_lease(self, version: str, run_id: str) -> bool:
+        """Drop `version`'s build lease if run `run_id` holds it; whether it did."""
+        path = self.build_lease_path(version)
+        if not path.exists():
+            return False
+        with exclusive_lock(self._locks_dir / f"{version}.lock", LOCK_TIMEOUT_S, f"staging of version {version}"):
+            held = self.build_lease(version)
+            if held is None or held["run_id"] != run_id:
+                return False
+            path.unlink()
+            return True
+
+    def _check_no_build_lease(self, version: str) -> None:
+        held = self.build_lease(version)
+        if held is not None:
+            raise ConflictError(self._lease_message(version, held))
+
+    def _lease_message(self, version: str, held: dict[str, Any]) -> str:
+        return (
+            f"version {version} is being built by run {held['run_id'][:8]} on {held['host']} "
+            f"({self.build_lease_path(version)}); wait for it or choose another id (a dead run's lease is reclaimed "
+            f"by the next indexctl command)"
+        )
 
     def reset_staging(self, version: str) -> Path:
         """Empty `versions/<v>.staging` (clearing what an abandoned attempt left); hold `staging_lock` first."""
@@ -702,7 +764,7 @@ class LifecycleRoot:
         now = time.time()
         for path in self.versions_dir.glob(f"*{STAGING_SUFFIX}"):
             version = path.name[: -len(STAGING_SUFFIX)]
-            if is_locked(self._locks_dir / f"{version}.lock"):
+            if is_locked(self._locks_dir / f"{version}.lock") or self.build_lease(version) is not None:
                 continue
             if now - path.stat().st_mtime >= staging_max_age_s:
                 report.removed_staging.append(path.name)

@@ -121,7 +121,7 @@ def _execute(
     settings and the eval op's config (the daemon would launch the request as it is)."""
     rooted = {"config": {"root": str(root.root)}}
     run_config: dict[str, Any] = {**request.run_config, "resources": {**request.run_config.get("resources", {})}}
-    run_config["resources"].update(lifecycle=rooted, **({"hold": rooted} if job == "build" else {}))
+    run_config["resources"].update(lifecycle=rooted)
     if settings:
         run_config["resources"]["settings"] = {"config": {**run_config["resources"]["settings"]["config"], **settings}}
     if evaluation:

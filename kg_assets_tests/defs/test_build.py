@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from kg_assets.cli import runs
@@ -123,7 +126,10 @@ def test_planted_mismatch_fails_the_check_and_blocks_sealing(
 ) -> None:
     write_catalog = catalog.write_catalog
 
-    def planted(path: Path, chunks: Any, embeddings: Any, *args: Any) -> int:
+    def planted(path: Path, rows: catalog.ParquetRows, _: None, *args: Any) -> int:
+        table = pa.concat_tables(pq.read_table(p) for p in sorted(glob.glob(rows.glob)))
+        embeddings = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
+        chunks = table.drop_columns(["embedding"])
         if plant == "dimension":
             embeddings = embeddings[:, :-1]
         else:
@@ -188,4 +194,4 @@ def test_scip_index_materializes_alone_without_embedding(tmp_path: Path) -> None
     assert result.success
     assert set(materializations(result)) == {"chunks", "scip_index"}
     staging = root.staging_dir("v1")
-    assert (staging / SCIP_FILE).is_file() and not (staging / build.BUILD_DIR / build.EMBEDDINGS_FILE).exists()
+    assert (staging / SCIP_FILE).is_file() and not (staging / build.BUILD_DIR / build.SHARDS_DIR).exists()

@@ -133,5 +133,18 @@ def test_asset_graph_snapshot() -> None:
         "stage",
         "tune",
     ]
+    build = defs.resolve_job_def("build")
+    steps = {node.name: sorted(n.name for n in getattr(node.definition, "nodes", [])) for node in build.nodes}
+    assert steps == {  # the sharded fan-out: per-shard embed and encode steps inside embeddings and faiss_index
+        "chunks": [],
+        "scip_index": [],
+        "lexical_index": [],
+        "embeddings": ["embed_shard", "gather_embeddings", "plan_shards"],
+        "faiss_index": ["encode_shard", "merge_shards", "train_shared_index"],
+        "faiss_idmap": [],
+        "catalog": [],
+        "catalog_catalog_consistent": [],
+        "index_version": [],
+    }
     assert [s.name for s in defs.schedules] == ["nightly_quick_tune", "nightly_eval"]
     assert [s.name for s in defs.sensors] == ["new_commit_build", "auto_eval_after_build", "auto_publish_after_eval"]

@@ -30,7 +30,7 @@ def test_scip_step_indexes_while_the_caller_works_and_records_on_finish(
     root, repo, staging = staged
     gate = tmp_path / "go"
     monkeypatch.setattr(scip, "scip_python_command", lambda: fake_scip_python(tmp_path / "bin", gate=gate))
-    with build.scip_started(root, repo, staging, "sample") as finish:
+    with build.scip_started(root, repo, staging, staging / build.BUILD_DIR, "sample") as finish:
         assert not (staging / SCIP_FILE).exists()  # the indexer is still running; the caller embeds meanwhile
         gate.touch()
         stats = finish()
@@ -47,7 +47,10 @@ def test_leaving_the_scip_step_unfinished_kills_the_indexer(
     root, repo, staging = staged
     bin_dir = tmp_path / "bin"
     monkeypatch.setattr(scip, "scip_python_command", lambda: fake_scip_python(bin_dir, gate=tmp_path / "never"))
-    with pytest.raises(RuntimeError, match="embedding failed"), build.scip_started(root, repo, staging, "sample"):
+    with (
+        pytest.raises(RuntimeError, match="embedding failed"),
+        build.scip_started(root, repo, staging, staging / build.BUILD_DIR, "sample"),
+    ):
         while not (bin_dir / "indexer.pid").exists():  # the indexer has started (it writes its pid first)
             time.sleep(0.01)
         raise RuntimeError("embedding failed")
@@ -64,7 +67,7 @@ def test_scip_python_sees_nothing_outside_the_repository(staged: tuple, tmp_path
     (outside / "leak.py").write_text('def outside_secret():\n    """Docstring from outside the repo."""\n')
     (repo / "out").symlink_to(outside)
     (repo / "pw.py").symlink_to("/etc/passwd")
-    with build.scip_started(root, repo, staging, "sample") as finish:
+    with build.scip_started(root, repo, staging, staging / build.BUILD_DIR, "sample") as finish:
         scratch = next((root.root / ".scratch").glob("scip-*[!k]"))
         stats = finish()
     data = (staging / SCIP_FILE).read_bytes()

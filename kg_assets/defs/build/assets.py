@@ -1,28 +1,39 @@
-"""Build assets, partitioned by index version; each writes its files into `versions/<v>.staging`."""
+"""Build assets, partitioned by index version; each writes its files into `versions/<v>.staging` and its
+intermediates into the version's step-output location (`BuildSettings.work_dir`).
+
+Embedding and encoding fan out inside the build run: the graph-backed `embeddings`/`faiss_index` asset plans the
+shards (a dynamic output per shard), embeds each shard in its own step, trains the one index on the collected
+shards, encodes each shard into a copy of it in its own step, and merges them. Every step holds the version's
+build lease (a file on the lifecycle root), so any executor (in-process, multiprocess, Celery, Kubernetes) runs
+them under the same lease.
+"""
 
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 
 import dagster as dg
 
-from kg_assets.defs.build.resources import BuildSettings, StagingHold
+from kg_assets.defs.build.resources import BuildSettings, hold_build_lease
 from kg_assets.defs.lifecycle.jobs import LIFECYCLE_POOL, publish_in_run
 from kg_assets.defs.lifecycle.resources import LifecycleResource
-from kg_assets.lib import build, chunking, progress
+from kg_assets.lib import build, chunking, progress, workdir
 from kg_assets.lib import catalog as catalog_lib
 from kg_assets.lib.errors import NotFoundError
 from kg_assets.lib.lexical import LEXICAL_FILE
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
+from kg_assets.lib.workdir import WorkPath
 
 index_versions = dg.DynamicPartitionsDefinition(name="index_versions")
 BUILD_GROUP = "build"
 CATALOG_TABLES = ("chunks", "modules", "scip_symbols", "scip_occurrences", "faiss_idmap_mat")
+OUTPUTS = "build_outputs"  # the IO manager of values passed between build steps (see BuildOutputs)
 
 
-def partition_staging(context: dg.AssetExecutionContext, lifecycle: LifecycleResource):
+def partition_staging(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext, lifecycle: LifecycleResource
+) -> tuple[LifecycleRoot, Path]:
     root = lifecycle.get_root()
     staging = root.staging_dir(context.partition_key)
     if not staging.is_dir():
@@ -32,13 +43,23 @@ def partition_staging(context: dg.AssetExecutionContext, lifecycle: LifecycleRes
     return root, staging
 
 
+def build_step(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
+) -> tuple[LifecycleRoot, Path, WorkPath]:
+    """What a build step after `chunks` works on: the root, the staging directory and the step-output
+    location, with the version's build lease held by this run."""
+    root, staging = partition_staging(context, lifecycle)
+    hold_build_lease(context, root, context.partition_key)
+    return root, staging, settings.work_path(root, context.partition_key)
+
+
 def _file_meta(context: dg.AssetExecutionContext, root: LifecycleRoot, staging: Path, name: str) -> dict:
     """Size of a file the version keeps, and its path once the version is sealed (staging is renamed)."""
     final = root.version_dir(context.partition_key) / name
     return {"path": dg.MetadataValue.path(str(final)), "bytes": (staging / name).stat().st_size}
 
 
-def _intermediate_meta(path: Path) -> dict:
+def _intermediate_meta(path: WorkPath) -> dict:
     """Size of a build intermediate; it is dropped when the version is sealed, so no path is recorded."""
     return {"bytes": path.stat().st_size, "kept": "no (build intermediate, dropped at sealing)"}
 
@@ -51,12 +72,20 @@ def _intermediate_meta(path: Path) -> dict:
     "tree-sitter grammar), with their definitions as symbols and stable chunk ids.",
 )
 def chunks(
-    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource, hold: StagingHold
+    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
 ) -> dg.MaterializeResult:
     root = lifecycle.get_root()
+    hold_build_lease(context, root, context.partition_key)  # the first step takes the lease; the rest keep it
     staging = root.reset_staging(context.partition_key)
+    work = settings.work_path(root, context.partition_key)
+    workdir.remove_tree(work)  # what an abandoned attempt left
     stats = build.build_chunks(
-        settings.repo_path(), staging, settings.load_embedder(), include=settings.include, exclude=settings.exclude
+        settings.repo_path(),
+        staging,
+        work,
+        settings.load_embedder(),
+        include=settings.include,
+        exclude=settings.exclude,
     )
     context.log.info(f"{stats.chunks} chunks from {stats.files} files in {stats.seconds:.1f}s")
     if stats.fallback_languages:
@@ -71,77 +100,27 @@ def chunks(
             "line_window_fallback": dg.MetadataValue.json(list(stats.fallback_languages)),
             "repo": settings.repo_path().as_posix(),
             "seconds": round(stats.seconds, 3),
-            **_intermediate_meta(staging / build.BUILD_DIR / build.CHUNKS_FILE),
+            **_intermediate_meta(work / build.CHUNKS_FILE),
         }
     )
 
 
-embeddings = dg.AssetSpec(
-    "embeddings",
+@dg.asset(
     deps=[chunks],
-    partitions_def=index_versions,
-    group_name=BUILD_GROUP,
-    kinds={"numpy"},
-    description="L2-normalized chunk vectors; chunks unchanged since the previous version reuse its vectors.",
-)
-scip_index = dg.AssetSpec(
-    "scip_index",
-    deps=[chunks],  # after `chunks`, which opens the staging directory for the run
     partitions_def=index_versions,
     group_name=BUILD_GROUP,
     kinds={"scip"},
     description="SCIP index of the repository's Python code (scip-python); reused when the sources are unchanged.",
 )
-
-
-@dg.multi_asset(
-    specs=[embeddings, scip_index],
-    partitions_def=index_versions,
-    can_subset=True,
-    description="One step, so scip-python (its own process) indexes while the chunks are embedded.",
-)
-def embeddings_and_scip_index(
+def scip_index(
     context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
-) -> Iterator[dg.MaterializeResult]:
-    root, staging = partition_staging(context, lifecycle)
-    repo = settings.repo_path()
-    selected = context.selected_asset_keys
-    indexing = build.scip_started(root, repo, staging, repo.name or "repo") if scip_index.key in selected else None
-    with indexing or nullcontext() as finish_scip:
-        if embeddings.key in selected:
-            yield _embeddings_result(context, settings, root, staging)
-        if finish_scip:
-            yield _scip_index_result(finish_scip(), _file_meta(context, root, staging, SCIP_FILE))
-
-
-def _embeddings_result(
-    context: dg.AssetExecutionContext, settings: BuildSettings, root: LifecycleRoot, staging: Path
 ) -> dg.MaterializeResult:
-    embedder = settings.load_embedder()
-    previous = build.previous_vectors(root, embedder.fingerprint)
-    report = progress.log_progress(context.log.info, "embedded")
-    stats = build.build_embeddings(staging, embedder, previous, progress=report)
-    rate = stats.embedded / stats.seconds if stats.seconds else 0.0
-    return dg.MaterializeResult(
-        asset_key=embeddings.key,
-        metadata={
-            "embedder": embedder.name,
-            "fingerprint": embedder.fingerprint,
-            "dimension": stats.dim,
-            "embedded": stats.embedded,
-            "reused": stats.reused,
-            "reused_from": stats.reused_from or "-",
-            "chunks_per_second": round(rate, 1),
-            "seconds": round(stats.seconds, 3),
-            **_intermediate_meta(staging / build.BUILD_DIR / build.EMBEDDINGS_FILE),
-        },
-    )
-
-
-def _scip_index_result(stats: build.ScipStats, file_meta: dict) -> dg.MaterializeResult:
+    root, staging, work = build_step(context, settings, lifecycle)
+    repo = settings.repo_path()
+    with build.scip_started(root, repo, staging, work, repo.name or "repo") as finish:
+        stats = finish()
     summary = stats.summary
     return dg.MaterializeResult(
-        asset_key=scip_index.key,
         metadata={
             "documents": summary.documents,
             "occurrences": summary.occurrences,
@@ -150,10 +129,137 @@ def _scip_index_result(stats: build.ScipStats, file_meta: dict) -> dg.Materializ
             "sources_digest": stats.digest[:12],
             "reused_from": stats.reused_from or "-",
             "seconds": round(stats.seconds, 3),
-            "waited_seconds": round(stats.waited, 3),
-            **file_meta,
+            **_file_meta(context, root, staging, SCIP_FILE),
+        }
+    )
+
+
+@dg.op(ins={"chunks": dg.In(dg.Nothing)}, out=dg.DynamicOut(int, io_manager_key=OUTPUTS))
+def plan_shards(
+    context: dg.OpExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
+) -> Iterator[dg.DynamicOutput[int]]:
+    """Cut the chunks into shards at file boundaries (`BuildSettings.shards`, 0 = by chunk count and cores)."""
+    _, _, work = build_step(context, settings, lifecycle)
+    ranges = build.plan_shards(work, settings.shards)
+    context.log.info(f"{len(ranges)} shard(s): {[end - start for start, end in ranges]} chunks")
+    for shard in range(len(ranges)):
+        yield dg.DynamicOutput(shard, mapping_key=f"s{shard}")
+
+
+@dg.op(out=dg.Out(dict, io_manager_key=OUTPUTS))
+def embed_shard(
+    context: dg.OpExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource, shard: int
+) -> dict:
+    """Embed one shard's chunks (reusing an earlier version's vectors of unchanged chunks)."""
+    root, _, work = build_step(context, settings, lifecycle)
+    embedder = settings.load_embedder()
+    report = progress.log_progress(context.log.info, f"shard {shard} embedded")
+    stats = build.embed_shard(root, work, shard, embedder, progress=report)
+    return {
+        "embedder": embedder.name,
+        "fingerprint": embedder.fingerprint,
+        "dimension": stats.dim,
+        "embedded": stats.embedded,
+        "reused": stats.reused,
+        "reused_from": stats.reused_from,
+        "seconds": stats.seconds,
+    }
+
+
+@dg.op(out=dg.Out(dict, io_manager_key=OUTPUTS))
+def gather_embeddings(shards: list[dict]) -> dg.Output:
+    """The embeddings asset's figures, summed over its shards."""
+    embedded = sum(s["embedded"] for s in shards)
+    seconds = max(s["seconds"] for s in shards)
+    return dg.Output(
+        {"embedded": embedded},
+        metadata={
+            "embedder": shards[0]["embedder"],
+            "fingerprint": shards[0]["fingerprint"],
+            "dimension": shards[0]["dimension"],
+            "embedded": embedded,
+            "reused": sum(s["reused"] for s in shards),
+            "reused_from": next((s["reused_from"] for s in shards if s["reused_from"]), None) or "-",
+            "shards": len(shards),
+            "chunks_per_second": round(embedded / seconds, 1) if seconds else 0.0,
+            "seconds": round(seconds, 3),
         },
     )
+
+
+@dg.graph_asset(
+    ins={"chunks": dg.AssetIn(dagster_type=dg.Nothing)},
+    partitions_def=index_versions,
+    group_name=BUILD_GROUP,
+    kinds={"numpy"},
+    description="L2-normalized chunk vectors, embedded shard by shard (one step each); chunks unchanged since the "
+    "previous version reuse its vectors.",
+)
+def embeddings(chunks):
+    return gather_embeddings(plan_shards(chunks).map(embed_shard).collect())
+
+
+@dg.op(ins={"embeddings": dg.In(dg.Nothing)}, out=dg.DynamicOut(dict, io_manager_key=OUTPUTS))
+def train_shared_index(
+    context: dg.OpExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
+) -> Iterator[dg.DynamicOutput[dict]]:
+    """Train the one index on the unsharded build's sample, gathered from the shards; then one output per shard."""
+    _, _, work = build_step(context, settings, lifecycle)
+    stats = build.train_shared_index(work, settings.factory, settings.seed)
+    context.log.info(f"trained {stats.factory} on {stats.train_size} vectors in {stats.seconds:.1f}s")
+    trained = {"factory": stats.factory, "train_size": stats.train_size, "train_seconds": stats.seconds}
+    for shard in range(len(build.read_plan(work))):
+        yield dg.DynamicOutput({"shard": shard, **trained}, mapping_key=f"s{shard}")
+
+
+@dg.op(out=dg.Out(dict, io_manager_key=OUTPUTS))
+def encode_shard(
+    context: dg.OpExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource, trained: dict
+) -> dict:
+    """Add one shard's vectors to a copy of the trained index."""
+    _, _, work = build_step(context, settings, lifecycle)
+    t0 = time.perf_counter()
+    rows = build.encode_shard(work, trained["shard"])
+    return {**trained, "rows": rows, "seconds": time.perf_counter() - t0}
+
+
+@dg.op(out=dg.Out(dict, io_manager_key=OUTPUTS))
+def merge_shards(
+    context: dg.OpExecutionContext,
+    settings: BuildSettings,
+    lifecycle: LifecycleResource,
+    shards: list[dict],
+) -> dg.Output:
+    """Append the shards' indexes into the version's `faiss.index` (refused, exit 4, if trained differently)."""
+    root, staging, work = build_step(context, settings, lifecycle)
+    summary, merge_seconds = build.merge_shards(work, staging)
+    return dg.Output(
+        {"ntotal": summary.ntotal},
+        metadata={
+            "factory": summary.factory,
+            "ntotal": summary.ntotal,
+            "dimension": summary.dim,
+            "metric": summary.metric,
+            "shards": len(shards),
+            "train_size": shards[0]["train_size"],
+            "train_seconds": round(shards[0]["train_seconds"], 3),
+            "add_seconds": round(max(s["seconds"] for s in shards), 3),
+            "merge_seconds": round(merge_seconds, 3),
+            **_file_meta(context, root, staging, FAISS_FILE),
+        },
+    )
+
+
+@dg.graph_asset(
+    ins={"embeddings": dg.AssetIn(dagster_type=dg.Nothing)},
+    partitions_def=index_versions,
+    group_name=BUILD_GROUP,
+    kinds={"faiss"},
+    description="FAISS inner-product index over the chunk vectors, ids = chunk_id (IndexIDMap2): trained once, "
+    "each shard encoded into a copy (one step each), merged in order.",
+)
+def faiss_index(embeddings):
+    return merge_shards(train_shared_index(embeddings).map(encode_shard).collect())
 
 
 @dg.asset(
@@ -163,9 +269,11 @@ def _scip_index_result(stats: build.ScipStats, file_meta: dict) -> dg.Materializ
     kinds={"numpy"},
     description="BM25 index over the chunks' code-aware tokens (text, path, defined names): lexical.npz.",
 )
-def lexical_index(context: dg.AssetExecutionContext, lifecycle: LifecycleResource) -> dg.MaterializeResult:
-    root, staging = partition_staging(context, lifecycle)
-    stats = build.build_lexical(staging)
+def lexical_index(
+    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
+) -> dg.MaterializeResult:
+    root, staging, work = build_step(context, settings, lifecycle)
+    stats = build.build_lexical(staging, work)
     return dg.MaterializeResult(
         metadata={
             "chunks": stats.chunks,
@@ -177,40 +285,16 @@ def lexical_index(context: dg.AssetExecutionContext, lifecycle: LifecycleResourc
 
 
 @dg.asset(
-    deps=[embeddings],
-    partitions_def=index_versions,
-    group_name=BUILD_GROUP,
-    kinds={"faiss"},
-    description="FAISS inner-product index over the chunk vectors, ids = chunk_id (IndexIDMap2).",
-)
-def faiss_index(
-    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
-) -> dg.MaterializeResult:
-    root, staging = partition_staging(context, lifecycle)
-    stats = build.build_faiss(staging, settings.factory, settings.seed)
-    return dg.MaterializeResult(
-        metadata={
-            "factory": stats.factory,
-            "ntotal": stats.ntotal,
-            "dimension": stats.summary.dim,
-            "metric": stats.summary.metric,
-            "train_size": stats.train_size,
-            "train_seconds": round(stats.train_seconds, 3),
-            "add_seconds": round(stats.add_seconds, 3),
-            **_file_meta(context, root, staging, FAISS_FILE),
-        }
-    )
-
-
-@dg.asset(
     deps=[faiss_index],
     partitions_def=index_versions,
     group_name=BUILD_GROUP,
     kinds={"parquet"},
     description="FAISS row -> chunk_id map exported from the index (faiss_idmap.parquet).",
 )
-def faiss_idmap(context: dg.AssetExecutionContext, lifecycle: LifecycleResource) -> dg.MaterializeResult:
-    root, staging = partition_staging(context, lifecycle)
+def faiss_idmap(
+    context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
+) -> dg.MaterializeResult:
+    root, staging, _ = build_step(context, settings, lifecycle)
     rows = build.build_idmap(staging)
     return dg.MaterializeResult(metadata={"rows": rows, **_file_meta(context, root, staging, IDMAP_FILE)})
 
@@ -225,7 +309,7 @@ def faiss_idmap(context: dg.AssetExecutionContext, lifecycle: LifecycleResource)
 def catalog(
     context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
 ) -> dg.MaterializeResult:
-    root, staging = partition_staging(context, lifecycle)
+    root, staging, work = build_step(context, settings, lifecycle)
     embedder = settings.load_embedder()
     meta = {
         "version": context.partition_key,
@@ -237,7 +321,7 @@ def catalog(
         "built_on": socket.gethostname(),
     }
     t0 = time.perf_counter()
-    build.build_catalog(staging, meta)
+    build.build_catalog(staging, work, meta)
     seconds = time.perf_counter() - t0
     counts = catalog_lib.row_counts(staging / CATALOG_FILE, CATALOG_TABLES)
     return dg.MaterializeResult(
@@ -261,14 +345,15 @@ def catalog(
 def index_version(
     context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
 ) -> dg.MaterializeResult:
-    root, staging = partition_staging(context, lifecycle)
+    root, staging, work = build_step(context, settings, lifecycle)
     embedder = settings.load_embedder()
     attrs = {
         "embedder_name": embedder.name,
         "embedder_fingerprint": embedder.fingerprint,
         "repo": settings.repo_path().as_posix(),
     }
-    vdir = build.finalize(root, context.partition_key, staging, embedder.dim, attrs)
+    vdir = build.finalize(root, context.partition_key, staging, work, embedder.dim, attrs)
+    root.release_build_lease(context.partition_key, context.run_id)  # sealed: nothing of the run is left to guard
     manifest = root.read_manifest(context.partition_key)
     files = manifest["files"]
     table = ["| file | bytes | mutable |", "| --- | ---: | --- |"]
@@ -292,4 +377,4 @@ def index_version(
     return dg.MaterializeResult(metadata=metadata)
 
 
-BUILD_ASSETS = [chunks, embeddings_and_scip_index, lexical_index, faiss_index, faiss_idmap, catalog, index_version]
+BUILD_ASSETS = [chunks, scip_index, embeddings, lexical_index, faiss_index, faiss_idmap, catalog, index_version]

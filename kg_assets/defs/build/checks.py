@@ -14,8 +14,9 @@ def catalog_consistent(
 ) -> dg.AssetCheckResult:
     """Dimensions (embedder, index, catalog) agree; ntotal = chunk rows = ID-map rows; the same unique ids
     everywhere; no NaN vectors; every chunk's text matches its hash."""
-    _, staging = partition_staging(context, lifecycle)
-    results = build.check_staging(staging, settings.load_embedder().dim)
+    root, staging = partition_staging(context, lifecycle)
+    work = settings.work_path(root, context.partition_key)
+    results = build.check_staging(staging, work, settings.load_embedder().dim)
     return dg.AssetCheckResult(
         passed=all(r.passed for r in results),
         metadata={r.name: dg.MetadataValue.text(("ok: " if r.passed else "FAILED: ") + r.detail) for r in results},

@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from kg_assets.defs.build.assets import BUILD_GROUP, index_versions
+from kg_assets.defs.build.resources import release_build_lease
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.lib import catalog, idmap
 
@@ -14,6 +15,7 @@ build = dg.define_asset_job(
     partitions_def=index_versions,
     description="Build a version from a repository: chunks -> embeddings -> faiss_index -> ... -> index_version.",
     tags={"kind": "build"},
+    hooks={release_build_lease},
 )
 
 

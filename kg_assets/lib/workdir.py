@@ -1,0 +1,104 @@
+"""Where a build's step outputs live: a local directory or any fsspec URL (through universal-pathlib's UPath).
+
+Every build step reads its inputs from and writes its outputs to one location per version that all workers see
+(default `versions/<v>.staging/build` on the lifecycle root; a shared filesystem path or e.g. `s3://bucket/kg`
+for workers on other machines). Local files are written atomically (temp file, fsync, rename); an object store
+writes each object whole. The version's own files still go into its staging directory, sealed by one rename.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from upath import UPath
+
+from kg_assets.lib import faiss_index
+from kg_assets.lib.errors import UsageError
+from kg_assets.lib.fsutil import atomic_write_bytes, atomic_write_npy, atomic_write_parquet
+
+WorkPath = Path | UPath
+
+
+def location(spec: str) -> WorkPath:
+    """A local path (plain or `file://`) as a `Path`, any other fsspec URL as a `UPath`; UsageError for a
+    protocol fsspec does not know."""
+    if "://" not in spec or spec.startswith("file://"):
+        return Path(spec.removeprefix("file://")).absolute()
+    try:
+        return UPath(spec)
+    except (ValueError, ImportError) as exc:
+        raise UsageError(f"unsupported step output location {spec!r}: {exc}") from None
+
+
+def is_local(path: WorkPath) -> bool:
+    return isinstance(path, Path)
+
+
+def ensure_dir(path: WorkPath) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def write_bytes(path: WorkPath, data: bytes) -> None:
+    if is_local(path):
+        atomic_write_bytes(path, data)
+    else:
+        path.write_bytes(data)
+
+
+def write_table(path: WorkPath, table: pa.Table) -> None:
+    if is_local(path):
+        atomic_write_parquet(path, table)
+    else:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        path.write_bytes(sink.getvalue().to_pybytes())
+
+
+def read_table(path: WorkPath) -> pa.Table:
+    if is_local(path):
+        return pq.read_table(path)
+    with path.open("rb") as fh:
+        return pq.read_table(fh)
+
+
+def write_array(path: WorkPath, array: np.ndarray) -> None:
+    if is_local(path):
+        atomic_write_npy(path, array)
+    else:
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        path.write_bytes(buffer.getvalue())
+
+
+def read_array(path: WorkPath, *, mmap: bool = False) -> np.ndarray:
+    """An `.npy` array; memory-mapped when local and `mmap` (reading a few rows costs only those rows)."""
+    if is_local(path):
+        return np.load(path, mmap_mode="r" if mmap else None)
+    return np.load(io.BytesIO(path.read_bytes()))
+
+
+def write_index(path: WorkPath, index: faiss.Index) -> None:
+    if is_local(path):
+        faiss_index.write_index(index, path)
+    else:
+        path.write_bytes(faiss.serialize_index(index).tobytes())
+
+
+def read_index(path: WorkPath) -> faiss.Index:
+    if is_local(path):
+        return faiss.read_index(str(path))  # not memory-mapped: a shard read here is appended to
+    return faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
+
+
+def remove_tree(path: WorkPath) -> None:
+    """Remove a directory and everything in it (nothing when absent)."""
+    if is_local(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.fs.rm(path.path, recursive=True)
