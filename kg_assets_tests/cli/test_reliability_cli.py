@@ -138,13 +138,19 @@ def test_a_busy_pool_is_waited_for_with_a_limit_and_signals_end_the_wait(
     before = published_state(staged)
     started = time.monotonic()
     done = indexctl(cli_env, "--wait", "1", "rollback", "v1")
-    _one_line_error(done, 5, f"the lifecycle pool is busy: run {'f' * 8} (unknown job step stage_version)")
+    holder = f"run {'f' * 8} (unknown job step stage_version)"
+    assert done.returncode == 5 and done.stderr.splitlines() == [
+        f"indexctl: waiting up to 1 s for the lifecycle pool: {holder} holds it",
+        f"indexctl: error: the lifecycle pool is busy: {holder} holds its slot; retry when it ends, or wait longer "
+        "with `indexctl --wait SECONDS`",
+    ]
     assert time.monotonic() - started < 15
     waiting = subprocess.Popen(
         [*INDEXCTL, "--wait", "600", "publish", "v2"], env=cli_env, stderr=subprocess.PIPE, text=True
     )
-    time.sleep(6)  # well into the wait
-    assert waiting.poll() is None
+    note = waiting.stderr.readline()  # it says whom it waits for
+    assert note.startswith(f"indexctl: waiting up to 600 s for the lifecycle pool: run {'f' * 8}"), note
+    time.sleep(1)
     waiting.send_signal(signal.SIGTERM)
     assert waiting.wait(timeout=10) == 130
     assert waiting.stderr.read().strip() == "indexctl: aborted"
