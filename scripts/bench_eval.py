@@ -58,9 +58,7 @@ def write_version(root: LifecycleRoot, work: Path, x: np.ndarray, ids: np.ndarra
     paths = sorted(set(uris))
     modules = pa.table({"repo_path": paths, "module_name": paths, "language": ["python"] * len(paths)})
     scip_path = work / "index.scip"
-    index = scip.message_classes()["Index"]()  # a SCIP index naming its tool, with no documents: no source here
-    index.metadata.tool_info.name, index.metadata.tool_info.version = "bench-eval", "1"
-    scip_path.write_bytes(index.SerializeToString())
+    scip_path.write_bytes(scip.empty_index("bench-eval", "1"))  # no source here
     scip_tables = scip.tables(scip.read_index(scip_path))
     meta = {"embedder": "synthetic", "embedder_fingerprint": "synthetic"}
     t0 = time.perf_counter()

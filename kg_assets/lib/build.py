@@ -31,7 +31,7 @@ import pyarrow as pa
 from kg_assets.lib import catalog, chunking, faiss_index, idmap, lexical, scip, workdir
 from kg_assets.lib.embedding import Embedder, Progress, embedding_text
 from kg_assets.lib.errors import KgError, ValidationError
-from kg_assets.lib.fsutil import copy_file
+from kg_assets.lib.fsutil import atomic_write_bytes, copy_file
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
 from kg_assets.lib.workdir import WorkPath
 
@@ -331,12 +331,14 @@ def python_sources_digest(repo: Path) -> str:
     return digest.hexdigest()
 
 
-def materialize_python_sources(repo: Path, dest: Path) -> None:
+def materialize_python_sources(repo: Path, dest: Path) -> int:
     """Copy `python_sources(repo)` into `dest` at the same relative paths: the tree scip-python indexes, so it
-    never follows a symlink out of the repository nor reads a file the chunker left out."""
-    for uri in python_sources(repo):
+    never follows a symlink out of the repository nor reads a file the chunker left out. Returns the file count."""
+    sources = python_sources(repo)
+    for uri in sources:
         (dest / uri).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(repo / uri, dest / uri)
+    return len(sources)
 
 
 @dataclass(frozen=True)
@@ -371,8 +373,10 @@ def scip_started(
 
     with root.scratch("scip") as scratch, ExitStack() as stack:
         run = None
-        if reused_from is None:
-            materialize_python_sources(repo, scratch / "src")
+        if reused_from is None and materialize_python_sources(repo, scratch / "src") == 0:
+            # No Python to index (scip-python fails on an empty tree): a SCIP index with no documents.
+            atomic_write_bytes(staging / SCIP_FILE, scip.empty_index("kg-assets", "no python sources"))
+        elif reused_from is None:
             run = stack.enter_context(
                 scip.ScipPythonRun(scratch / "src", staging / SCIP_FILE, project_name, digest[:12], scratch)
             )

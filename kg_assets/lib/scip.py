@@ -106,6 +106,13 @@ def parse_index(data: bytes) -> Any:
     return index
 
 
+def empty_index(tool_name: str, tool_version: str) -> bytes:
+    """A serialized SCIP index naming its tool and holding no documents (a repository with nothing to index)."""
+    index = message_classes()["Index"]()
+    index.metadata.tool_info.name, index.metadata.tool_info.version = tool_name, tool_version
+    return index.SerializeToString()
+
+
 def read_index(path: Path) -> Any:
     """Read and parse `path` as a SCIP index."""
     try:
