@@ -110,14 +110,9 @@ class VersionHolder:
         with self._lock:
             self.queries_served += 1
 
-    @property
-    def version(self) -> str | None:
-        loaded = self._active
-        return loaded.handle.version if loaded else None
-
     def status(self) -> dict[str, object]:
-        """What /health reports: the served version, when it loaded, queries served, and the last failed load
-        (`load_error`) when the served version is not the one `CURRENT` names."""
+        """What /health reports: the served version, when it loaded, queries served, and `load_error` while what
+        `CURRENT` names (a version, or the served version's new tuning profile) failed to load."""
         with self._lock:
             loaded, failure, served = self._active, self._failure, self.queries_served
         state: dict[str, object] = {
