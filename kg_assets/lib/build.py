@@ -191,6 +191,8 @@ def previous_vectors(
                 table = con.sql(query).to_arrow_table()
         except (duckdb.Error, KgError):  # an unreadable old catalog only costs a full re-embed
             continue
+        if table.num_rows == 0:  # the newest such version has none of these files (another repository)
+            return None, {}
         flat = table.column("embedding").combine_chunks().flatten().to_numpy().astype(np.float32)
         vectors = flat.reshape(table.num_rows, -1)
         keys = zip(table.column("uri").to_pylist(), table.column("content_hash").to_pylist(), strict=True)
