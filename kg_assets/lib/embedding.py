@@ -11,9 +11,11 @@ import hashlib
 import importlib.util
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -167,10 +169,19 @@ class MiniLMOnnx:
 
 
 class OpenAICompatible:
-    """An OpenAI-compatible `/v1/embeddings` endpoint (vLLM, TEI, ...). Tokens are estimated at 4 chars each."""
+    """An OpenAI-compatible `/v1/embeddings` endpoint (vLLM, TEI, ...). Tokens are estimated at 4 chars each.
+
+    Texts go in batches of `batch_size`, at most `concurrency` requests in flight; a 429, a 5xx or a connection
+    error is retried with exponential backoff (`Retry-After` honoured) up to `attempts` times, after which
+    `embed` raises ValidationError: the shard embedding them fails and a re-run redoes only that shard."""
 
     max_tokens = 512
     batch_size = 64
+    concurrency = 4
+    attempts = 6
+    backoff_s = 0.5  # first pause; doubles per attempt, capped at `max_backoff_s`
+    max_backoff_s = 8.0
+    timeout_s = 120.0
 
     def __init__(self, url: str, model: str, dim: int) -> None:
         self.url, self.model, self.dim = url.rstrip("/"), model, dim
@@ -184,24 +195,53 @@ class OpenAICompatible:
         return [len(t) // 4 + 1 for t in texts]
 
     def embed(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
-        rows = []
-        for start in range(0, len(texts), self.batch_size):
-            body = json.dumps({"model": self.model, "input": list(texts[start : start + self.batch_size])})
+        starts = range(0, len(texts), self.batch_size)
+        batches = [list(texts[start : start + self.batch_size]) for start in starts]
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        done = 0
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            futures = {pool.submit(self._request, batch): start for start, batch in zip(starts, batches, strict=True)}
+            for future in as_completed(futures):
+                rows = future.result()
+                start = futures[future]
+                out[start : start + len(rows)] = rows
+                done += len(rows)
+                if progress:
+                    progress(done, len(texts))
+        return normalize(out)
+
+    def _request(self, batch: list[str]) -> np.ndarray:
+        """One batch's vectors, retried on 429, 5xx and connection errors; ValidationError when it gives up."""
+        body = json.dumps({"model": self.model, "input": batch}).encode()
+        pause, last = self.backoff_s, ""
+        for attempt in range(self.attempts):
+            if attempt:
+                time.sleep(pause)
+                pause = min(pause * 2, self.max_backoff_s)
             request = urllib.request.Request(
-                f"{self.url}/v1/embeddings", data=body.encode(), headers={"Content-Type": "application/json"}
+                f"{self.url}/v1/embeddings", data=body, headers={"Content-Type": "application/json"}
             )
             try:
-                with urllib.request.urlopen(request, timeout=120) as response:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     payload = json.load(response)
-            except urllib.error.URLError as exc:
-                raise ValidationError(f"embedding endpoint {self.url} failed: {exc}") from None
-            rows += [item["embedding"] for item in sorted(payload["data"], key=lambda d: d["index"])]
-            if progress:
-                progress(len(rows), len(texts))
-        vectors = normalize(np.array(rows, dtype=np.float32))
-        if vectors.shape[1] != self.dim:
-            raise ValidationError(f"endpoint returned dimension {vectors.shape[1]}, configured {self.dim}")
-        return vectors
+            except urllib.error.HTTPError as exc:
+                if exc.code != 429 and exc.code < 500:
+                    raise ValidationError(f"embedding endpoint {self.url} refused a batch: HTTP {exc.code}") from None
+                last = f"HTTP {exc.code}"
+                retry_after = exc.headers.get("Retry-After", "")
+                if retry_after.isdigit():
+                    pause = min(float(retry_after), self.max_backoff_s)
+                continue
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(getattr(exc, "reason", exc))
+                continue
+            rows = np.array([item["embedding"] for item in sorted(payload["data"], key=lambda d: d["index"])])
+            if rows.shape != (len(batch), self.dim):
+                raise ValidationError(
+                    f"endpoint returned vectors of shape {rows.shape}, expected {(len(batch), self.dim)}"
+                )
+            return rows.astype(np.float32)
+        raise ValidationError(f"embedding endpoint {self.url} failed {self.attempts} times (last: {last})")
 
 
 class SentenceTransformer:
