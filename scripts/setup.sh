@@ -7,8 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=dev
+if [ "${CI:-}" = "true" ] || [ "${KG_SCALE_TESTS:-}" = "1" ]; then
+  extras=$extras,scale  # the Celery + PostgreSQL test (its services come from scripts/services.sh)
+fi
 if [ "${CI:-}" = "true" ] || [ "${KG_UI_TESTS:-}" = "1" ]; then
-  extras=dev,ui
+  extras=$extras,ui
   if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" != 0 ]; then
       echo "setup: the UI tests need Debian's chromium; run as root or: sudo apt-get install chromium" >&2

@@ -82,15 +82,30 @@ def run_job(
             wait_for_pool(instance, pools.pop(), wait)
         progress.claim_terminal()  # the step's stderr will be redirected into Dagster's compute logs
         with instance:
-            result = job.execute_in_process(
-                run_config=full_config,
-                instance=instance,
-                tags=_owner_tags(),
-                partition_key=partition_key,
-                raise_on_error=False,
-            )
+            result = _execute(job, full_config, instance, partition_key)
         if not result.success:
             raise _failure(result)
+        return result
+
+
+def _execute(job: Any, run_config: dict[str, Any], instance: Any, partition_key: str | None) -> Any:
+    """Run `job` in this process; the build job with $KG_EXECUTOR set (`multiprocess`, `celery`) under that
+    executor instead (its shard steps in other processes or on Celery workers), still waited for here."""
+    if job.name != "build" or not os.environ.get("KG_EXECUTOR"):
+        return job.execute_in_process(
+            run_config=run_config,
+            instance=instance,
+            tags=_owner_tags(),
+            partition_key=partition_key,
+            raise_on_error=False,
+        )
+    import dagster as dg
+
+    from kg_assets.definitions import build_job, execution_config
+
+    tags = {**_owner_tags(), "dagster/partition": partition_key}
+    config = {**run_config, **execution_config()}
+    with dg.execute_job(dg.reconstructable(build_job), instance, run_config=config, tags=tags) as result:
         return result
 
 
