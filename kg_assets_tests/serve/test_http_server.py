@@ -120,7 +120,7 @@ def test_publish_rollback_flips_under_load_drop_no_query(
                 got = server.get(f"/search?q={query.replace(' ', '+')}&k=10&mode=hybrid")
             answers[n].append(got)
             count += 1
-            time.sleep(0.05)  # leaves the flipping CLI some of the two cores
+            time.sleep(0.1)  # leaves the flipping CLI some of the two cores
 
     clients = [threading.Thread(target=client, args=(n,)) for n in range(4)]
     for thread in clients:
