@@ -143,7 +143,10 @@ def set_knobs(index: faiss.Index, profile: dict[str, Any] | None, settings: Eval
     notes = []
     if settings.nprobe is not None:
         if "nprobe" in have:
-            applied["nprobe"] = settings.nprobe
+            nlist = next(n.nlist for n in tuning.index_nodes(index) if isinstance(n, faiss.IndexIVF))
+            if settings.nprobe > nlist:  # the runbook's --nprobe 64 on a small index: probe every list
+                notes.append(f"--nprobe {settings.nprobe} is more than the {nlist} IVF lists: all {nlist} are probed")
+            applied["nprobe"] = min(settings.nprobe, nlist)
         else:
             notes.append(f"--nprobe {settings.nprobe} ignored: {faiss_index.factory_string(index)} has no IVF lists")
     if settings.k_factor is not None:
