@@ -260,6 +260,7 @@ class _Segment:
     start: int  # first line index (0-based)
     end: int  # one past the last line index
     symbols: tuple[str, ...] = ()
+    head: int | None = None  # the line defining `symbols` when it is not `start` (a doc comment comes first)
 
 
 def chunk_file(
@@ -328,7 +329,7 @@ def _python_body(body: list[ast.stmt]) -> list[Definition]:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             start = min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 1
             members = _python_body(node.body) if isinstance(node, ast.ClassDef) else None
-            found.append(Definition(start, node.end_lineno or node.lineno, node.name, members))
+            found.append(Definition(start, node.end_lineno or node.lineno, node.name, members, node.lineno - 1))
     return found
 
 
@@ -348,9 +349,10 @@ def _segments_of(found: Sequence[Definition], start: int, end: int, prefix: str)
             inner = _segments_of(definition.members, node_start, node_end, f"{name}." if name else prefix)
             inner[0] = _Segment(inner[0].start, inner[0].end, own + inner[0].symbols)
             symbols = tuple(s for seg in inner for s in seg.symbols)
-            segments.append(_ClassSegment(node_start, node_end, symbols, tuple(inner)))
+            segments.append(_ClassSegment(node_start, node_end, symbols, parts=tuple(inner)))
         else:
-            segments.append(_Segment(node_start, node_end, own))
+            head = definition.head if definition.head is not None and definition.head > node_start else None
+            segments.append(_Segment(node_start, node_end, own, head))
         cursor = node_end
     if cursor < end:
         segments.append(_Segment(cursor, end))
@@ -369,7 +371,7 @@ def _fit(segments: list[_Segment], per_line: list[int], texts: list[str], limit:
     fitted: list[_Segment] = []
     for seg in segments:
         if sum(per_line[seg.start : seg.end]) <= limit:
-            fitted.append(_Segment(seg.start, seg.end, seg.symbols))
+            fitted.append(_Segment(seg.start, seg.end, seg.symbols, seg.head))
         elif isinstance(seg, _ClassSegment) and len(seg.parts) > 1:
             fitted.extend(_fit(list(seg.parts), per_line, texts, limit))
         else:
@@ -396,7 +398,8 @@ def _split_lines(seg: _Segment, per_line: list[int], texts: list[str], limit: in
             stop += 1
         if stop < seg.end and last_blank and last_blank > start:
             stop = last_blank
-        pieces.append(_Segment(start, stop, seg.symbols if start == seg.start else ()))
+        head = seg.start if seg.head is None else seg.head  # the piece holding the definition's own line
+        pieces.append(_Segment(start, stop, seg.symbols if start <= head < stop else ()))
         start = stop
     return pieces
 

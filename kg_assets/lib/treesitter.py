@@ -27,6 +27,7 @@ class Definition:
     end: int
     name: str
     members: tuple[Definition, ...] | None = None
+    head: int | None = None  # the line where the definition itself starts (past its comments); None: `start`
 
 
 @dataclass
@@ -101,7 +102,7 @@ def _definition(entry: _Found, grammar: Grammar, spans: set[tuple[int, int]]) ->
     node = entry.node
     end = _last_row(node) + 1
     members = tuple(_definition(m, grammar, spans) for m in entry.members) if entry.is_scope else None
-    return Definition(_start_row(node, grammar, spans), end, _name(node, grammar), members)
+    return Definition(_start_row(node, grammar, spans), end, _name(node, grammar), members, node.start_point.row)
 
 
 def _start_row(node: Node, grammar: Grammar, spans: set[tuple[int, int]]) -> int:

@@ -101,10 +101,13 @@ def test_real_source_is_partitioned_into_definition_chunks_with_stable_ids(
     for before, chunk in itertools.pairwise(chunks):
         first = chunk.text.lstrip("\n").split("\n", 1)[0].strip()
         if first.startswith(("* ", "*/")) or first == "*":  # inside a block comment: only one over budget alone
-            assert not chunk.symbols and "*/" not in before.text, f"{uri}:{chunk.start_line} starts in a comment"
+            assert "*/" not in before.text, f"{uri}:{chunk.start_line} starts in a comment"
     for chunk in chunks:
         if chunk.end_line > chunk.start_line:  # a single line may exceed the budget; nothing else does
             assert sum(counter(chunk.text.splitlines(keepends=True))) <= BUDGET
+    for chunk in chunks:  # a split definition's names go with its own line, not with a doc comment above it
+        for symbol in chunk.symbols:
+            assert symbol.rsplit(".", 1)[-1] in chunk.text, f"{uri}:{chunk.start_line} carries {symbol}"
     again = chunking.chunk_file(uri, data, counter, BUDGET)
     assert [c.chunk_id for c in again] == [c.chunk_id for c in chunks]
     assert [c.symbols for c in again] == [c.symbols for c in chunks]
@@ -112,12 +115,23 @@ def test_real_source_is_partitioned_into_definition_chunks_with_stable_ids(
 
 def test_doc_comments_and_attributes_stay_with_their_definition(counter: chunking.TokenCounter) -> None:
     # Budget so small that every method is its own chunk: each starts at its docblock, not inside it.
-    chunks = chunking.chunk_file("LoggerTrait.php", source("php").read_bytes(), counter, 60)
+    chunks = chunking.chunk_file("LoggerTrait.php", source("php").read_bytes(), counter, 100)
     emergency = next(c for c in chunks if "LoggerTrait.emergency" in c.symbols)
     assert emergency.text.lstrip().startswith("/**") and "System is unusable" in emergency.text
+    assert "function emergency(" in emergency.text
     rust = chunking.chunk_file("lib.rs", source("rust").read_bytes(), counter, 60)
     new = next(c for c in rust if "Buffer.new" in c.symbols)  # `/// doc` and `#[inline]` above `pub fn new`
     assert new.text.lstrip().startswith("/// This is a cheap operation") and "#[inline]" in new.text
+
+
+def test_a_definition_split_after_its_doc_comment_carries_its_names_on_its_own_line(
+    counter: chunking.TokenCounter,
+) -> None:
+    # Too small for docblock and method together: the docblock is a piece of its own, the method the next one.
+    chunks = chunking.chunk_file("LoggerTrait.php", source("php").read_bytes(), counter, 60)
+    index = next(i for i, c in enumerate(chunks) if "LoggerTrait.emergency" in c.symbols)
+    assert "function emergency(" in chunks[index].text
+    assert chunks[index - 1].text.lstrip().startswith("/**") and not chunks[index - 1].symbols
 
 
 def test_small_definitions_share_a_chunk_and_a_big_scope_splits_into_members(counter: chunking.TokenCounter) -> None:
