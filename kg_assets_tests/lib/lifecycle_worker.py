@@ -15,6 +15,7 @@ per successful flip; `read` prints the number of reads and exits non-zero on the
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import os
@@ -73,6 +74,8 @@ def read(root: LifecycleRoot, seconds: float) -> None:
 
 
 def forkserver(root: LifecycleRoot) -> None:
+    for module in ("kg_assets.lib.health", "kg_assets.lib.validation"):  # lifecycle imports them when needed:
+        importlib.import_module(module)  # once here, not in every forked child
     for line in sys.stdin:
         command = json.loads(line)
         pid = os.fork()
