@@ -4,9 +4,10 @@
 
 Each repository of `benchmarks/quality/repos.json` is materialized from its registry at the pinned version
 (`scripts/bench_repos.py`) and built with `indexctl build NAME --repo DIR` into `build/bench/indexes` (kept between
-runs; `--rebuild` builds again, e.g. after a chunking change). Every question then goes through the served
-retrieval stack (`VersionHandle`, exactly what `indexctl search` runs) in each mode; NDCG@10, MRR@10 and
-recall@10 count a labelled file or span as found when a top-10 chunk overlaps it (each target once).
+runs; `--rebuild` builds a new version NAME-rN beside it, e.g. after a chunking change, reusing unchanged vectors).
+Every question then goes through the served retrieval stack (`VersionHandle`, exactly what `indexctl search`
+runs) in each mode; NDCG@10, MRR@10 and recall@10 count a labelled file or span as found when a top-10 chunk
+overlaps it (each target once); `--relex` re-indexes the chunks lexically in memory (a tokenizer change).
 Latency: the same questions through `search` (embedding, channels, re-rank, hydration), dense vs hybrid, warm.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -41,17 +43,19 @@ CATEGORIES = ("architecture", "semantic", "symbol")
 K = 10
 
 
-def build_version(name: str, repo: Path, root: Path, rebuild: bool) -> None:
-    """`indexctl build NAME --repo REPO` into `root`, unless the version is there already."""
-    if (root / "versions" / name).is_dir() and not rebuild:
-        return
-    env = {**os.environ, "KG_INDEXES_DIR": str(root), "KG_PROGRESS": "0"}
+def build_version(name: str, repo: Path, root: LifecycleRoot, rebuild: bool) -> str:
+    """The newest version of `name` (`NAME`, `NAME-r2`, ...), after `indexctl build` made one when there is none or
+    `rebuild` asks (a new version beside the old ones, so unchanged chunks reuse their vectors)."""
+    ours = [v for v in root.list_versions() if v == name or re.fullmatch(rf"{re.escape(name)}-r\d+", v)]
+    if ours and not rebuild:
+        return ours[-1]
+    version = f"{name}-r{len(ours) + 1}" if ours else name
+    env = {**os.environ, "KG_INDEXES_DIR": str(root.root), "KG_PROGRESS": "0"}
     env.pop("DAGSTER_HOME", None)
-    if rebuild and (root / "versions" / name).is_dir():
-        subprocess.run([str(PROJECT / ".venv/bin/indexctl"), "gc", "--keep", "0"], env=env, check=False)
     t0 = time.perf_counter()
-    subprocess.run([str(PROJECT / ".venv/bin/indexctl"), "build", name, "--repo", str(repo)], env=env, check=True)
-    print(f"built {name} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    subprocess.run([str(PROJECT / ".venv/bin/indexctl"), "build", version, "--repo", str(repo)], env=env, check=True)
+    print(f"built {version} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    return version
 
 
 def evaluate_repo(handle: VersionHandle, questions: list[dict]) -> dict:
@@ -95,7 +99,7 @@ def metrics(rows: list[tuple], mode: str) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rebuild", action="store_true", help="Build every version again.")
+    parser.add_argument("--rebuild", action="store_true", help="Build a new version of every repository.")
     parser.add_argument(
         "--relex", action="store_true", help="Re-index each version's chunks lexically in memory (tokenizer changes)."
     )
@@ -108,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         wanted = set(args.repos.split(","))
         specs = [s for s in specs if s["name"] in wanted]
     questions = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
-    root_dir = BENCH_DIR / "indexes"
-    root = LifecycleRoot(root_dir)
+    root = LifecycleRoot(BENCH_DIR / "indexes")
     rows: list[tuple[dict, object, dict]] = []  # (spec, query, found by mode)
     latency: dict[str, list[float]] = {"dense": [], "hybrid": []}
     for spec in specs:
@@ -117,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         if not mine:
             continue
         repo = bench_repos.materialize(spec, BENCH_DIR / "src")
-        build_version(spec["name"], repo, root_dir, args.rebuild)
-        with VersionHandle.open(root, spec["name"]) as handle:
+        version = build_version(spec["name"], repo, root, args.rebuild)
+        with VersionHandle.open(root, version) as handle:
             if args.relex:
                 with catalog.connect_read_only(handle.catalog_path) as con:
                     chunks = con.sql("SELECT chunk_id, uri, language, text, symbols FROM chunks ORDER BY chunk_id")

@@ -177,8 +177,8 @@ def earlier_versions(root: LifecycleRoot) -> Iterator[tuple[str, Path, dict[str,
 def previous_vectors(
     root: LifecycleRoot, fingerprint: str, uris: Sequence[str] | None = None
 ) -> tuple[str | None, dict[tuple[str, str], np.ndarray]]:
-    """Vectors of the newest complete version embedded with the same embedder, keyed by (uri, content hash);
-    only those of `uris` when given (a shard reads its own files' rows, not the whole catalog)."""
+    """Vectors of the newest complete version embedded with the same embedder that holds any of `uris` (all files
+    when None), keyed by (uri, content hash); a shard reads its own files' rows, not the whole catalog."""
     for version, vdir, meta in earlier_versions(root):
         if meta.get("embedder_fingerprint") != fingerprint:
             continue
@@ -191,8 +191,8 @@ def previous_vectors(
                 table = con.sql(query).to_arrow_table()
         except (duckdb.Error, KgError):  # an unreadable old catalog only costs a full re-embed
             continue
-        if table.num_rows == 0:  # the newest such version has none of these files (another repository)
-            return None, {}
+        if table.num_rows == 0:  # a version of another repository (roots can hold several): look further back
+            continue
         flat = table.column("embedding").combine_chunks().flatten().to_numpy().astype(np.float32)
         vectors = flat.reshape(table.num_rows, -1)
         keys = zip(table.column("uri").to_pylist(), table.column("content_hash").to_pylist(), strict=True)
