@@ -6,6 +6,7 @@
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench.py quality [bench_quality.py options]
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench.py serve   [bench_serve.py options]
     .venv/bin/python scripts/bench.py chunking [bench_chunking.py options]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench.py scale   [bench_scale.py options]
 
 `build`: `indexctl build` vs the embedder + FAISS train/add on the same inputs, peak memory, no-change rebuild.
 `tuning`: `tune --quick/--full` vs a restricted `ParameterSpace.explore` on a 1M-vector IVF-PQ index.
@@ -14,6 +15,8 @@
 `serve`: /search of `indexctl serve` (4 clients) vs the engine's search in a warm loop and vs one-shot
 `indexctl search`: p50/p99 latency, QPS, and the server's memory with one version and during a swap.
 `chunking`: chunks per CPU-second on one core for every language, on real source files (goal >= 1,000).
+`scale`: the sharded build's train / encode / merge steps (a process each) for 1, 2, 4 shards vs one raw FAISS
+train + add of the same precomputed vectors: time and peak memory per process, as ratios.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ BENCHES = {
     "quality": "bench_quality.py",
     "serve": "bench_serve.py",
     "chunking": "bench_chunking.py",
+    "scale": "bench_scale.py",
 }
 
 if __name__ == "__main__":

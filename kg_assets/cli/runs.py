@@ -6,8 +6,10 @@ Dagster is imported here, lazily, so read-only verbs never pay for it.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
+import subprocess
 import sys
 import time
 import warnings
@@ -89,8 +91,12 @@ def run_job(
 
 
 def _execute(job: Any, run_config: dict[str, Any], instance: Any, partition_key: str | None) -> Any:
-    """Run `job` in this process; the build job with $KG_EXECUTOR set (`multiprocess`, `celery`) under that
-    executor instead (its shard steps in other processes or on Celery workers), still waited for here."""
+    """Run `job` in this process; the build job with $KG_SUBMIT=1 submitted to the instance instead (its run
+    coordinator and launcher, or its queue and daemon, start it), or with $KG_EXECUTOR set (`multiprocess`,
+    `celery`) run here under that executor (its shard steps in other processes or on Celery workers). Either way
+    the run is waited for here and its result returned."""
+    if job.name == "build" and os.environ.get("KG_SUBMIT") == "1":
+        return SubmittedRun(instance, _submit(job.name, run_config, partition_key))
     if job.name != "build" or not os.environ.get("KG_EXECUTOR"):
         return job.execute_in_process(
             run_config=run_config,
@@ -107,6 +113,55 @@ def _execute(job: Any, run_config: dict[str, Any], instance: Any, partition_key:
     config = {**run_config, **execution_config()}
     with dg.execute_job(dg.reconstructable(build_job), instance, run_config=config, tags=tags) as result:
         return result
+
+
+def _submit(job_name: str, run_config: dict[str, Any], partition_key: str | None) -> str:
+    """Submit a run of `job_name` to the instance at $DAGSTER_HOME through `dagster job launch` (the instance's
+    run coordinator: launched at once, or queued for `dagster-daemon run`); its run id. The run carries no owner
+    tags: it does not die with this process, so the dead-run reaper leaves it alone."""
+    import uuid
+
+    run_id = str(uuid.uuid4())
+    config = {k: v for k, v in run_config.items() if k != "loggers"}
+    if os.environ.get("KG_EXECUTOR"):
+        from kg_assets.definitions import execution_config
+
+        config.update(execution_config())
+    tags = {"kg/source": "indexctl-submit", **({"dagster/partition": partition_key} if partition_key else {})}
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster), "job", "launch", "-m", "kg_assets.definitions", "-j", job_name, "--run-id", run_id]
+    command += ["--config-json", json.dumps(config), "--tags", json.dumps(tags)]
+    launched = subprocess.run(command, capture_output=True, text=True)
+    if launched.returncode != 0:
+        raise errors.KgError(f"dagster job launch failed: {(launched.stderr.strip().splitlines() or ['?'])[-1]}")
+    return run_id
+
+
+class SubmittedRun:
+    """The finished run of a submitted job, read back from the instance: what a caller reads of an in-process
+    result (success, events, materializations, check evaluations). The constructor waits for the run to end."""
+
+    def __init__(self, instance: Any, run_id: str, poll: float = 0.5, note_after: float = 10.0) -> None:
+        started = time.monotonic()
+        while not (run := instance.get_run_by_id(run_id)) or not run.is_finished:
+            if note_after and run and run.status.value == "QUEUED" and time.monotonic() - started > note_after:
+                home = os.environ.get("DAGSTER_HOME")
+                print(
+                    f"indexctl: run {run_id} is queued: the daemon starts it (dagster-daemon run, or dagster dev, "
+                    f"with DAGSTER_HOME={home}); waiting",
+                    file=sys.stderr,
+                )
+                note_after = 0.0
+            time.sleep(poll)
+        self.run_id = run_id
+        self.success = run.is_success
+        self.all_events = [e.dagster_event for e in instance.all_logs(run_id) if e.dagster_event]
+
+    def get_asset_materialization_events(self) -> list[Any]:
+        return [e for e in self.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
+
+    def get_asset_check_evaluations(self) -> list[Any]:
+        return [e.event_specific_data for e in self.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
 
 
 class InstanceUnavailable(errors.KgError):
