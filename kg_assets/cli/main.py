@@ -368,7 +368,7 @@ def build(
     if summary["line_window_fallback"]:
         click.echo("  no grammar loaded (line windows): " + ", ".join(summary["line_window_fallback"]))
     click.echo(
-        f"  embedded {summary['embedded']}, reused {summary['reused']} from the previous version "
+        f"  embedded {summary['embedded']}, reused {summary['reused']} from earlier versions "
         f"({summary['shards']} shard{'s' if summary['shards'] != 1 else ''})"
     )
     click.echo("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))

@@ -175,42 +175,52 @@ def earlier_versions(root: LifecycleRoot) -> Iterator[tuple[str, Path, dict[str,
 
 
 def previous_vectors(
-    root: LifecycleRoot, fingerprint: str, uris: Sequence[str] | None = None
+    root: LifecycleRoot, fingerprint: str, keys: Sequence[tuple[str, str]]
 ) -> tuple[str | None, dict[tuple[str, str], np.ndarray]]:
-    """Vectors of the newest complete version embedded with the same embedder that holds any of `uris` (all files
-    when None), keyed by (uri, content hash); a shard reads its own files' rows, not the whole catalog."""
+    """Stored vectors of the given (uri, content hash) chunks from the complete versions embedded with the same
+    embedder, newest first, each read only for the keys still missing (the same text under the same path embeds to
+    the same vector, whichever version holds it; a root may hold several repositories). Returns the versions that
+    gave any, comma-separated, and the vectors by key."""
+    missing = set(keys)
+    known: dict[tuple[str, str], np.ndarray] = {}
+    sources = []
     for version, vdir, meta in earlier_versions(root):
+        if not missing:
+            break
         if meta.get("embedder_fingerprint") != fingerprint:
             continue
-        query = "SELECT uri, content_hash, embedding FROM chunks"
+        wanted = pa.table({"uri": [k[0] for k in missing], "content_hash": [k[1] for k in missing]})
         try:
             with catalog.connect_read_only(vdir / CATALOG_FILE) as con:
-                if uris is not None:
-                    con.register("wanted", pa.table({"uri": sorted(set(uris))}))
-                    query += " WHERE uri IN (SELECT uri FROM wanted)"
-                table = con.sql(query).to_arrow_table()
-        except (duckdb.Error, KgError):  # an unreadable old catalog only costs a full re-embed
+                con.register("wanted", wanted)
+                table = con.sql(
+                    "SELECT uri, content_hash, embedding FROM chunks JOIN wanted USING (uri, content_hash)"
+                ).to_arrow_table()
+        except (duckdb.Error, KgError):  # an unreadable old catalog only costs recomputation
             continue
-        if table.num_rows == 0:  # a version of another repository (roots can hold several): look further back
+        if table.num_rows == 0:
             continue
-        flat = table.column("embedding").combine_chunks().flatten().to_numpy().astype(np.float32)
-        vectors = flat.reshape(table.num_rows, -1)
-        keys = zip(table.column("uri").to_pylist(), table.column("content_hash").to_pylist(), strict=True)
-        return version, {key: vectors[i] for i, key in enumerate(keys)}
-    return None, {}
+        vectors = table.column("embedding").combine_chunks().flatten().to_numpy().astype(np.float32)
+        vectors = vectors.reshape(table.num_rows, -1)
+        found = zip(table.column("uri").to_pylist(), table.column("content_hash").to_pylist(), strict=True)
+        for i, key in enumerate(found):
+            known[key] = vectors[i]
+            missing.discard(key)
+        sources.append(version)
+    return ", ".join(sources) or None, known
 
 
 def embed_shard(
     root: LifecycleRoot, work: WorkPath, shard: int, embedder: Embedder, progress: Progress | None = None
 ) -> EmbedStats:
-    """Embed shard `shard`'s chunks, reusing the vectors of unchanged (uri, content hash) of the newest earlier
-    version with the same embedder; writes `shards/NNNN.npy` and `shards/NNNN.parquet` (its chunk rows with an
+    """Embed shard `shard`'s chunks, reusing the vectors earlier versions with the same embedder hold for the same
+    (uri, content hash); writes `shards/NNNN.npy` and `shards/NNNN.parquet` (its chunk rows with an
     `embedding` column, what the catalog reads)."""
     t0 = time.perf_counter()
     start, end = read_plan(work)[shard]
     chunks = read_chunks(work).slice(start, end - start)
     uris, hashes, texts = (chunks.column(c).to_pylist() for c in ("uri", "content_hash", "text"))
-    source, known = previous_vectors(root, embedder.fingerprint, uris)
+    source, known = previous_vectors(root, embedder.fingerprint, list(zip(uris, hashes, strict=True)))
     vectors = np.zeros((chunks.num_rows, embedder.dim), dtype=np.float32)
     todo = []
     for row, key in enumerate(zip(uris, hashes, strict=True)):

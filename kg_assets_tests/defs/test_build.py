@@ -43,7 +43,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[LifecycleRoot, Path
 def test_every_asset_materializes_with_metadata(built: tuple) -> None:
     root, _, result = built
     meta = materializations(result)
-    assert set(meta) == {"chunks", "embeddings", "scip_index", "faiss_index", "faiss_idmap", "catalog", "index_version"}
+    assert set(meta) == {
+        "chunks",
+        "embeddings",
+        "scip_index",
+        "lexical_index",
+        "faiss_index",
+        "faiss_idmap",
+        "catalog",
+        "index_version",
+    }
     n = meta["chunks"]["chunks"]
     assert n > 10 and meta["chunks"]["files"] == 6
     assert (meta["embeddings"]["dimension"], meta["embeddings"]["embedded"], meta["embeddings"]["reused"]) == (
@@ -67,6 +76,7 @@ def test_every_asset_materializes_with_metadata(built: tuple) -> None:
         "faiss.index",
         "faiss_idmap.parquet",
         "index.scip",
+        "lexical.npz",
         "manifest.json",
     ]
     manifest = root.verify_version("v1")
@@ -93,13 +103,13 @@ def test_catalog_joins_faiss_rows_chunks_and_symbols(built: tuple) -> None:
 
 def test_search_finds_the_matching_function(built: tuple) -> None:
     root, repo, _ = built
-    _, hits = search_version(root, "length of the hypotenuse of a right triangle", k=3, version="v1")
+    _, hits, _ = search_version(root, "length of the hypotenuse of a right triangle", k=3, version="v1")
     top = hits[0]
     def_line = (
         (repo / "shapes/geometry.py").read_text().splitlines().index("def hypotenuse(a: float, b: float) -> float:")
     )
     assert top.uri == "shapes/geometry.py" and top.start_line <= def_line + 1 <= top.end_line
-    _, hits = search_version(root, "read settings from a JSON configuration file", k=3, version="v1")
+    _, hits, _ = search_version(root, "read settings from a JSON configuration file", k=3, version="v1")
     assert hits[0].uri == "parsing.py"
 
 
