@@ -184,3 +184,15 @@ def test_a_repository_without_python_builds_and_its_definitions_are_found(h11_ro
     assert hits[0]["uri"] == "lib/command.js" and hits[0]["channels"]["symbol"]["rank"] == 1
     text = (repo / "lib" / "command.js").read_text().splitlines()
     assert any("parseOptions(" in line for line in text[hits[0]["start_line"] - 1 : hits[0]["end_line"]])
+
+
+def test_a_rebuild_reuses_every_vector_though_another_repository_was_built_since(h11_root: tuple) -> None:
+    env, root, repo = h11_root
+    if "js1" not in root.list_versions():  # run alone: another repository's version in between
+        other = repo.parent / "other"
+        shutil.copytree(PROJECT / "node_modules" / "commander" / "lib", other / "lib")
+        assert indexctl(env, "build", "js1", "--repo", str(other)).returncode == 0
+    done = indexctl(env, "build", "h2", "--repo", str(repo), "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["embedded"] == 0 and summary["reused"] == summary["chunks"] > 0
