@@ -21,6 +21,7 @@ import numpy as np
 from kg_assets.lib import catalog, faiss_index, tuning, validation
 from kg_assets.lib.embedding import searchable_embedder
 from kg_assets.lib.errors import KgError, ValidationError
+from kg_assets.lib.lexical import LEXICAL_FILE, LexicalIndex
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
 from kg_assets.lib.tuning import TUNING_FILE
 
@@ -167,6 +168,16 @@ def _searchable(v: _Version) -> tuple[str, str]:
     return OK, f"queries are embedded with {embedder.name} (dimension {embedder.dim}, the index's)"
 
 
+def _lexical_index_fits(v: _Version) -> tuple[str, str]:
+    """The lexical index loads and indexes exactly the index's chunk ids (search's lexical channel)."""
+    if not (v.vdir / LEXICAL_FILE).is_file():
+        return SKIPPED, f"no {LEXICAL_FILE}: search uses the dense and symbol channels only"
+    lexical = LexicalIndex.load(v.vdir / LEXICAL_FILE)
+    if not np.array_equal(np.sort(lexical.ids), np.sort(v.index_ids)):
+        return FAILED, f"{LEXICAL_FILE} indexes other chunk ids than {FAISS_FILE}"
+    return OK, f"{len(lexical.ids)} chunks, {lexical.terms} terms, the index's chunk ids"
+
+
 def _pointer_consistent(v: _Version) -> tuple[str, str]:
     current = v.root.current()
     if current is None:
@@ -190,6 +201,7 @@ CHECKS: dict[str, Callable[[_Version], tuple[str, str]]] = {
     "chunk_symbols_resolve": _chunk_symbols_resolve,
     "tuning_fits_index": _tuning_fits_index,
     "searchable": _searchable,
+    "lexical_index_fits": _lexical_index_fits,
     "pointer_consistent": _pointer_consistent,
 }
 
