@@ -13,7 +13,6 @@ labelled file is given; the MRR regression gate (faiss, version against version)
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from collections.abc import Callable
@@ -24,22 +23,19 @@ from typing import Any
 
 import faiss
 import numpy as np
-import pyarrow as pa
 
-from kg_assets.lib import catalog, faiss_index, query_sets, tuning
+from kg_assets.lib import catalog, eval_gate, eval_outputs, faiss_index, query_sets, tuning
 from kg_assets.lib.channels import Corpus, ann_search
 from kg_assets.lib.embedding import Embedder, embedding_text, version_embedder
 from kg_assets.lib.errors import ConflictError, NotFoundError, UsageError, ValidationError
-from kg_assets.lib.fsutil import atomic_symlink, atomic_write_json, atomic_write_parquet, fsync_dir
 from kg_assets.lib.late_interaction import LateInteractionScorer
-from kg_assets.lib.lexical import LEXICAL_FILE, code_tokens
+from kg_assets.lib.lexical import LEXICAL_FILE
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
 from kg_assets.lib.progress import Progress
 from kg_assets.lib.query_sets import GENERATED_HELP, QUERIES_HELP
 from kg_assets.lib.retrieval import VersionHandle
 from kg_assets.lib.retrieval_metrics import (
     ann_fidelity,
-    compare_mrr,
     r4,
     ranking_metrics,
     recall_summary,
@@ -48,11 +44,7 @@ from kg_assets.lib.retrieval_metrics import (
 from kg_assets.lib.search import version_vectors
 from kg_assets.lib.settings import check_bounds, setting
 
-POOL_FILE = "pool.parquet"
-METRICS_FILE = "metrics.json"
-LATEST_LINK = "latest"
 ANALYTICS_DB = "analytics.duckdb"
-GATE_DIR = ".eval"  # under the lifecycle root: <root>/.eval/<version>.json, the newest eval of each version
 DEFAULT_OUT_DIR = "artifacts/eval"
 WARMUP_QUERIES = 8
 CHANNELS = ("faiss", "flat", "bm25", "xtr", "hybrid")  # in the order reports list them
@@ -186,7 +178,7 @@ def evaluate_version(
     t_start = time.perf_counter()
 
     index = faiss_index.read_index(vdir / FAISS_FILE)
-    profile = tuning.load_profile(vdir / tuning.TUNING_FILE) if (vdir / tuning.TUNING_FILE).exists() else None
+    profile = tuning.load_profile_if_any(vdir)
     knobs = set_knobs(index, profile, settings)
     corpus = Corpus(*version_vectors(root, version))
     k = min(settings.k, len(corpus.ids))
@@ -221,11 +213,11 @@ def evaluate_version(
 
     metrics = _metrics(sets, results, corpus, k)
     current = root.current()
-    baseline = latest_eval(root, current) if current else None
-    base_metrics = read_metrics(baseline) if baseline else None
-    gate = _gate(metrics, baseline, base_metrics, settings)
+    baseline = eval_gate.latest_eval(root, current) if current else None
+    base_metrics = eval_gate.read_metrics(baseline) if baseline else None
+    gate = eval_gate.gate(metrics, baseline, base_metrics, settings.recall_floor, settings.max_mrr_drop)
     gate["measured_overrides"] = knobs.differences
-    summary = _summary(metrics)
+    summary = eval_gate.summary(metrics)
     run_dir = settings.out_dir / version / run_id
     metrics.update(
         version=version,
@@ -253,14 +245,23 @@ def evaluate_version(
         notes=notes,
         gate=gate,
         baseline={"version": baseline["version"], "run_id": baseline["run_id"]} if baseline else None,
-        delta=_delta(summary, (baseline or {}).get("summary")),
-        outputs={"pool": str(run_dir / POOL_FILE), "metrics": str(run_dir / METRICS_FILE), "duckdb": str(db)},
+        delta=eval_gate.delta(summary, (baseline or {}).get("summary")),
+        outputs={
+            "pool": str(run_dir / eval_outputs.POOL_FILE),
+            "metrics": str(run_dir / eval_outputs.METRICS_FILE),
+            "duckdb": str(db),
+        },
     )
-    pool = _pool_table(sets, results, catalog_path)
+    pool = eval_outputs.pool_table(sets, results, catalog_path)
     metrics["outputs"]["pool_rows"] = pool.num_rows
-    record = _write_outputs(root, version, run_dir, pool, metrics, summary, catalog_sha)
+    record = eval_outputs.write_outputs(root, version, run_dir, pool, metrics, summary, catalog_sha)
     try:
-        catalog.install_pool_views(db, settings.out_dir / version / LATEST_LINK / POOL_FILE, catalog_path, catalog_sha)
+        catalog.install_pool_views(
+            db,
+            settings.out_dir / version / eval_outputs.LATEST_LINK / eval_outputs.POOL_FILE,
+            catalog_path,
+            catalog_sha,
+        )
     except ConflictError as exc:
         raise ConflictError(
             f"pool and metrics are written ({run_dir}), but the views were not refreshed: {exc}; "
@@ -412,49 +413,6 @@ def _by_category(qs: QuerySet, hits: dict[str, Hits]) -> dict[str, dict[str, dic
     return out
 
 
-def _gate(
-    metrics: dict[str, Any], baseline: dict[str, Any] | None, base_metrics: dict[str, Any] | None, s: EvalSettings
-) -> dict[str, Any]:
-    """ANN recall@k against flat at least the floor; faiss MRR@k at most `max_mrr_drop` below the current
-    version's last eval, on the labelled queries both ran (nothing to compare against: passes, marked skipped)."""
-    recall = metrics["ann"]["recall_at_k"]
-    recall_check = {"floor": s.recall_floor, "value": recall, "passed": recall >= s.recall_floor}
-    if base_metrics and base_metrics.get("faiss_rr"):
-        mrr_check = compare_mrr(
-            metrics["faiss_rr"], metrics["k"], base_metrics["faiss_rr"], base_metrics["k"], s.max_mrr_drop
-        )
-        mrr_check["baseline"] = {"version": baseline["version"], "run_id": baseline["run_id"]}
-    else:
-        reason = "nothing is published" if baseline is None else "the current version's last eval has no labels"
-        mrr_check = {"passed": True, "max_drop": s.max_mrr_drop, "skipped": reason}
-    failures = [] if recall_check["passed"] else [f"ANN recall@k {recall:.4f} is below the floor {s.recall_floor}"]
-    if not mrr_check["passed"]:
-        failures.append(mrr_check["reason"])
-    return {"passed": not failures, "failures": failures, "ann_recall": recall_check, "mrr": mrr_check}
-
-
-def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Headline figures kept in the gate record: what `diff` shows and deltas compare."""
-    summary: dict[str, Any] = {
-        "k": metrics["k"],
-        "ann_recall_at_k": metrics["ann"]["recall_at_k"],
-        "ann_tie_recall_at_k": metrics["ann"]["tie_recall_at_k"],
-        "queries": metrics["ann"]["queries"],
-        "labelled_queries": metrics["labelled_queries"],
-    }
-    for channel, values in metrics["channels"].items():
-        for name, value in values.items():
-            summary[f"{channel}_{name}"] = value
-    return summary
-
-
-def _delta(summary: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, float] | None:
-    if not baseline:
-        return None
-    keys = [key for key, value in summary.items() if isinstance(value, float) and isinstance(baseline.get(key), float)]
-    return {key: r4(summary[key] - baseline[key]) for key in keys}
-
-
 def channel_rows(metrics: dict[str, Any]) -> list[tuple[str, float | None, float | None, float | None, float]]:
     """(channel, recall@k, MRR@k, nDCG@k, ms/query) per channel run, in report order; None where unlabelled."""
     rows = []
@@ -462,164 +420,6 @@ def channel_rows(metrics: dict[str, Any]) -> list[tuple[str, float | None, float
         figures = metrics["channels"].get(channel, {})
         rows.append((channel, figures.get("recall_at_k"), figures.get("mrr_at_k"), figures.get("ndcg_at_k"), latency))
     return rows
-
-
-# ---- outputs ------------------------------------------------------------------------------------------
-
-
-def symbol_hits(query_tokens: frozenset[str], symbols: list[str]) -> list[str]:
-    """The chunk's symbols a query names: a symbol's name (last dotted part) as a whole token of the query, or
-    all of its identifier parts among the query's tokens (`query_tokens` = `code_tokens` of the query)."""
-    return [s for s in symbols if _names(s) and (_names(s)[0] in query_tokens or _names(s)[1] <= query_tokens)]
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _names(symbol: str) -> tuple[str, frozenset[str]] | None:
-    """(whole lowercase name, identifier parts) of a symbol's last dotted part; None when it has no tokens."""
-    name = symbol.rsplit(".", 1)[-1]
-    parts = frozenset(code_tokens(name))
-    return (name.lower().strip("_"), parts) if parts else None
-
-
-POOL_SCHEMA = pa.schema(
-    [
-        ("query_id", pa.string()),
-        ("query_set", pa.string()),
-        ("channel", pa.string()),
-        ("rank", pa.int32()),
-        ("chunk_id", pa.int64()),
-        ("score", pa.float32()),
-        ("uri", pa.string()),
-        ("start_line", pa.int32()),
-        ("end_line", pa.int32()),
-        ("symbol_hits", pa.list_(pa.string())),
-        ("is_positive", pa.bool_()),
-    ]
-)
-
-
-def _pool_table(sets: list[QuerySet], results: dict[str, dict[str, Hits]], catalog_path: Path) -> pa.Table:
-    """One row per hit, hydrated from the catalog (uri, lines, the chunk's symbols the query names)."""
-    hit_ids = np.unique(np.concatenate([h.ids.ravel() for per_set in results.values() for h in per_set.values()]))
-    rows = catalog.hydrate(catalog_path, hit_ids[hit_ids != -1].tolist())
-    cols: dict[str, list[Any]] = {name: [] for name in POOL_SCHEMA.names}
-    for qs in sets:
-        tokens = [frozenset(code_tokens(text)) for text in qs.texts]
-        for channel, h in results[qs.name].items():
-            queries, ranks = np.nonzero(h.ids != -1)
-            chunk_ids = h.ids[queries, ranks].tolist()
-            hits = [rows[i] for i in chunk_ids]
-            cols["query_id"] += [qs.qids[q] for q in queries]
-            cols["query_set"] += [qs.name] * len(hits)
-            cols["channel"] += [channel] * len(hits)
-            cols["rank"] += (ranks + 1).tolist()
-            cols["chunk_id"] += chunk_ids
-            cols["score"] += h.scores[queries, ranks].tolist()
-            cols["uri"] += [r["uri"] for r in hits]
-            cols["start_line"] += [r["start_line"] for r in hits]
-            cols["end_line"] += [r["end_line"] for r in hits]
-            cols["symbol_hits"] += [symbol_hits(tokens[q], r["symbols"]) for q, r in zip(queries, hits, strict=True)]
-            if qs.positives is None:
-                cols["is_positive"] += [None] * len(hits)
-            else:
-                cols["is_positive"] += [c in qs.positives[q] for q, c in zip(queries, chunk_ids, strict=True)]
-    return pa.table(cols, schema=POOL_SCHEMA)
-
-
-def _write_outputs(
-    root: LifecycleRoot,
-    version: str,
-    run_dir: Path,
-    pool: pa.Table,
-    metrics: dict[str, Any],
-    summary: dict[str, Any],
-    catalog_sha: str,
-) -> dict[str, Any]:
-    """pool.parquet and metrics.json (each atomic) in a new run directory, then the version's gate record, then
-    `latest` flipped to the run: publish never sees a gate older than the newest run's files."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=False)
-    except FileExistsError:
-        raise ConflictError(f"{run_dir} already exists; eval run ids are unique") from None
-    fsync_dir(run_dir.parent)
-    fsync_dir(run_dir.parent.parent)
-    atomic_write_parquet(run_dir / POOL_FILE, pool)
-    atomic_write_json(run_dir / METRICS_FILE, metrics)
-    record = {
-        "version": version,
-        "run_id": metrics["run_id"],
-        "at": metrics["started_at"],
-        "catalog_sha256": catalog_sha,
-        "metrics_path": str(run_dir / METRICS_FILE),
-        "pool_path": str(run_dir / POOL_FILE),
-        "pool_rows": pool.num_rows,
-        "duckdb": metrics["outputs"]["duckdb"],
-        "gate": metrics["gate"],
-        "summary": summary,
-    }
-    path = root.root / GATE_DIR / f"{version}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, record)
-    atomic_symlink(run_dir.parent / LATEST_LINK, run_dir.name)
-    return record
-
-
-# ---- reading evals back -------------------------------------------------------------------------------
-
-
-def latest_eval(root: LifecycleRoot, version: str) -> dict[str, Any] | None:
-    """The record of the version's newest eval (paths, gate, headline summary), or None if it has none.
-
-    A record whose catalog hash is not the version's (the id was reused by a later build) is ignored.
-    """
-    path = root.root / GATE_DIR / f"{version}.json"
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValidationError(f"{path} is not valid JSON ({exc}); re-run indexctl eval --version {version}") from None
-    try:
-        catalog_sha = root.catalog_sha256(version)
-    except (NotFoundError, ValidationError):
-        return None
-    return record if record.get("catalog_sha256") == catalog_sha else None
-
-
-def read_metrics(record: dict[str, Any]) -> dict[str, Any] | None:
-    """The metrics.json a gate record points at, or None when it was removed or is unreadable."""
-    try:
-        return json.loads(Path(record["metrics_path"]).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def publish_refusal(root: LifecycleRoot, version: str) -> str | None:
-    """Why the version's last eval forbids publishing it, or None (passed, or never evaluated).
-
-    The recall floor is the one that eval checked; the MRR comparison is redone against the current version's
-    last eval as of now (the current version may have changed since), falling back to the recorded result when
-    either metrics file is gone. Re-publishing the current version is never refused for MRR.
-    """
-    record = latest_eval(root, version)
-    if record is None:
-        return None
-    gate = record["gate"]
-    recall = gate["ann_recall"]
-    failures = [] if recall["passed"] else [f"ANN recall@k {recall['value']:.4f} is below the floor {recall['floor']}"]
-    current = root.current()
-    if current is not None and current != version:
-        mrr = gate["mrr"]
-        baseline = latest_eval(root, current)
-        ours, theirs = read_metrics(record), read_metrics(baseline) if baseline else None
-        if ours is not None and baseline is not None and theirs is not None and theirs.get("faiss_rr"):
-            mrr = compare_mrr(ours["faiss_rr"], ours["k"], theirs["faiss_rr"], theirs["k"], mrr["max_drop"])
-            mrr["baseline"] = {"version": current, "run_id": baseline["run_id"]}
-        if not mrr["passed"]:
-            failures.append(f"{mrr['reason']} (against {current})")
-    if not failures:
-        return None
-    return f"{version}'s last eval ({record['run_id']}) fails the gate: " + "; ".join(failures)
 
 
 # ---- catalog access -----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kg_assets.lib import evaluation, health
+from kg_assets.lib import eval_gate, health
 from kg_assets.lib.errors import ValidationError
 from kg_assets.lib.lifecycle import Flip, LifecycleRoot
 
@@ -26,7 +26,7 @@ def publish_gated(root: LifecycleRoot, version: str, expect_current: str | None,
         health.check_artifacts(root, version)
     except ValidationError as exc:
         raise ValidationError(f"{version} is unhealthy, not publishing it: {exc}") from None
-    refusal = evaluation.publish_refusal(root, version)
+    refusal = eval_gate.publish_refusal(root, version)
     if refusal and not force:
         raise ValidationError(f"{refusal}; fix it and re-run indexctl eval, or publish with --force")
     if expect_current is None:

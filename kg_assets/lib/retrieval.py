@@ -178,7 +178,7 @@ class VersionHandle:
             tables = catalog.table_names(con)
             if "chunks" not in tables:
                 raise ValidationError(f"version {version}: its catalog has no chunks table; it cannot be searched")
-            profile = tuning.load_profile(vdir / tuning.TUNING_FILE) if (vdir / tuning.TUNING_FILE).exists() else None
+            profile = tuning.load_profile_if_any(vdir)
             if index is None:
                 index = faiss_index.read_index(vdir / FAISS_FILE)
                 knobs = tuning.apply_profile(index, profile) if profile else {}

@@ -56,6 +56,12 @@ EF_VALUES = (16, 32, 64, 128, 256, 512)
 AUDIT_HISTORY = 20
 
 
+def load_profile_if_any(vdir: Path) -> dict[str, Any] | None:
+    """The version directory's tuning profile (`load_profile`), or None when it has none."""
+    path = Path(vdir) / TUNING_FILE
+    return load_profile(path) if path.exists() else None
+
+
 def load_profile(path: Path) -> dict[str, Any]:
     """Parse a tuning profile; ValidationError unless it is a JSON object with well-typed knobs."""
     path = Path(path)
@@ -363,7 +369,7 @@ def write_profile(vdir: Path, profile: dict[str, Any], *, run_id: str | None) ->
     The audit keeps the profile it replaced (and up to AUDIT_HISTORY earlier ones).
     """
     audit_path = vdir / AUDIT_FILE
-    previous = load_profile(vdir / TUNING_FILE) if (vdir / TUNING_FILE).exists() else None
+    previous = load_profile_if_any(vdir)
     history = []
     if audit_path.exists():
         history = json.loads(audit_path.read_text(encoding="utf-8")).get("history", [])

@@ -97,7 +97,7 @@ def tune_version(
     chosen, frontier, measured = tuning.sweep(
         index, corpus, queries.vectors, truth, target, full=full, progress=progress
     )
-    previous = tuning.load_profile(vdir / tuning.TUNING_FILE) if (vdir / tuning.TUNING_FILE).exists() else {}
+    previous = tuning.load_profile_if_any(vdir) or {}
     now = datetime.now(UTC).isoformat(timespec="seconds")
     profile = {
         "param_str": tuning.param_string(chosen.params),
@@ -134,7 +134,7 @@ def set_overrides(
             raise UsageError(f"{tuning.KNOBS[name].flag} must be at least 1, got {value}")
     index = faiss_index.read_index(vdir / FAISS_FILE)
     tuning.set_knobs(index, overrides)  # UsageError for a knob this index lacks
-    profile = tuning.load_profile(vdir / tuning.TUNING_FILE) if (vdir / tuning.TUNING_FILE).exists() else {}
+    profile = tuning.load_profile_if_any(vdir) or {}
     profile["overrides"] = {**(profile.get("overrides") or {}), **overrides}
     profile["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     profile.setdefault("factory", faiss_index.factory_string(index))
@@ -148,8 +148,7 @@ def active_profile(root: LifecycleRoot, version: str | None) -> dict[str, Any]:
     version = root.resolve_version(version)
     vdir = root.version_dir(version)
     index = faiss_index.read_index(vdir / FAISS_FILE)
-    path = vdir / tuning.TUNING_FILE
-    profile = tuning.load_profile(path) if path.exists() else None
+    profile = tuning.load_profile_if_any(vdir)
     active = tuning.active_knobs(index, tuning.apply_profile(index, profile))
     profile = profile or {}
     return {

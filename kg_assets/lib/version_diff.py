@@ -36,7 +36,7 @@ def diff_versions(root: LifecycleRoot, old: str, new: str) -> dict[str, Any]:
 
 def version_summary(root: LifecycleRoot, version: str) -> dict[str, Any]:
     """One side of a diff: shape and size from the manifest, the tuning point, the latest evaluation."""
-    from kg_assets.lib.evaluation import latest_eval
+    from kg_assets.lib.eval_gate import latest_eval
 
     manifest = root.read_manifest(version)
     attrs = manifest.get("attrs", {})

@@ -15,7 +15,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from kg_assets.lib import catalog, channels, evaluation, faiss_index, query_sets, retrieval_metrics, tuning
+from kg_assets.lib import (
+    catalog,
+    channels,
+    eval_gate,
+    eval_outputs,
+    evaluation,
+    faiss_index,
+    query_sets,
+    retrieval_metrics,
+    tuning,
+)
 from kg_assets.lib.errors import ConflictError, UsageError
 from kg_assets.lib.evaluation import EvalSettings, evaluate_version
 from kg_assets.lib.lifecycle import CATALOG_FILE, LifecycleRoot
@@ -80,7 +90,7 @@ def test_every_channel_returns_real_hits_in_one_pool(built: tuple, tmp_path: Pat
     queries = labelled_file(tmp_path / "q.jsonl", root)
     record = evaluate_version(root, None, settings(tmp_path, xtr_oracle=True, queries_file=queries), run_id="r1")
     pool = pq.read_table(record["pool_path"])
-    assert pool.schema.names == evaluation.POOL_SCHEMA.names
+    assert pool.schema.names == eval_outputs.POOL_SCHEMA.names
     rows = pool.to_pylist()
     assert {r["channel"] for r in rows} == {"faiss", "flat", "bm25", "xtr", "hybrid"}
     assert {r["query_set"] for r in rows} == {"self", "file", "docstrings"}
@@ -126,13 +136,13 @@ def test_flat_is_exact_search_and_exhaustive_ivf_recalls_all_of_it(built: tuple,
 def test_starved_nprobe_recalls_less_than_the_tuned_setting(built: tuple, tmp_path: Path) -> None:
     root, _ = built
     starved = evaluate_version(root, "v1", settings(tmp_path, nprobe=1), run_id="starved")
-    assert "below the floor" in evaluation.publish_refusal(root, "v1")
+    assert "below the floor" in eval_gate.publish_refusal(root, "v1")
     tuned = evaluate_version(root, "v1", settings(tmp_path, nprobe=NLIST // 2), run_id="tuned")
     assert starved["summary"]["ann_recall_at_k"] < tuned["summary"]["ann_recall_at_k"]
     assert starved["metrics"]["params"]["active"]["nprobe"] == 1
     assert starved["gate"]["measured_overrides"] == {"nprobe": 1}  # the version serves another nprobe
     assert not starved["gate"]["passed"] and "below the floor" in starved["gate"]["failures"][0]
-    assert evaluation.publish_refusal(root, "v1") is None  # "tuned" ran last and passed
+    assert eval_gate.publish_refusal(root, "v1") is None  # "tuned" ran last and passed
 
 
 def test_coverage_reports_run_and_return_rows(built: tuple, tmp_path: Path) -> None:
@@ -153,12 +163,12 @@ def test_runs_are_kept_latest_points_at_the_newest_and_the_version_is_untouched(
     root, _ = built
     first = evaluate_version(root, None, settings(tmp_path), run_id="a")
     second = evaluate_version(root, None, settings(tmp_path, seed=1), run_id="b")
-    latest = tmp_path / "v1" / evaluation.LATEST_LINK
+    latest = tmp_path / "v1" / eval_outputs.LATEST_LINK
     assert os.readlink(latest) == "b" and Path(first["metrics_path"]).is_file()
-    metrics = json.loads((latest / evaluation.METRICS_FILE).read_text())
+    metrics = json.loads((latest / eval_outputs.METRICS_FILE).read_text())
     assert metrics["run_id"] == "b" and metrics["baseline"] == {"version": "v1", "run_id": "a"}
     assert metrics["delta"] is not None and "ann_recall_at_k" in metrics["delta"]
-    assert evaluation.latest_eval(root, "v1")["run_id"] == second["run_id"]
+    assert eval_gate.latest_eval(root, "v1")["run_id"] == second["run_id"]
     root.verify_version("v1")  # every manifest hash still matches: the published catalog was only read
     with pytest.raises(ConflictError, match="already exists"):
         evaluate_version(root, None, settings(tmp_path), run_id="b")
@@ -174,11 +184,11 @@ def test_an_mrr_drop_on_the_same_queries_fails_the_gate_now_and_at_publish(built
     assert worse["gate"]["ann_recall"]["passed"] and not mrr["passed"]
     assert mrr["shared_queries"] == served["metrics"]["labelled_queries"]  # the same docstring queries, by id
     assert mrr["baseline_mrr_at_k"] - mrr["mrr_at_k"] > 0.02 and mrr["baseline"]["version"] == "v1"
-    assert "MRR@" in evaluation.publish_refusal(root, "v2")
+    assert "MRR@" in eval_gate.publish_refusal(root, "v2")
     unlabelled = evaluate_version(root, "v2", settings(tmp_path, generated_queries=False), run_id="unlabelled")
     assert not unlabelled["gate"]["passed"] and "unverified" in unlabelled["gate"]["mrr"]["reason"]
     evaluate_version(root, "v2", settings(tmp_path, samples=0), run_id="fixed")
-    assert evaluation.publish_refusal(root, "v2") is None
+    assert eval_gate.publish_refusal(root, "v2") is None
 
 
 def test_knobs_follow_serving_semantics(tmp_path: Path) -> None:
@@ -265,17 +275,17 @@ def test_a_locked_analytics_database_is_a_conflict_after_the_gate_is_recorded(bu
             evaluate_version(root, None, settings(tmp_path, duckdb=db, nprobe=1), run_id="r1")
     finally:
         holder.communicate("\n", timeout=30)
-    assert evaluation.latest_eval(root, "v1")["run_id"] == "r1"  # the gate publish reads is this run's
-    assert "below the floor" in evaluation.publish_refusal(root, "v1")
+    assert eval_gate.latest_eval(root, "v1")["run_id"] == "r1"  # the gate publish reads is this run's
+    assert "below the floor" in eval_gate.publish_refusal(root, "v1")
 
 
 def test_a_record_from_an_earlier_build_under_the_same_id_is_ignored(built: tuple, tmp_path: Path) -> None:
     root, _ = built
     evaluate_version(root, None, settings(tmp_path, nprobe=1), run_id="r1")
-    path = root.root / evaluation.GATE_DIR / "v1.json"
+    path = root.root / eval_gate.GATE_DIR / "v1.json"
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "catalog_sha256": "0" * 64}))
-    assert evaluation.latest_eval(root, "v1") is None and evaluation.publish_refusal(root, "v1") is None
+    assert eval_gate.latest_eval(root, "v1") is None and eval_gate.publish_refusal(root, "v1") is None
 
 
 def test_mrr_comparison_uses_shared_queries_only() -> None:

@@ -17,7 +17,7 @@ from kg_assets.defs.eval.jobs import eval_job
 from kg_assets.defs.lifecycle.jobs import publish
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.lib.commits import head_commit, version_for_commit
-from kg_assets.lib.evaluation import latest_eval, publish_refusal
+from kg_assets.lib.eval_gate import latest_eval, publish_refusal
 from kg_assets.lib.health import version_health
 
 AUTO_PUBLISH_TAG = "kg/auto_publish"
