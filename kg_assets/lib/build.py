@@ -1,4 +1,5 @@
-"""The build steps that turn a repository into a version's artifacts, one function per asset.
+"""The build steps that turn a repository into a version's artifacts, one function per asset (which is why it is
+longer than our 450-line guide: each step is short, and they share the staging and step-output conventions).
 
 Each step writes the version's files into its staging directory (`versions/<v>.staging`) and its intermediate
 files into the build's step-output location `work` (default `versions/<v>.staging/build`; any path or fsspec URL

@@ -5,6 +5,9 @@ Every chunk is a byte span `[start_byte, end_byte)` of one file; the spans of a 
 dropped, nothing overlaps). Sizes are budgeted in the embedder's tokens, measured per line and summed, so a chunk
 fits the embedder's window together with its path header. A chunk's `symbols` are the names it defines,
 qualified by their enclosing definitions (`Router.handle`).
+
+Longer than our 450-line guide: which files are indexed (git's list, default skips, globs) and how a file is cut
+share the per-file contract above; the per-language parsing is in `treesitter` and `languages`.
 """
 
 from __future__ import annotations

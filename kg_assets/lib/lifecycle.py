@@ -14,6 +14,10 @@ Layout under a root::
 
 Every write is temp file + fsync + rename (+ directory fsync), so a crash at any instant leaves `CURRENT`
 naming a complete version or nothing.
+
+Longer than our 450-line guide: staging, sealing, flips and gc all act under the same root lock and on the same
+layout, and their write orders together are what the failure model guarantees (README); they are kept in one
+place so that one reading checks them. Validation (`validation`) and the eval gate (`eval_gate`) live outside.
 """
 
 from __future__ import annotations
