@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from kg_assets.lib.errors import NotFoundError, ValidationError
 from kg_assets.lib.lifecycle import LifecycleRoot
@@ -15,21 +15,52 @@ from kg_assets.lib.retrieval_metrics import compare_mrr, r4
 GATE_DIR = ".eval"  # under the lifecycle root: <root>/.eval/<version>.json, the newest eval of each version
 
 
+class RecallCheck(TypedDict):
+    floor: float
+    value: float
+    passed: bool
+
+
+class GateDecision(TypedDict):
+    """What an eval decided about publishing its version (`mrr` is `compare_mrr`'s check, or a skipped one)."""
+
+    passed: bool
+    failures: list[str]
+    ann_recall: RecallCheck
+    mrr: dict[str, Any]
+    measured_overrides: NotRequired[dict[str, float]]
+
+
+class GateRecord(TypedDict):
+    """`<root>/.eval/<version>.json`: the newest eval of a version, what publish, diff and the sensors read."""
+
+    version: str
+    run_id: str
+    at: str
+    catalog_sha256: str
+    metrics_path: str
+    pool_path: str
+    pool_rows: int
+    duckdb: str
+    gate: GateDecision
+    summary: dict[str, Any]
+
+
 def record_path(root: LifecycleRoot, version: str) -> Path:
     return root.root / GATE_DIR / f"{version}.json"
 
 
 def gate(
     metrics: dict[str, Any],
-    baseline: dict[str, Any] | None,
+    baseline: GateRecord | None,
     base_metrics: dict[str, Any] | None,
     recall_floor: float,
     max_mrr_drop: float,
-) -> dict[str, Any]:
+) -> GateDecision:
     """ANN recall@k against flat at least the floor; faiss MRR@k at most `max_mrr_drop` below the current
     version's last eval, on the labelled queries both ran (nothing to compare against: passes, marked skipped)."""
     recall = metrics["ann"]["recall_at_k"]
-    recall_check = {"floor": recall_floor, "value": recall, "passed": recall >= recall_floor}
+    recall_check = RecallCheck(floor=recall_floor, value=recall, passed=recall >= recall_floor)
     if base_metrics and base_metrics.get("faiss_rr"):
         mrr_check = compare_mrr(
             metrics["faiss_rr"], metrics["k"], base_metrics["faiss_rr"], base_metrics["k"], max_mrr_drop
@@ -41,7 +72,7 @@ def gate(
     failures = [] if recall_check["passed"] else [f"ANN recall@k {recall:.4f} is below the floor {recall_floor}"]
     if not mrr_check["passed"]:
         failures.append(mrr_check["reason"])
-    return {"passed": not failures, "failures": failures, "ann_recall": recall_check, "mrr": mrr_check}
+    return GateDecision(passed=not failures, failures=failures, ann_recall=recall_check, mrr=mrr_check)
 
 
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +97,7 @@ def delta(summary: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str,
     return {key: r4(summary[key] - baseline[key]) for key in keys}
 
 
-def latest_eval(root: LifecycleRoot, version: str) -> dict[str, Any] | None:
+def latest_eval(root: LifecycleRoot, version: str) -> GateRecord | None:
     """The record of the version's newest eval (paths, gate, headline summary), or None if it has none.
 
     A record whose catalog hash is not the version's (the id was reused by a later build) is ignored.
@@ -85,7 +116,7 @@ def latest_eval(root: LifecycleRoot, version: str) -> dict[str, Any] | None:
     return record if record.get("catalog_sha256") == catalog_sha else None
 
 
-def read_metrics(record: dict[str, Any]) -> dict[str, Any] | None:
+def read_metrics(record: GateRecord) -> dict[str, Any] | None:
     """The metrics.json a gate record points at, or None when it was removed or is unreadable."""
     try:
         return json.loads(Path(record["metrics_path"]).read_text(encoding="utf-8"))

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from kg_assets.lib import catalog
 from kg_assets.lib.errors import ConflictError
-from kg_assets.lib.eval_gate import record_path
+from kg_assets.lib.eval_gate import GateRecord, record_path
 from kg_assets.lib.fsutil import atomic_symlink, atomic_write_json, atomic_write_parquet, fsync_dir
 from kg_assets.lib.lexical import code_tokens
 from kg_assets.lib.lifecycle import LifecycleRoot
@@ -92,7 +92,7 @@ def write_outputs(
     metrics: dict[str, Any],
     summary: dict[str, Any],
     catalog_sha: str,
-) -> dict[str, Any]:
+) -> GateRecord:
     """pool.parquet and metrics.json (each atomic) in a new run directory, then the version's gate record, then
     `latest` flipped to the run: publish never sees a gate older than the newest run's files."""
     try:
@@ -103,18 +103,18 @@ def write_outputs(
     fsync_dir(run_dir.parent.parent)
     atomic_write_parquet(run_dir / POOL_FILE, pool)
     atomic_write_json(run_dir / METRICS_FILE, metrics)
-    record = {
-        "version": version,
-        "run_id": metrics["run_id"],
-        "at": metrics["started_at"],
-        "catalog_sha256": catalog_sha,
-        "metrics_path": str(run_dir / METRICS_FILE),
-        "pool_path": str(run_dir / POOL_FILE),
-        "pool_rows": pool.num_rows,
-        "duckdb": metrics["outputs"]["duckdb"],
-        "gate": metrics["gate"],
-        "summary": summary,
-    }
+    record = GateRecord(
+        version=version,
+        run_id=metrics["run_id"],
+        at=metrics["started_at"],
+        catalog_sha256=catalog_sha,
+        metrics_path=str(run_dir / METRICS_FILE),
+        pool_path=str(run_dir / POOL_FILE),
+        pool_rows=pool.num_rows,
+        duckdb=metrics["outputs"]["duckdb"],
+        gate=metrics["gate"],
+        summary=summary,
+    )
     path = record_path(root, version)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, record)
