@@ -212,6 +212,11 @@ def evaluate_version(
             stack.close()
 
     metrics = _metrics(sets, results, corpus, k)
+    if metrics["quality_sets"] and all(metrics["sets"][name]["leaky"] for name in metrics["quality_sets"]):
+        notes.append(
+            "the labelled figures come from docstring sentences, text of the chunks they label (bm25 and hybrid "
+            "find them by string matching); pass --queries FILE for questions that do not leak"
+        )
     current = root.current()
     baseline = eval_gate.latest_eval(root, current) if current else None
     base_metrics = eval_gate.read_metrics(baseline) if baseline else None

@@ -118,6 +118,9 @@ def test_labelled_queries_give_mrr_for_every_channel_and_hybrid_beside_them(buil
         assert figures["mrr_at_k"] > 0 and 0 < figures["ndcg_at_k"] <= 1 and 0 < figures["recall_at_k"] <= 1
     assert record["metrics"]["query_sets"]["docstrings"]["queries"] >= 20
     assert set(record["metrics"]["latency_ms_per_query"]) == set(channels)
+    # only docstring sentences are labelled here: the figures say they leak
+    assert record["metrics"]["quality_sets"] == ["docstrings"]
+    assert any("do not leak" in note for note in record["metrics"]["notes"])
 
 
 def test_flat_is_exact_search_and_exhaustive_ivf_recalls_all_of_it(built: tuple, tmp_path: Path) -> None:
