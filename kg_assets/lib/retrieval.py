@@ -61,6 +61,7 @@ FILE_BOOST = (
 SAME_FILE_DECAY = 0.9
 
 _TEST_PATH = re.compile(r"(^|/)(tests?|testing|spec|__tests__)/|(^|/)test_[^/]*$|_test\.\w+$|\.(test|spec)\.\w+$")
+_TEST_WORDS = frozenset(code_tokens("test tests testing fixture fixtures pytest"))  # as stemmed queries hold them
 _CODE_SHAPE = re.compile(r"_|[a-z][A-Z]|\.|::|#|->|\(\)")
 
 
@@ -308,7 +309,7 @@ class VersionHandle:
                 fused[chunk_id] = fused.get(chunk_id, 0.0) + weights[name] * value
                 channels.setdefault(chunk_id, {})[name] = {"rank": rank, "score": round(score, 6)}
         words = set(code_tokens(text))
-        asks_tests = bool(words & {"test", "tests", "testing", "fixture", "pytest"})
+        asks_tests = bool(words & _TEST_WORDS)
         scored: dict[int, tuple[float, str]] = {}
         for chunk_id, score in fused.items():
             row = self.chunks.row(chunk_id)

@@ -3,15 +3,11 @@ itself is `retrieval`'s; this never writes to the version."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from kg_assets.lib import catalog
 from kg_assets.lib.lifecycle import CATALOG_FILE, LifecycleRoot
-
-if TYPE_CHECKING:
-    from kg_assets.lib.retrieval import SearchHit
+from kg_assets.lib.retrieval import SearchHit, VersionHandle, check_query
 
 
 def version_vectors(root: LifecycleRoot, version: str) -> tuple[np.ndarray, np.ndarray]:
@@ -26,8 +22,6 @@ def search_version(
 ) -> tuple[str, list[SearchHit], list[str]]:
     """One query against the given (else the current) version through the served retrieval stack: (version,
     hits, notes such as a missing lexical index). The request is checked before anything is loaded."""
-    from kg_assets.lib.retrieval import VersionHandle, check_query
-
     check_query(text, k, mode)
     version = root.resolve_version(version)
     with VersionHandle.open(root, version, quick_start=True) as handle:
