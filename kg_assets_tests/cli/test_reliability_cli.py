@@ -205,7 +205,7 @@ def test_a_catalog_held_by_another_process_is_a_conflict(staged: LifecycleRoot, 
         [
             sys.executable,
             "-c",
-            f"import duckdb, sys; con = duckdb.connect({str(catalog)!r}); print('held'); sys.stdin.read()",
+            f"import duckdb, sys; con = duckdb.connect({str(catalog)!r}); print('held', flush=True); sys.stdin.read()",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
