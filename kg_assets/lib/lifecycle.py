@@ -5,7 +5,8 @@ Layout under a root::
     CURRENT                 text: the active version id (no newline)
     current -> versions/<v> symlink kept in step with CURRENT
     history.json            every pointer flip (action, from, to, time)
-    versions/<v>.staging/   being built or staged; never served
+    versions/<v>.staging/   being built or staged; never served (`.work-location`: the build's step outputs,
+                            when they live outside it, go with it)
     versions/<v>/           complete: canonical files plus manifest.json
     .lock, .locks/<v>.lock  advisory locks (root-wide; per version while it is staged)
     .reserve                1 MiB kept free for a flip on a full disk
@@ -68,6 +69,8 @@ LOCK_TIMEOUT_S = 30.0
 MAX_VERSION_LEN = 128
 RESERVE_BYTES = 1 << 20
 SCRATCH_DIR = ".scratch"
+# In a staging directory: where its build keeps step outputs outside it (`--work-dir`); they go when it goes.
+WORK_RECORD = ".work-location"
 
 _VERSION_RE = re.compile(r"[A-Za-z0-9._-]+")
 _EXPECT_ANY = object()
@@ -390,6 +393,7 @@ class LifecycleRoot:
 
         The caller holds the version's staging lock (see `staging`).
         """
+        (staging / WORK_RECORD).unlink(missing_ok=True)  # the builder removed its step outputs before sealing
         files = {
             str(path.relative_to(staging)): {"size": path.stat().st_size, "sha256": sha256_file(path)}
             for path in sorted(staging.rglob("*"))
@@ -512,12 +516,20 @@ class LifecycleRoot:
         )
 
     def reset_staging(self, version: str) -> Path:
-        """Empty `versions/<v>.staging` (clearing what an abandoned attempt left); hold `staging_lock` first."""
+        """Empty `versions/<v>.staging` (clearing what an abandoned attempt left, its recorded step outputs too);
+        hold `staging_lock` first."""
         staging = self.staging_dir(version)
         if staging.exists():
+            _remove_recorded_work(staging)
             shutil.rmtree(staging)
         staging.mkdir()
         return staging
+
+    def record_work_location(self, version: str, location: str) -> None:
+        """Note in `versions/<v>.staging` that its build keeps step outputs at `location` (a path or fsspec URL
+        outside it), so whatever removes the staging directory removes them too: gc of an abandoned build, the next
+        build or stage of the version. Sealing drops the note (the builder removes its step outputs first)."""
+        atomic_write_text(self.staging_dir(version) / WORK_RECORD, location)
 
     @contextlib.contextmanager
     def staging(self, version: str) -> Iterator[Path]:
@@ -746,6 +758,7 @@ class LifecycleRoot:
             report.removed_derived = [str(p.relative_to(self.root)) for p in derived]
         for path in dict.fromkeys([*trash, *derived, *self._abandoned_scratch()]):
             if path.is_dir():
+                _remove_recorded_work(path)  # a removed staging directory's step outputs elsewhere (--work-dir)
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
@@ -864,6 +877,17 @@ def _check_regular(path: Path, name: str) -> None:
     mode = path.stat().st_mode
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         raise ValidationError(f"input for {name} is not a regular file: {path}")
+
+
+def _remove_recorded_work(staging: Path) -> None:
+    """Remove the step outputs a staging directory's build recorded it keeps elsewhere (`record_work_location`)."""
+    try:
+        location = (staging / WORK_RECORD).read_text()
+    except FileNotFoundError:
+        return
+    from kg_assets.lib import workdir  # imported here: fsspec and FAISS are not needed to read a root
+
+    workdir.remove_tree(workdir.location(location))
 
 
 def _manifest_problem(manifest: Any, version: str) -> str | None:

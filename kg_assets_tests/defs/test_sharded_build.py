@@ -1,9 +1,11 @@
 """A sharded build fans out inside the version's run (with the multiprocess executor, a process per shard step) and
-seals the same version an unsharded build does: same chunk ids, vectors, index rows and search results."""
+seals the same version an unsharded build does: same chunk ids, vectors, index rows and search results. A failed
+build's step outputs, wherever `work_dir` puts them, go with its staging directory."""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ import numpy as np
 import pytest
 
 from kg_assets.definitions import defs
-from kg_assets.lib import catalog, faiss_index
+from kg_assets.lib import build, catalog, faiss_index
+from kg_assets.lib.embedding import OpenAICompatible
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
 from kg_assets_tests.helpers import SCIP_PYTHON, run_build
 from kg_assets_tests.sample_repo import write_repo
@@ -95,3 +98,25 @@ def test_sharded_builds_equal_the_unsharded_one(builds: dict[int, dict[str, Any]
         assert np.array_equal(got["ids"], one["ids"]) and np.array_equal(got["rows"], one["rows"])
         np.testing.assert_array_equal(got["vectors"], one["vectors"])
         assert np.array_equal(got["top10"], one["top10"]) and got["factory"] == one["factory"]
+
+
+@pytest.mark.parametrize("work_dir", ["", "work"])
+def test_a_failed_build_s_step_outputs_go_with_its_staging_directory(
+    work_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default location is inside the staging directory; a custom one is recorded there and goes with it."""
+    with socket.socket() as probe:  # a loopback port nobody listens on: every embedding request is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(OpenAICompatible, "backoff_s", 0.0)
+    root, repo = LifecycleRoot(tmp_path / "indexes"), write_repo(tmp_path / "repo")
+    settings = {"embedder": f"http://127.0.0.1:{port}#m#384", "shards": 2}
+    if work_dir:
+        settings["work_dir"] = str(tmp_path / work_dir)
+    with dg.instance_for_test() as instance:
+        result = run_build(root, repo, "v1", instance, assets=["chunks", "embeddings"], **settings)
+    assert not result.success
+    work = tmp_path / work_dir / "v1" if work_dir else root.staging_dir("v1") / build.BUILD_DIR
+    assert (work / build.CHUNKS_FILE).is_file() and root.build_lease("v1") is None  # kept for a resume
+    assert root.gc(5, staging_max_age_s=0).removed_staging == ["v1.staging"]
+    assert not work.exists() and not root.staging_dir("v1").exists()

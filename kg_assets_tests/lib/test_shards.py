@@ -137,3 +137,16 @@ def test_gc_keeps_the_staging_directory_of_a_leased_build(root: LifecycleRoot) -
     assert "v1.staging" not in root.gc(5, staging_max_age_s=0).removed_staging
     root.release_build_lease("v1", "run-a")
     assert "v1.staging" in root.gc(5, staging_max_age_s=0).removed_staging
+
+
+def test_step_outputs_recorded_outside_staging_go_with_it(root: LifecycleRoot, tmp_path: Path) -> None:
+    """What a build's `--work-dir` leaves (a path or fsspec URL) goes when the next build or stage of the version
+    resets its staging directory (gc: `defs/test_sharded_build.py`)."""
+    root.versions_dir.mkdir(parents=True)
+    for location in (tmp_path / "work" / "v1", workdir.location("memory://kg-tests/recorded/v1")):
+        root.reset_staging("v1")
+        root.record_work_location("v1", str(location))
+        workdir.ensure_dir(location)
+        workdir.write_bytes(location / build.CHUNKS_FILE, b"left by a failed run")
+        root.reset_staging("v1")
+        assert not location.exists() and list(root.staging_dir("v1").iterdir()) == []

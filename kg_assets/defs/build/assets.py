@@ -18,7 +18,7 @@ import dagster as dg
 from kg_assets.defs.build.resources import BuildSettings, hold_build_lease
 from kg_assets.defs.lifecycle.jobs import LIFECYCLE_POOL, publish_in_run
 from kg_assets.defs.lifecycle.resources import LifecycleResource
-from kg_assets.lib import build, chunking, progress, workdir
+from kg_assets.lib import build, chunking, progress
 from kg_assets.lib import catalog as catalog_lib
 from kg_assets.lib.errors import NotFoundError
 from kg_assets.lib.lexical import LEXICAL_FILE
@@ -76,9 +76,8 @@ def chunks(
 ) -> dg.MaterializeResult:
     root = lifecycle.get_root()
     hold_build_lease(context, root, context.partition_key)  # the first step takes the lease; the rest keep it
-    staging = root.reset_staging(context.partition_key)
-    work = settings.work_path(root, context.partition_key)
-    workdir.remove_tree(work)  # what an abandoned attempt left
+    staging = root.reset_staging(context.partition_key)  # and an abandoned attempt's step outputs elsewhere
+    work = settings.new_work_path(root, context.partition_key)
     stats = build.build_chunks(
         settings.repo_path(),
         staging,

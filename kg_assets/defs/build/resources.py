@@ -47,6 +47,16 @@ class BuildSettings(dg.ConfigurableResource):
             return root.staging_dir(version) / build.BUILD_DIR
         return workdir.location(self.work_dir) / version
 
+    def new_work_path(self, root: LifecycleRoot, version: str) -> WorkPath:
+        """The version's step-output location, emptied for a new build (after `reset_staging`). One outside the
+        staging directory is recorded in it, so it goes wherever that goes: gc of an abandoned build, the next
+        build or stage of the version, sealing."""
+        work = self.work_path(root, version)
+        workdir.remove_tree(work)  # what an abandoned attempt left
+        if self.work_dir:
+            root.record_work_location(version, str(work))
+        return work
+
 
 class BuildOutputs(dg.ConfigurableIOManager):
     """Values passed between build steps (shard numbers, per-shard figures), pickled under the version's
