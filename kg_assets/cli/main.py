@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from kg_assets.cli.options import knob_options, settings_options
 from kg_assets.cli.runs import POOL_WAIT_S
@@ -49,7 +50,7 @@ class _Context:
         self.verbose = verbose
         self.wait = wait
 
-    def build(self, version: str, repo: Path, **settings: Any) -> dict[str, Any]:
+    def build(self, version: str, repo: Path | None, **settings: Any) -> dict[str, Any]:
         from kg_assets.cli.runs import run_build
 
         return run_build(self.lifecycle.root, version, repo, verbose=self.verbose, **settings)
@@ -304,6 +305,11 @@ def gc(ctx: _Context, keep: int, staging_max_age: float, dry_run: bool, as_json:
     metavar="PATH|URL",
     help="Where step outputs go, a path or fsspec URL all workers see (default: versions/<v>.staging/build).",
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Re-run only the steps VERSION's failed build run did not finish (one new run, with that run's settings).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_ctx
 def build(
@@ -317,12 +323,14 @@ def build(
     exclude: tuple[str, ...],
     shards: int,
     work_dir: str,
+    resume: bool,
     as_json: bool,
 ) -> None:
     """Build VERSION from a repository (one Dagster run of the build assets), optionally publishing it.
 
     Vendored, build and environment directories, lock files, minified and generated code are skipped by default
-    (the `chunks` asset lists what and why); GLOBs match repo-relative paths, `*` also matches `/`."""
+    (the `chunks` asset lists what and why); GLOBs match repo-relative paths, `*` also matches `/`. --resume
+    re-executes the version's failed build run from its failure (a killed shard step, a lost embedding server)."""
     from kg_assets.lib.embedding import load_embedder
     from kg_assets.lib.faiss_index import check_factory
 
@@ -332,27 +340,39 @@ def build(
     check_version_id(version)
     ctx.lifecycle.check_new_version(version)
     ctx.lifecycle.check_not_staging(version)
-    # --publish is a compare-and-swap against CURRENT as the build found it (exit 5 if someone moved it meanwhile)
-    seen = ctx.lifecycle.current() or ""
-    dim = load_embedder(embedder).dim
-    if factory != "auto":
-        check_factory(factory, dim)
-    if work_dir:
-        from kg_assets.lib.workdir import location
+    if resume:
+        click_ctx = click.get_current_context()
+        given = [
+            param.opts[0]
+            for param in click_ctx.command.params
+            if param.name not in ("version", "resume", "as_json")
+            and click_ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise UsageError(f"--resume re-runs the failed run with its own settings; drop {', '.join(given)}")
+        summary = ctx.build(version, None, resume=True)
+    else:
+        # --publish is a compare-and-swap against CURRENT as the build found it (exit 5 if someone moved it meanwhile)
+        seen = ctx.lifecycle.current() or ""
+        dim = load_embedder(embedder).dim
+        if factory != "auto":
+            check_factory(factory, dim)
+        if work_dir:
+            from kg_assets.lib.workdir import location
 
-        location(work_dir)  # a protocol fsspec does not know is a usage error (exit 2) before any run
-    summary = ctx.build(
-        version,
-        repo.absolute(),
-        embedder=embedder,
-        factory=factory,
-        publish=publish_after,
-        expect_current=seen if publish_after else None,
-        include=list(include),
-        exclude=list(exclude),
-        shards=shards,
-        work_dir=work_dir,
-    )
+            location(work_dir)  # a protocol fsspec does not know is a usage error (exit 2) before any run
+        summary = ctx.build(
+            version,
+            repo.absolute(),
+            embedder=embedder,
+            factory=factory,
+            publish=publish_after,
+            expect_current=seen if publish_after else None,
+            include=list(include),
+            exclude=list(exclude),
+            shards=shards,
+            work_dir=work_dir,
+        )
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -372,7 +392,7 @@ def build(
         f"({summary['shards']} shard{'s' if summary['shards'] != 1 else ''})"
     )
     click.echo("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
-    if publish_after:
+    if summary["published_from"] is not None:  # --publish, or the resumed run's own --publish
         click.echo(f"Published {version} (was {summary['published_from']})")
 
 

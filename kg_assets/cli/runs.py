@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -49,13 +50,15 @@ def run_job(
     partition_key: str | None = None,
     verbose: bool = False,
     wait: float = POOL_WAIT_S,
+    resume: bool = False,
 ) -> Any:
     """Execute job `job_name` in this process against the instance and return its result.
 
     Resources get `root`; a partition key is registered in `index_versions` first. A job whose every op is in a
     concurrency pool (the lifecycle jobs) first waits up to `wait` seconds for a free slot. A failed run raises
     the engine error its step raised (so the CLI maps it to an exit code), or ValidationError for a failed
-    blocking check.
+    blocking check. With `resume` (the build job), `run_config` is ignored: the partition's failed run is
+    re-executed from its failure with its own config (see `failed_build_run`).
     """
     home = ensure_dagster_home(root)
     with warnings.catch_warnings():
@@ -63,13 +66,6 @@ def run_job(
         from kg_assets.definitions import defs
 
         job = defs.resolve_job_def(job_name)
-        resources = {"lifecycle": {"config": {"root": str(root)}}}
-        used = {key for key in resources if key in job.resource_defs}
-        full_config = {
-            **run_config,
-            "resources": {**{k: v for k, v in resources.items() if k in used}, **run_config.get("resources", {})},
-            "loggers": {"console": {"config": {"log_level": "INFO" if verbose else "CRITICAL"}}},
-        }
         # Two indexctl processes opening a brand-new instance at once race on creating its sqlite schema,
         # so the first open (and the reaping of dead runs) is serialized.
         with exclusive_lock(home / ".kg-instance.lock", LOCK_TIMEOUT_S, f"Dagster instance {home}"):
@@ -79,25 +75,39 @@ def run_job(
             instance.event_log_storage.get_concurrency_keys()
             if partition_key is not None:
                 instance.add_dynamic_partitions("index_versions", [partition_key])
+        parent = failed_build_run(instance, root, partition_key) if resume and partition_key else None
+        if parent is not None:
+            run_config = {k: v for k, v in parent.run_config.items() if k not in ("execution", "loggers")}
+        resources = {"lifecycle": {"config": {"root": str(root)}}}
+        used = {key for key in resources if key in job.resource_defs}
+        full_config = {
+            **run_config,
+            "resources": {**{k: v for k, v in resources.items() if k in used}, **run_config.get("resources", {})},
+            "loggers": {"console": {"config": {"log_level": "INFO" if verbose else "CRITICAL"}}},
+        }
         pools = {getattr(node.definition, "pool", None) for node in job.nodes}  # a graph node has none
         if len(pools) == 1 and None not in pools:
             wait_for_pool(instance, pools.pop(), wait)
         progress.claim_terminal()  # the step's stderr will be redirected into Dagster's compute logs
         with instance:
-            result = _execute(job, full_config, instance, partition_key)
+            result = _execute(job, full_config, instance, partition_key, parent.run_id if parent else None)
         if not result.success:
             raise _failure(result)
         return result
 
 
-def _execute(job: Any, run_config: dict[str, Any], instance: Any, partition_key: str | None) -> Any:
+def _execute(
+    job: Any, run_config: dict[str, Any], instance: Any, partition_key: str | None, resume_from: str | None = None
+) -> Any:
     """Run `job` in this process; the build job with $KG_SUBMIT=1 submitted to the instance instead (its run
     coordinator and launcher, or its queue and daemon, start it), or with $KG_EXECUTOR set (`multiprocess`,
-    `celery`) run here under that executor (its shard steps in other processes or on Celery workers). Either way
-    the run is waited for here and its result returned."""
-    if job.name == "build" and os.environ.get("KG_SUBMIT") == "1":
+    `celery`) run here under that executor (its shard steps in other processes or on Celery workers). A build
+    run `resume_from` names is re-executed from its failure here (under $KG_EXECUTOR's executor, else in this
+    process): one new run that runs only its failed and skipped steps and reads the other steps' outputs. Either
+    way the run is waited for here and its result returned."""
+    if resume_from is None and job.name == "build" and os.environ.get("KG_SUBMIT") == "1":
         return SubmittedRun(instance, _submit(job.name, run_config, partition_key))
-    if job.name != "build" or not os.environ.get("KG_EXECUTOR"):
+    if resume_from is None and (job.name != "build" or not os.environ.get("KG_EXECUTOR")):
         return job.execute_in_process(
             run_config=run_config,
             instance=instance,
@@ -110,9 +120,35 @@ def _execute(job: Any, run_config: dict[str, Any], instance: Any, partition_key:
     from kg_assets.definitions import build_job, execution_config
 
     tags = {**_owner_tags(), "dagster/partition": partition_key}
-    config = {**run_config, **execution_config()}
-    with dg.execute_job(dg.reconstructable(build_job), instance, run_config=config, tags=tags) as result:
+    config = {**run_config, **(execution_config() if os.environ.get("KG_EXECUTOR") else {})}
+    again = dg.ReexecutionOptions.from_failure(resume_from, instance) if resume_from else None
+    with dg.execute_job(
+        dg.reconstructable(build_job), instance, run_config=config, tags=tags, reexecution_options=again
+    ) as result:
         return result
+
+
+def failed_build_run(instance: Any, root: Path, version: str) -> Any:
+    """The latest build run of `version` on `root`, which `indexctl build --resume` re-executes: it must have
+    failed or been cancelled (a run whose indexctl died counts once the dead-run reaper has marked it failed).
+    NotFoundError when there is none, ConflictError while the latest one is still going."""
+    import dagster as dg
+
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name="build", tags={"dagster/partition": version}))
+    ours = [r for r in runs if _configured_root(r) in (None, str(root))]
+    if not ours:
+        raise errors.NotFoundError(f"no build run of {version} to resume; start one with `indexctl build {version}`")
+    latest = ours[0]
+    if latest.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+        return latest
+    if not latest.is_finished:
+        raise errors.ConflictError(f"build run {latest.run_id[:8]} of {version} is still {latest.status.value.lower()}")
+    raise errors.NotFoundError(f"the last build run of {version} ({latest.run_id[:8]}) did not fail: nothing to resume")
+
+
+def _configured_root(run: Any) -> str | None:
+    """The lifecycle root a run's config names (None: the resource's default, from the environment)."""
+    return run.run_config.get("resources", {}).get("lifecycle", {}).get("config", {}).get("root")
 
 
 def _submit(job_name: str, run_config: dict[str, Any], partition_key: str | None) -> str:
@@ -203,17 +239,30 @@ def run_op_job(
     return result.output_for_node(op_name)
 
 
-def run_build(root: Path, version: str, repo: Path, *, verbose: bool = False, **settings: Any) -> dict[str, Any]:
-    """Materialize the build assets for `version` (one run) and summarize what they recorded."""
-    config = {"resources": {"settings": {"config": {"repo": str(repo), **settings}}}}
-    result = run_job(root, "build", config, partition_key=version, verbose=verbose)
+def run_build(
+    root: Path, version: str, repo: Path | None, *, verbose: bool = False, resume: bool = False, **settings: Any
+) -> dict[str, Any]:
+    """Materialize the build assets for `version` (one run) and summarize what they recorded. With `resume`, the
+    version's failed build run is re-executed from its failure instead (its own settings; `repo` and `settings`
+    are not used), and the summary includes what the earlier runs materialized."""
+    config = {} if resume else {"resources": {"settings": {"config": {"repo": str(repo), **settings}}}}
+    try:
+        result = run_job(root, "build", config, partition_key=version, verbose=verbose, resume=resume)
+    except errors.KgError as exc:
+        if type(exc) is not errors.KgError:  # an engine error of its own family says what to do
+            raise
+        raise errors.KgError(
+            f"{exc}; once fixed, `indexctl build {version} --resume` re-runs the failed steps"
+        ) from exc
+    events = [*(_ancestor_events(result.run_id) if resume else []), *result.all_events]
     meta = {
         event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
-        for event in result.get_asset_materialization_events()
+        for event in events
+        if event.event_type_value == "ASSET_MATERIALIZATION"
     }
     seconds = {
         event.step_key: event.event_specific_data.duration_ms / 1000
-        for event in result.all_events
+        for event in events
         if event.event_type_value == "STEP_SUCCESS"
     }
     sealed = meta["index_version"]
@@ -233,6 +282,19 @@ def run_build(root: Path, version: str, repo: Path, *, verbose: bool = False, **
         "seconds": seconds,
         "published_from": sealed.get("published_from"),
     }
+
+
+def _ancestor_events(run_id: str) -> list[Any]:
+    """The Dagster events of the runs a re-executed run descends from, its root run first."""
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        ancestors = []
+        run = instance.get_run_by_id(run_id)
+        while run.parent_run_id:
+            run = instance.get_run_by_id(run.parent_run_id)
+            ancestors.append(run.run_id)
+        return [e.dagster_event for r in reversed(ancestors) for e in instance.all_logs(r) if e.dagster_event]
 
 
 def _failure(result: Any) -> Exception:
@@ -257,8 +319,23 @@ def _failure(result: Any) -> Exception:
             error = error.cause
         cause = chain[-1]  # the innermost error names what went wrong (ENOSPC, ELOOP, ...) and its path
         where = f"step {event.step_key}" if event.step_key else "resource initialization"
-        return errors.KgError(f"{where} failed: {cause.message.strip().splitlines()[0]}")
+        return errors.KgError(
+            f"{where} failed: {_crash(result, event.step_key) or cause.message.strip().splitlines()[0]}"
+        )
     return errors.KgError("the Dagster run failed; re-run with -v for its log")
+
+
+def _crash(result: Any, step_key: str | None) -> str | None:
+    """How a step's process died, as the multiprocess executor reported it (its failure says only that it
+    crashed): `its process was terminated by signal 9 (SIGKILL)`; None when it did not crash."""
+    for event in result.all_events:
+        if event.event_type_value == "ENGINE_EVENT" and event.step_key == step_key:
+            found = re.search(
+                r"(was terminated by signal \d+ \(\w+\)|unexpectedly exited with code -?\d+)", event.message or ""
+            )
+            if found:
+                return f"its process {found.group(1)}"
+    return None
 
 
 def wait_for_pool(instance: Any, pool: str, wait: float) -> None:

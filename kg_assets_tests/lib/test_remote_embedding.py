@@ -3,6 +3,7 @@ with bounded concurrency, retries on 429/5xx, and a shard (not the version) fail
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -23,7 +24,8 @@ from kg_assets_tests.sample_repo import write_repo
 
 class EmbeddingServer(ThreadingHTTPServer):
     """`POST /v1/embeddings` answered by MiniLM; `errors` is a list of status codes the next requests get
-    (then normal answers); a request with any input containing `poison` gets 500, always."""
+    (then normal answers); a request with any input containing `poison` gets 500, always; one containing `hold`
+    sets `held` and is left unanswered until `released` is set (its client is mid-embedding meanwhile)."""
 
     daemon_threads = True
 
@@ -34,6 +36,8 @@ class EmbeddingServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.errors: list[int] = []
         self.poison: str | None = None
+        self.hold: str | None = None
+        self.held, self.released = threading.Event(), threading.Event()
         self.delay = 0.0
         self.requests = self.in_flight = self.max_in_flight = 0
 
@@ -57,6 +61,10 @@ class _Handler(BaseHTTPRequestHandler):
             server.max_in_flight = max(server.max_in_flight, server.in_flight)
             status = server.errors.pop(0) if server.errors else 200
         try:
+            if server.hold and any(server.hold in t for t in texts):
+                server.held.set()
+                server.released.wait()
+                return  # no answer: the client is gone by now
             if server.poison and any(server.poison in t for t in texts):
                 status = 500
             time.sleep(server.delay)
@@ -76,15 +84,24 @@ class _Handler(BaseHTTPRequestHandler):
                 server.in_flight -= 1
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[EmbeddingServer]:
+@contextlib.contextmanager
+def serving() -> Iterator[EmbeddingServer]:
+    """An EmbeddingServer answering on a loopback port from a thread until the block ends."""
     server = EmbeddingServer()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[EmbeddingServer]:
+    with serving() as running:
+        yield running
 
 
 @pytest.fixture
