@@ -53,4 +53,23 @@ if [ ! -d build/lang-sources/usr ] && command -v apt-get >/dev/null 2>&1; then
   fi
   rm -rf "$debs"
 fi
+# Real Elixir and Zig for the same tests: two small npm tarballs (~250 KB; @snyk/snyk-hex-plugin ships an Elixir
+# JSON library, zigar-compiler its Zig runtime), downloaded and unpacked into build/lang-sources/npm, not installed.
+npm_sources="@snyk/snyk-hex-plugin@2.2.2 zigar-compiler@0.15.2"
+if [ ! -d build/lang-sources/npm ]; then
+  tarballs=$(mktemp -d)
+  if (cd "$tarballs" && npm pack --silent $npm_sources >/dev/null 2>&1); then
+    for tarball in "$tarballs"/*.tgz; do
+      mkdir -p "build/lang-sources/npm.tmp/$(basename "$tarball" .tgz)"
+      tar -xzf "$tarball" -C "build/lang-sources/npm.tmp/$(basename "$tarball" .tgz)"
+    done
+    mv build/lang-sources/npm.tmp build/lang-sources/npm
+  elif [ "${CI:-}" = "true" ]; then
+    echo "setup: could not download $npm_sources (the tree-sitter tests need them)" >&2
+    exit 1
+  else
+    echo "setup: could not download $npm_sources; their tree-sitter tests will be skipped" >&2
+  fi
+  rm -rf "$tarballs" build/lang-sources/npm.tmp
+fi
 echo "setup: ok (.venv and node_modules ready; activate with: source .venv/bin/activate)"

@@ -144,7 +144,7 @@ _NOT_NAME = re.compile(r"[^\w.$~]")
 
 def _name(node: Node, grammar: Grammar) -> str:
     """The definition's name as `grammar.names` finds it, through C declarators and Elixir call heads; a Go
-    method's receiver type qualifies it."""
+    method's receiver type qualifies it, an Elixir `defimpl`'s `for:` type follows it."""
     target = None
     for key in grammar.names:
         target = node.child_by_field_name(key) or next((c for c in node.named_children if c.type == key), None)
@@ -152,9 +152,12 @@ def _name(node: Node, grammar: Grammar) -> str:
             break
     if target is None:
         return ""
+    arguments = target if target.type == "arguments" else None
     while (inner := _name_inside(target)) is not None:
         target = inner
     name = _clean(target.text or b"")
+    if arguments is not None and (implemented := _implemented_for(arguments)):
+        name = f"{name}.{implemented}"
     receiver = node.child_by_field_name(grammar.qualifier) if grammar.qualifier else None
     if receiver is not None and (owner := _first_of_type(receiver, "type_identifier")) is not None:
         name = f"{_clean(owner.text or b'')}.{name}"
@@ -171,6 +174,16 @@ def _name_inside(node: Node) -> Node | None:
     if node.type == "binary_operator":
         return node.child_by_field_name("left")
     return node.child_by_field_name("declarator")
+
+
+def _implemented_for(arguments: Node) -> str:
+    """`Type` of Elixir's `defimpl Protocol, for: Type`, whose module is `Protocol.Type`; '' for anything else."""
+    for keywords in (child for child in arguments.named_children if child.type == "keywords"):
+        for pair in keywords.named_children:
+            key, value = pair.child_by_field_name("key"), pair.child_by_field_name("value")
+            if key is not None and value is not None and (key.text or b"").strip() == b"for:" and value.type == "alias":
+                return _clean(value.text or b"")
+    return ""
 
 
 def _first_of_type(node: Node, kind: str) -> Node | None:
