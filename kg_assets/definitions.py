@@ -7,7 +7,7 @@ import dagster as dg
 from kg_assets.defs.automation.resources import RepoWatch
 from kg_assets.defs.automation.schedules import SCHEDULES
 from kg_assets.defs.automation.sensors import SENSORS
-from kg_assets.defs.build.assets import BUILD_ASSETS, OUTPUTS
+from kg_assets.defs.build.assets import BUILD_ASSETS, DEFAULT_EXECUTOR, OUTPUTS
 from kg_assets.defs.build.checks import catalog_consistent
 from kg_assets.defs.build.jobs import build, faiss_idmap_export, faiss_join, faiss_join_refresh
 from kg_assets.defs.build.resources import BuildOutputs, BuildSettings
@@ -35,7 +35,7 @@ def executor() -> dg.ExecutorDefinition:
         return k8s_job_executor
     base = dg.multi_or_in_process_executor
     schema = dg.Field(base.config_schema.as_field().config_type, default_value={"in_process": {}})
-    return base.configured(lambda config: config, name="in_process_or_multiprocess", config_schema=schema)
+    return base.configured(lambda config: config, name=DEFAULT_EXECUTOR, config_schema=schema)
 
 
 def execution_config() -> dict:

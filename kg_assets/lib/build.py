@@ -21,7 +21,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import pyarrow as pa
 from kg_assets.lib import catalog, chunking, faiss_index, idmap, lexical, scip, workdir
 from kg_assets.lib.embedding import Embedder, Progress, embedding_text
 from kg_assets.lib.errors import KgError, ValidationError
-from kg_assets.lib.fsutil import atomic_write_bytes, copy_file
+from kg_assets.lib.fsutil import atomic_write_bytes
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
 from kg_assets.lib.workdir import WorkPath
 
@@ -321,96 +321,183 @@ def build_idmap(staging: Path) -> int:
 SCIP_SOURCES_FILE = "scip_sources.json"
 
 
-def python_sources(repo: Path) -> list[str]:
-    """The indexable Python files as the chunker lists them (no symlinks) whose real path is inside `repo`,
+def indexer_sources(repo: Path, indexer: scip.Indexer) -> list[str]:
+    """The files of `indexer`'s languages as the chunker lists them (no symlinks) whose real path is inside `repo`,
     whose name is UTF-8 and that can be read (the chunker skips the others too)."""
     inside = Path(repo).resolve()
     return [
         uri
         for uri in chunking.list_files(repo)
-        if uri.endswith((".py", ".pyi"))
+        if chunking.LANGUAGES.get(Path(uri).suffix.lower()) in indexer.languages
         and chunking.is_utf8_name(uri)
         and (repo / uri).resolve().is_relative_to(inside)
         and os.access(repo / uri, os.R_OK)
     ]
 
 
-def python_sources_digest(repo: Path) -> str:
-    """sha256 over the (path, content) of every indexable Python file: what scip-python's output depends on."""
+def indexer_inputs(repo: Path, indexer: scip.Indexer) -> list[str]:
+    """What `indexer` reads of `repo`: its sources and the configuration files it needs that exist (not symlinks)."""
+    sources = indexer_sources(repo, indexer)
+    if not sources:
+        return []
+    configs = [name for name in indexer.config_files if (repo / name).is_file() and not (repo / name).is_symlink()]
+    return sources + configs
+
+
+def sources_digest(repo: Path, uris: Sequence[str]) -> str:
+    """sha256 over the (path, content) of `uris`: what an indexer's output depends on."""
     digest = hashlib.sha256()
-    for uri in python_sources(repo):
+    for uri in uris:
         digest.update(os.fsencode(uri) + b"\0")
         digest.update(hashlib.sha256((repo / uri).read_bytes()).digest())
     return digest.hexdigest()
 
 
-def materialize_python_sources(repo: Path, dest: Path) -> int:
-    """Copy `python_sources(repo)` into `dest` at the same relative paths: the tree scip-python indexes, so it
-    never follows a symlink out of the repository nor reads a file the chunker left out. Returns the file count."""
-    sources = python_sources(repo)
-    for uri in sources:
+def materialize_sources(repo: Path, uris: Sequence[str], dest: Path) -> None:
+    """Copy `uris` of `repo` into `dest` at the same relative paths: the tree an indexer indexes, so it never
+    follows a symlink out of the repository nor reads a file the chunker left out."""
+    for uri in uris:
         (dest / uri).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(repo / uri, dest / uri)
-    return len(sources)
+
+
+@dataclass(frozen=True)
+class IndexerResult:
+    """What one indexer gave the build: its sources digest, the tool that made its part of index.scip (name and
+    version from the index's metadata), its documents, the earlier version that part was reused from, or the error
+    of an indexer found on the PATH that failed (its languages have no SCIP data)."""
+
+    name: str
+    digest: str
+    tool: str = ""
+    version: str = ""
+    documents: int = 0
+    reused_from: str | None = None
+    error: str | None = None
+
+    def record(self) -> dict[str, str]:
+        """What the catalog keeps of it (`kg_meta.scip_indexers`) for a later build to reuse the part."""
+        return {"digest": self.digest, "tool": self.tool, "version": self.version}
 
 
 @dataclass(frozen=True)
 class ScipStats:
     summary: scip.ScipSummary
-    digest: str
-    reused_from: str | None
+    indexers: tuple[IndexerResult, ...]
     seconds: float  # from the start of the step to its result
     waited: float  # of which the caller spent blocked in `finish`
+
+
+def _earlier_part(
+    root: LifecycleRoot, indexer: scip.Indexer, digest: str, project: str
+) -> tuple[IndexerResult, Any] | None:
+    """The result and part of an earlier index.scip that `indexer` made, from the newest complete version
+    whose catalog records the same sources digest for `indexer` and the same project; None without one."""
+    for version, vdir, meta in earlier_versions(root):
+        recorded = json.loads(meta.get("scip_indexers", "{}"))
+        if "scip_digest" in meta:  # a version from before several indexers: scip-python alone
+            recorded = {"scip-python": {"digest": meta["scip_digest"], "tool": "scip-python", "version": ""}}
+        entry = recorded.get(indexer.name)
+        if entry and entry["digest"] == digest and meta.get("scip_project") == project:
+            try:
+                part = scip.part_of(scip.read_index(vdir / SCIP_FILE), indexer)
+            except KgError:
+                continue  # an unreadable old index only costs re-indexing
+            part.metadata.tool_info.name, part.metadata.tool_info.version = entry["tool"], entry["version"]
+            result = IndexerResult(indexer.name, digest, entry["tool"], entry["version"], len(part.documents), version)
+            return result, part
+    return None
 
 
 @contextmanager
 def scip_started(
     root: LifecycleRoot, repo: Path, staging: Path, work: WorkPath, project_name: str
 ) -> Iterator[Callable[[], ScipStats]]:
-    """Start the SCIP step and yield `finish`, which waits for it and records the result; the caller can embed
-    meanwhile (scip-python is a child process, mostly one core). Leaving the block unfinished kills scip-python.
+    """Start the SCIP step and yield `finish`, which waits for it and writes `index.scip`; the caller can embed
+    meanwhile (each indexer is a child process, mostly one core). Leaving the block unfinished kills them.
 
-    scip-python indexes a copy of the repository's Python sources in a scratch directory under the lifecycle root
-    (`materialize_python_sources`), removed at the end, or by `gc` after a crash. The previous version's index.scip
-    is copied instead when its Python sources are identical: the project version passed to scip-python is the
-    sources digest, so symbols only change with the code.
+    Every indexer of `scip.INDEXERS` that is installed and has files of its languages in the repository indexes
+    a copy of those files (`materialize_sources`) in a scratch directory under the lifecycle root, removed at the
+    end, or by `gc` after a crash; all run at once. An indexer whose inputs are identical to an earlier version's
+    (same sources digest, same project) is not run: that version's part of index.scip is taken instead (the
+    project version passed to the indexers is the digest, so symbols only change with the code). The parts are
+    merged in `INDEXERS` order (see `scip.merge`); with none, index.scip holds no documents.
     """
     t0 = time.perf_counter()
-    digest = python_sources_digest(repo)
-    reused_from = None
-    for version, vdir, meta in earlier_versions(root):
-        if meta.get("scip_digest") == digest and meta.get("scip_project") == project_name:
-            copy_file(vdir / SCIP_FILE, staging / SCIP_FILE)
-            reused_from = version
-            break
-
+    done: list[tuple[IndexerResult, Any]] = []
+    running: list[tuple[scip.Indexer, str, scip.IndexerRun]] = []
     with root.scratch("scip") as scratch, ExitStack() as stack:
-        run = None
-        if reused_from is None and materialize_python_sources(repo, scratch / "src") == 0:
-            # No Python to index (scip-python fails on an empty tree): a SCIP index with no documents.
-            atomic_write_bytes(staging / SCIP_FILE, scip.empty_index("kg-assets", "no python sources"))
-        elif reused_from is None:
-            run = stack.enter_context(
-                scip.ScipPythonRun(scratch / "src", staging / SCIP_FILE, project_name, digest[:12], scratch)
+        for indexer in scip.INDEXERS:
+            inputs = indexer_inputs(repo, indexer)
+            command = scip.indexer_command(indexer) if inputs else None
+            if command is None:
+                continue
+            digest = sources_digest(repo, inputs)
+            earlier = _earlier_part(root, indexer, digest, project_name)
+            if earlier is not None:
+                done.append(earlier)
+                continue
+            job = scip.IndexJob(
+                scratch / indexer.name / "src",
+                tuple(indexer_sources(repo, indexer)),
+                scratch / indexer.name / "index.scip",
+                project_name,
+                digest[:12],
+                scratch / indexer.name,
             )
+            materialize_sources(repo, inputs, job.src)
+            running.append((indexer, digest, stack.enter_context(scip.IndexerRun(indexer, command, job))))
 
         def finish() -> ScipStats:
             t1 = time.perf_counter()
-            index = run.wait() if run else scip.read_index(staging / SCIP_FILE)
+            for indexer, digest, run in running:
+                try:
+                    index = run.wait()
+                except ValidationError as exc:
+                    if indexer.bundled:
+                        raise
+                    done.append((IndexerResult(indexer.name, digest, error=str(exc)), None))
+                    continue
+                tool = index.metadata.tool_info
+                done.append((IndexerResult(indexer.name, digest, tool.name, tool.version, len(index.documents)), index))
             waited = time.perf_counter() - t1
-            record = {"digest": digest, "project": project_name, "reused_from": reused_from}
+            order = [i.name for i in scip.INDEXERS]
+            done.sort(key=lambda item: order.index(item[0].name))
+            parts = [part for _, part in done if part is not None]
+            merged = (
+                scip.merge(parts) if parts else scip.parse_index(scip.empty_index("kg-assets", "no indexed sources"))
+            )
+            atomic_write_bytes(staging / SCIP_FILE, merged.SerializeToString())
+            results = tuple(result for result, _ in done)
+            stats = ScipStats(scip.summarize(merged), results, time.perf_counter() - t0, waited)
+            record = {
+                "project": project_name,
+                "indexers": {r.name: r.record() for r in results if r.error is None},
+                "stats": asdict(stats),
+            }
             workdir.ensure_dir(work)
             workdir.write_bytes(work / SCIP_SOURCES_FILE, json.dumps(record).encode())
-            return ScipStats(scip.summarize(index), digest, reused_from, time.perf_counter() - t0, waited)
+            return stats
 
         yield finish
+
+
+def recorded_scip(work: WorkPath) -> ScipStats | None:
+    """The SCIP step's result when this build already ran it (`scip_started`'s `finish` records it in the
+    step outputs); None when it has not."""
+    if not (work / SCIP_SOURCES_FILE).exists():
+        return None
+    stats = json.loads((work / SCIP_SOURCES_FILE).read_bytes())["stats"]
+    summary = scip.ScipSummary(**stats["summary"])
+    results = tuple(IndexerResult(**r) for r in stats["indexers"])
+    return ScipStats(summary, results, stats["seconds"], stats["waited"])
 
 
 def build_catalog(staging: Path, work: WorkPath, meta: dict[str, str]) -> int:
     """Write `catalog.duckdb`: chunks with vectors (the shards' Parquet files, read by DuckDB over one glob),
     modules, SCIP symbols and occurrences, ID-map join."""
     sources = json.loads((work / SCIP_SOURCES_FILE).read_bytes())
-    meta = {**meta, "scip_digest": sources["digest"], "scip_project": sources["project"]}
+    meta = {**meta, "scip_indexers": json.dumps(sources["indexers"]), "scip_project": sources["project"]}
     modules = _modules(read_chunks(work).select(["uri", "language"]))
     scip_tables = scip.tables(scip.read_index(staging / SCIP_FILE))
     rows = catalog.ParquetRows(str(work / SHARDS_DIR / "*.parquet"), None if workdir.is_local(work) else work.fs)

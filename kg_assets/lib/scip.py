@@ -1,18 +1,21 @@
-"""Read `index.scip` files with our own minimal SCIP schema (only the fields kg-assets uses).
+"""SCIP: run the indexers, merge their indexes, read `index.scip` with our own minimal schema into tables.
 
-The message classes are built at run time from a descriptor (no protoc, no generated code). Unknown fields in a
-full SCIP index are skipped by protobuf, so this subset parses any index. Field numbers follow scip.proto.
+The message classes are built at run time from a descriptor (no protoc, no generated code) holding only the fields
+kg-assets reads. Protobuf keeps the fields it does not know as unknown fields, so this subset parses any index
+and re-serializes (merges) it without losing anything. Field numbers follow scip.proto.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,8 @@ import pyarrow as pa
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+from kg_assets.lib import chunking
 from kg_assets.lib.errors import NotFoundError, ValidationError
-from kg_assets.lib.fsutil import atomic_write_bytes
 
 _PACKAGE = "kg_assets.scip_min"
 _F = descriptor_pb2.FieldDescriptorProto
@@ -137,20 +140,126 @@ def summarize(index: Any) -> ScipSummary:
     )
 
 
-# ---- producing and tabulating -------------------------------------------------------------------------
+# ---- producing: the indexers -----------------------------------------------------------------------
 
 
-def scip_python_command() -> Path:
-    """The scip-python executable: this checkout's node_modules (scripts/setup.sh), else one on the PATH."""
-    local = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "scip-python"
+@dataclass(frozen=True)
+class IndexJob:
+    """One indexer run: the copy of the sources it indexes (`files` relative to `src`), where it writes its index,
+    the project's name and version (the sources digest), and a scratch directory of its own for anything else."""
+
+    src: Path
+    files: tuple[str, ...]
+    output: Path
+    project: str
+    version: str
+    scratch: Path
+
+
+@dataclass(frozen=True)
+class Indexer:
+    """A SCIP indexer and the chunker languages whose files it indexes.
+
+    `bundled` indexers are installed by scripts/setup.sh (node_modules): missing or failing, they fail the build.
+    The others run when found on the PATH; their failure only leaves their languages without SCIP data (the
+    tree-sitter definitions stay). `config_files` are repository-root files copied beside the sources (the
+    module or build file the indexer needs); `prepare` writes what else the copy needs before the run; `env` is
+    added to the environment (offline switches); `scheme` starts every global symbol the indexer emits.
+    """
+
+    name: str
+    languages: tuple[str, ...]
+    arguments: Callable[[IndexJob], list[str]]
+    scheme: str
+    bundled: bool = False
+    config_files: tuple[str, ...] = ()
+    prepare: Callable[[IndexJob], None] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def _python_environment(job: IndexJob) -> None:
+    (job.scratch / "environment.json").write_text("[]")  # no pip-based dependency discovery: the repo's own code
+
+
+def _typescript_project(job: IndexJob) -> None:
+    """A tsconfig.json listing exactly the copied files (JavaScript included, so mixed and JavaScript-only trees
+    index alike) and a package.json naming the project: the repository's own configuration is not used, as its
+    `extends` and project references point into node_modules and other places the copy does not have."""
+    options = {"allowJs": True, "noEmit": True, "jsx": "preserve", "skipLibCheck": True, "maxNodeModuleJsDepth": 0}
+    (job.src / "tsconfig.json").write_text(json.dumps({"compilerOptions": options, "files": list(job.files)}))
+    (job.src / "package.json").write_text(json.dumps({"name": job.project, "version": job.version}))
+
+
+def _scip_python_arguments(job: IndexJob) -> list[str]:
+    project = ["--project-name", job.project, "--project-version", job.version]  # without a version it crashes
+    output = ["--output", str(job.output), "--environment", str(job.scratch / "environment.json")]
+    return ["index", "--cwd", str(job.src), *project, *output, "--quiet"]
+
+
+def _scip_go_arguments(job: IndexJob) -> list[str]:
+    roots = [f"--{kind}-root={job.src}" for kind in ("project", "module", "repository")]
+    return [f"--output={job.output}", f"--module-name={job.project}", f"--module-version={job.version}", *roots, "-q"]
+
+
+INDEXERS: tuple[Indexer, ...] = (
+    Indexer("scip-python", ("python",), _scip_python_arguments, "scip-python", True, prepare=_python_environment),
+    Indexer(
+        "scip-typescript",
+        ("javascript", "typescript", "tsx"),
+        lambda job: ["index", "--cwd", str(job.src), "--output", str(job.output), "--no-progress-bar"],
+        "scip-typescript",
+        True,
+        prepare=_typescript_project,
+    ),
+    Indexer(
+        "scip-go",
+        ("go",),
+        _scip_go_arguments,
+        "scip-go",
+        config_files=("go.mod", "go.sum"),
+        env=(("GOPROXY", "off"), ("GOFLAGS", "-mod=mod")),
+    ),
+    Indexer(
+        "scip-java",
+        ("java",),
+        lambda job: ["index", "--output", str(job.output)],
+        "semanticdb",
+        config_files=("pom.xml", "build.gradle", "build.gradle.kts", "settings.gradle", "settings.gradle.kts"),
+    ),
+    Indexer(
+        "rust-analyzer",
+        ("rust",),
+        lambda job: ["scip", str(job.src), "--output", str(job.output)],
+        "rust-analyzer",
+        config_files=("Cargo.toml", "Cargo.lock"),
+        env=(("CARGO_NET_OFFLINE", "true"),),
+    ),
+)
+
+# Document.language as scip.proto's Language enum names it, for the chunker's languages an indexer reads.
+DOCUMENT_LANGUAGES = {
+    "python": "Python",
+    "javascript": "JavaScript",
+    "typescript": "TypeScript",
+    "tsx": "TypeScriptReact",
+    "go": "Go",
+    "java": "Java",
+    "rust": "Rust",
+}
+
+
+def indexer_command(indexer: Indexer) -> Path | None:
+    """The indexer's executable: this checkout's node_modules (scripts/setup.sh), else one on the PATH; None for
+    an indexer that is not bundled and not found; NotFoundError for a bundled one that is missing."""
+    local = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / indexer.name
     if local.exists():
         return local
-    found = shutil.which("scip-python")
+    found = shutil.which(indexer.name)
     if found:
         return Path(found)
-    raise NotFoundError(
-        "scip-python is not installed: run scripts/setup.sh (npm ci) or npm install -g @sourcegraph/scip-python"
-    )
+    if indexer.bundled:
+        raise NotFoundError(f"{indexer.name} is not installed: run scripts/setup.sh (npm ci)")
+    return None
 
 
 _PR_SET_PDEATHSIG = 1
@@ -164,28 +273,26 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-class ScipPythonRun:
-    """scip-python indexing a repository in a child process, so the caller can do other work until `wait()`.
+class IndexerRun:
+    """An indexer indexing `job.src` in a child process, so the caller can do other work until `wait()`.
 
-    scip-python exits 1 and leaves a stub file when it crashes, so `wait()` checks the exit code and parses the
-    output before it atomically replaces `out`. `close()` (or leaving the `with` block) kills a run that is still
-    going. The indexer stays in the caller's process group and dies with it (even on SIGKILL of the caller); its
-    environment file, log and output go into `scratch`, which the caller owns. `timeout` counts from the start.
+    Indexers exit non-zero and may leave a partial file when they fail, so `wait()` checks the exit code and
+    parses the output. `close()` (or leaving the `with` block) kills a run that is still going. The indexer stays
+    in the caller's process group and dies with it (even on SIGKILL of the caller); its log goes into
+    `job.scratch`, which the caller owns. `timeout` counts from the start.
     """
 
-    def __init__(
-        self, repo: Path, out: Path, project_name: str, project_version: str, scratch: Path, timeout: float = 3600
-    ) -> None:
-        command = scip_python_command()
-        self.out, self.timeout = Path(out), timeout
-        env_file, self._result, self._log = scratch / "environment.json", scratch / "index.scip", scratch / "output.log"
-        env_file.write_text("[]")  # skip pip-based dependency discovery: we index the repository's own code
-        args = [str(command), "index", "--cwd", str(Path(repo).absolute()), "--project-name", project_name]
-        args += ["--project-version", project_version, "--output", str(self._result), "--environment", str(env_file)]
+    def __init__(self, indexer: Indexer, command: Path, job: IndexJob, timeout: float = 3600) -> None:
+        self.indexer, self.job, self.timeout = indexer, job, timeout
+        self._log = job.scratch / "output.log"
+        if indexer.prepare is not None:
+            indexer.prepare(job)
         self._deadline = time.monotonic() + timeout
         with self._log.open("wb") as log:  # a file, not a pipe: nobody drains a pipe while the caller works
             self.process = subprocess.Popen(
-                [*args, "--quiet"],
+                [str(command), *indexer.arguments(job)],
+                cwd=job.src,
+                env={**os.environ, **dict(indexer.env)},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -193,30 +300,58 @@ class ScipPythonRun:
             )
 
     def wait(self) -> Any:
-        """Block until scip-python exits; check, parse and install its output into `out`; return the index."""
+        """Block until the indexer exits; check and parse its output; return the index, each document's
+        `language` set from its path (the indexers leave it empty)."""
         try:
             code = self.process.wait(timeout=max(self._deadline - time.monotonic(), 0))
         except subprocess.TimeoutExpired:
             self.close()
-            raise ValidationError(f"scip-python did not finish within {self.timeout:.0f}s") from None
+            raise ValidationError(f"{self.indexer.name} did not finish within {self.timeout:.0f}s") from None
         if code != 0:
             tail = self._log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise ValidationError(f"scip-python failed with exit code {code}: {tail[0]}")
-        index = read_index(self._result)
-        atomic_write_bytes(self.out, self._result.read_bytes())
+            raise ValidationError(f"{self.indexer.name} failed with exit code {code}: {tail[0]}")
+        index = read_index(self.job.output)
+        for doc in index.documents:
+            doc.language = DOCUMENT_LANGUAGES.get(chunking.language_of(doc.relative_path), doc.language)
         return index
 
     def close(self) -> None:
-        """Kill scip-python if it is still running."""
+        """Kill the indexer if it is still running."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
 
-    def __enter__(self) -> ScipPythonRun:
+    def __enter__(self) -> IndexerRun:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+# ---- merging and tabulating ----------------------------------------------------------------------
+
+
+def part_of(index: Any, indexer: Indexer) -> Any:
+    """What `indexer` contributed to a merged index: the documents of its languages (by path) and the external
+    symbols of its scheme, under the merged index's metadata."""
+    part = message_classes()["Index"]()
+    part.metadata.CopyFrom(index.metadata)
+    part.documents.extend(d for d in index.documents if chunking.language_of(d.relative_path) in indexer.languages)
+    part.external_symbols.extend(s for s in index.external_symbols if s.symbol.startswith(f"{indexer.scheme} "))
+    return part
+
+
+def merge(parts: Sequence[Any]) -> Any:
+    """One index of several indexers' indexes (in the order given): the first one's metadata, then every
+    document and every external symbol, concatenated. Each indexer owns its languages, so no document repeats.
+    External `local` symbols (scip-python emits a few) are dropped: a local symbol means nothing outside its
+    document, and without a scheme it could not be told whose it was (`part_of`)."""
+    merged = message_classes()["Index"]()
+    merged.metadata.CopyFrom(parts[0].metadata)
+    for part in parts:
+        merged.documents.extend(part.documents)
+        merged.external_symbols.extend(s for s in part.external_symbols if not s.symbol.startswith("local "))
+    return merged
 
 
 def tables(index: Any) -> dict[str, pa.Table]:

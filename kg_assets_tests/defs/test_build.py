@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ import pytest
 from kg_assets.cli import runs
 from kg_assets.lib import build, catalog, scip
 from kg_assets.lib.errors import ValidationError
-from kg_assets.lib.lifecycle import SCIP_FILE, LifecycleRoot
+from kg_assets.lib.lifecycle import CATALOG_FILE, SCIP_FILE, LifecycleRoot
 from kg_assets.lib.search import search_version
+from kg_assets.lib.symbols import SymbolTable
 from kg_assets_tests.helpers import SCIP_PYTHON, run_build
-from kg_assets_tests.lib.test_scip import fake_scip_python
+from kg_assets_tests.lib.test_scip import COMMANDER, fake_scip_python, use_fake_scip_python
 from kg_assets_tests.sample_repo import write_repo
 
 pytestmark = pytest.mark.skipif(not SCIP_PYTHON.exists(), reason="run scripts/setup.sh (npm ci) for scip-python")
@@ -183,8 +185,7 @@ def test_unchanged_sources_reuse_the_scip_index(built: tuple) -> None:
 def test_failing_indexer_fails_the_build_with_its_error_after_embeddings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake = fake_scip_python(tmp_path / "bin", fail="Error: cannot index parsing.py")
-    monkeypatch.setattr(scip, "scip_python_command", lambda: fake)
+    use_fake_scip_python(monkeypatch, fake_scip_python(tmp_path / "bin", fail="Error: cannot index parsing.py"))
     (tmp_path / "dagster").mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     root, repo = LifecycleRoot(tmp_path / "indexes"), write_repo(tmp_path / "repo")
@@ -205,3 +206,38 @@ def test_scip_index_materializes_alone_without_embedding(tmp_path: Path) -> None
     assert set(materializations(result)) == {"chunks", "scip_index"}
     staging = root.staging_dir("v1")
     assert (staging / SCIP_FILE).is_file() and not (staging / build.BUILD_DIR / build.SHARDS_DIR).exists()
+
+
+def test_mixed_languages_index_per_language_beside_embedding_and_reuse_per_language(tmp_path: Path) -> None:
+    # The sample's Python and commander's real JavaScript: scip-python and scip-typescript, merged. In-process,
+    # the indexers run inside the embed step and scip_index, ordered after it, reports them.
+    root, repo = LifecycleRoot(tmp_path / "indexes"), write_repo(tmp_path / "repo")
+    (repo / "js").mkdir()
+    for name in ("argument.js", "help.js"):
+        shutil.copyfile(COMMANDER / name, repo / "js" / name)
+    with dg.instance_for_test() as instance:
+        first = run_build(root, repo, "v1", instance)
+        assert first.success
+        windows: dict[str, list[float]] = {}
+        for entry in instance.all_logs(first.run_id):
+            if entry.step_key and (entry.dagster_event is None or entry.dagster_event.is_step_start):
+                windows.setdefault(entry.step_key, []).append(entry.timestamp)
+        beside = [e.user_message for e in instance.all_logs(first.run_id) if "beside embedding" in e.user_message]
+    assert beside and beside[0].startswith("SCIP indexers done beside embedding")
+    assert min(windows["scip_index"]) > max(windows["embeddings.embed_shard[s0]"])  # after the embedding
+    meta = materializations(first)["scip_index"]
+    assert meta["documents"] == 6 and "| scip-typescript | scip-typescript 0.4.0 | 2 |" in meta["indexers"]
+    with catalog.connect_read_only(root.version_dir("v1") / CATALOG_FILE) as con:
+        table = SymbolTable.from_catalog(con)
+        uris = dict(con.execute("SELECT chunk_id, uri FROM chunks").fetchall())
+    references = {uris[m.chunk_id] for m in table.lookup(["humanReadableArgName"]) if not m.definition}
+    assert "js/help.js" in references  # help.js calls the function argument.js defines: a SCIP reference
+
+    (repo / "js" / "help.js").write_text((repo / "js" / "help.js").read_text() + "\n// changed\n")
+    with dg.instance_for_test() as instance:
+        second = run_build(root, repo, "v2", instance)
+    assert second.success
+    assert "| scip-python | scip-python 0.6.6 | 4 |" in materializations(second)["scip_index"]["indexers"]
+    assert materializations(second)["scip_index"]["reused_from"] == "v1"  # Python unchanged; JavaScript re-run
+    v1, v2 = (scip.read_index(root.version_dir(v) / SCIP_FILE) for v in ("v1", "v2"))
+    assert list(v2.documents)[:4] == list(v1.documents)[:4] and v2.documents[4:] != v1.documents[4:]

@@ -82,6 +82,8 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]
                 starts = [e for e in result.all_events if e.event_type_value == "STEP_START"]
                 for op in ("embeddings.embed_shard[", "faiss_index.encode_shard["):
                     assert len({e.pid for e in starts if e.step_key.startswith(op)}) == shards  # a process each
+                logged = [e.user_message for e in instance.all_logs(result.run_id)]
+                assert not any("beside embedding" in m for m in logged)  # scip_index indexed in its own process
             else:
                 result = run_build(root, repo, "v1", instance, **settings)
             assert result.success

@@ -1,10 +1,10 @@
-"""Build engine steps without Dagster: the SCIP step that runs beside embedding (a stand-in indexer)."""
+"""Build engine steps without Dagster: the SCIP step (real indexers) that runs beside embedding."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,8 +12,7 @@ import pytest
 
 from kg_assets.lib import build, chunking, scip
 from kg_assets.lib.lifecycle import SCIP_FILE, LifecycleRoot
-from kg_assets_tests.helpers import SCIP_PYTHON
-from kg_assets_tests.lib.test_scip import fake_scip_python
+from kg_assets_tests.lib.test_scip import COMMANDER, needs_indexers
 from kg_assets_tests.sample_repo import write_repo
 
 
@@ -24,42 +23,66 @@ def staged(root: LifecycleRoot, tmp_path: Path) -> Iterator[tuple[LifecycleRoot,
         yield root, write_repo(tmp_path / "repo"), root.reset_staging("v1")
 
 
-def test_scip_step_indexes_while_the_caller_works_and_records_on_finish(
-    staged: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def indexers_running(parent: int) -> set[str]:
+    """Names of the SCIP indexers running as children of `parent` (the build's process)."""
+    names = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        names |= {i.name for i in scip.INDEXERS if ppid == parent and i.name.encode() in cmdline}
+    return names
+
+
+def add_javascript(repo: Path) -> Path:
+    """Real JavaScript beside the sample repository's Python: commander's option.js and argument.js."""
+    (repo / "js").mkdir()
+    for name in ("option.js", "argument.js"):
+        shutil.copyfile(COMMANDER / name, repo / "js" / name)
+    return repo
+
+
+@needs_indexers
+def test_scip_step_runs_an_indexer_per_language_while_the_caller_works_and_merges_on_finish(staged: tuple) -> None:
     root, repo, staging = staged
-    gate = tmp_path / "go"
-    monkeypatch.setattr(scip, "scip_python_command", lambda: fake_scip_python(tmp_path / "bin", gate=gate))
-    with build.scip_started(root, repo, staging, staging / build.BUILD_DIR, "sample") as finish:
-        assert not (staging / SCIP_FILE).exists()  # the indexer is still running; the caller embeds meanwhile
-        gate.touch()
+    add_javascript(repo)
+    work = staging / build.BUILD_DIR
+    with build.scip_started(root, repo, staging, work, "sample") as finish:
+        assert indexers_running(os.getpid()) == {"scip-python", "scip-typescript"}  # the caller embeds meanwhile
+        assert not (staging / SCIP_FILE).exists()
         stats = finish()
-    assert (stats.summary.documents, stats.reused_from) == (2, None)
-    assert stats.digest == build.python_sources_digest(repo) and stats.waited <= stats.seconds
-    assert scip.read_index(staging / SCIP_FILE).metadata.tool_info.name == "kg-assets-tests"
-    record = json.loads((staging / build.BUILD_DIR / build.SCIP_SOURCES_FILE).read_text())
-    assert record == {"digest": stats.digest, "project": "sample", "reused_from": None}
+    assert [(r.name, r.tool, r.documents, r.reused_from) for r in stats.indexers] == [
+        ("scip-python", "scip-python", 4, None),
+        ("scip-typescript", "scip-typescript", 2, None),
+    ]
+    python = scip.INDEXERS[0]
+    assert stats.indexers[0].digest == build.sources_digest(repo, build.indexer_inputs(repo, python))
+    assert stats.waited <= stats.seconds and stats.summary.documents == 6
+    index = scip.read_index(staging / SCIP_FILE)
+    assert index.metadata.tool_info.name == "scip-python"  # the first indexer's metadata
+    assert [d.language for d in index.documents] == ["Python"] * 4 + ["JavaScript"] * 2
+    assert build.recorded_scip(work) == stats  # what the scip_index step reports when the embed step ran it
+    record = json.loads((work / build.SCIP_SOURCES_FILE).read_text())
+    assert record["project"] == "sample" and set(record["indexers"]) == {"scip-python", "scip-typescript"}
 
 
-def test_leaving_the_scip_step_unfinished_kills_the_indexer(
-    staged: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@needs_indexers
+def test_leaving_the_scip_step_unfinished_kills_the_indexers(staged: tuple) -> None:
     root, repo, staging = staged
-    bin_dir = tmp_path / "bin"
-    monkeypatch.setattr(scip, "scip_python_command", lambda: fake_scip_python(bin_dir, gate=tmp_path / "never"))
+    add_javascript(repo)
     with (
         pytest.raises(RuntimeError, match="embedding failed"),
         build.scip_started(root, repo, staging, staging / build.BUILD_DIR, "sample"),
     ):
-        while not (bin_dir / "indexer.pid").exists():  # the indexer has started (it writes its pid first)
-            time.sleep(0.01)
+        assert indexers_running(os.getpid()) == {"scip-python", "scip-typescript"}
         raise RuntimeError("embedding failed")
-    with pytest.raises(ProcessLookupError):
-        os.kill(int((bin_dir / "indexer.pid").read_text()), 0)
-    assert not (staging / SCIP_FILE).exists()
+    assert indexers_running(os.getpid()) == set()
+    assert not (staging / SCIP_FILE).exists() and not list((root.root / ".scratch").iterdir())
 
 
-@pytest.mark.skipif(not SCIP_PYTHON.exists(), reason="run scripts/setup.sh (npm ci) for scip-python")
+@needs_indexers
 def test_scip_python_sees_nothing_outside_the_repository(staged: tuple, tmp_path: Path) -> None:
     root, repo, staging = staged
     outside = tmp_path / "outside"
@@ -95,7 +118,7 @@ def test_files_with_bad_names_or_unreadable_are_skipped_not_fatal(
     assert result.skipped["caf\ufffd.py"] == "file name is not valid UTF-8"
     assert result.skipped["locked.py"] == "unreadable (Permission denied)"
     assert "parsing.py" in result.files and all(c.uri.encode() for c in result.chunks)
-    assert set(build.python_sources(repo)) == {
+    assert set(build.indexer_sources(repo, scip.INDEXERS[0])) == {
         "parsing.py",
         "generated_big.py",
         "shapes/__init__.py",

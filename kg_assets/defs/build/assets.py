@@ -6,11 +6,17 @@ shards (a dynamic output per shard), embeds each shard in its own step, trains t
 shards, encodes each shard into a copy of it in its own step, and merges them. Every step holds the version's
 build lease (a file on the lifecycle root), so any executor (in-process, multiprocess, Celery, Kubernetes) runs
 them under the same lease.
+
+The SCIP indexers (child processes) overlap the embedding under every executor: under multiprocess, Celery or
+Kubernetes `scip_index` is a step of its own beside the embed steps; the in-process executor runs one step at a
+time, so there the first embed step runs the indexers beside its embedding (start and wait in one step, one
+process) and `scip_index`, ordered after the embed steps by its priority, reports what they made.
 """
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import dagster as dg
@@ -20,7 +26,7 @@ from kg_assets.defs.lifecycle.jobs import LIFECYCLE_POOL, publish_in_run
 from kg_assets.defs.lifecycle.resources import LifecycleResource
 from kg_assets.lib import build, chunking, progress
 from kg_assets.lib import catalog as catalog_lib
-from kg_assets.lib.errors import NotFoundError
+from kg_assets.lib.errors import KgError, NotFoundError
 from kg_assets.lib.lexical import LEXICAL_FILE
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
 from kg_assets.lib.workdir import WorkPath
@@ -29,6 +35,8 @@ index_versions = dg.DynamicPartitionsDefinition(name="index_versions")
 BUILD_GROUP = "build"
 CATALOG_TABLES = ("chunks", "modules", "scip_symbols", "scip_occurrences", "faiss_idmap_mat")
 OUTPUTS = "build_outputs"  # the IO manager of values passed between build steps (see BuildOutputs)
+# The executor of the definitions (`definitions.executor`): in-process unless the run config asks for multiprocess.
+DEFAULT_EXECUTOR = "in_process_or_multiprocess"
 
 
 def partition_staging(
@@ -104,30 +112,93 @@ def chunks(
     )
 
 
+def runs_in_one_process(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> bool:
+    """Whether the run executes all its steps in this process, one at a time: Dagster's in-process executor
+    (`execute_in_process`), or `DEFAULT_EXECUTOR` in its default in-process configuration."""
+    executor = context.job_def.executor_def.name
+    if executor in ("execute_in_process_executor", "in_process"):
+        return True
+    execution = (context.run_config.get("execution") or {}).get("config") or {}
+    return executor == DEFAULT_EXECUTOR and "multiprocess" not in execution
+
+
+def scip_project(settings: BuildSettings) -> str:
+    """The project name the SCIP indexers are given: the repository directory's name."""
+    return settings.repo_path().name or "repo"
+
+
+def scip_beside_embedding(
+    context: dg.OpExecutionContext, settings: BuildSettings, root: LifecycleRoot, work: WorkPath, stack: ExitStack
+) -> Callable[[], None]:
+    """In a run whose steps all run in this process one at a time, start the SCIP indexers (child processes) for
+    the caller to embed meanwhile; returns what waits for them and records their result for `scip_index`, which
+    runs after the embed steps there (its lower priority) and reports it. Under any other executor, where
+    `scip_index` is a step of its own beside the embed steps, or in a run without that step, this does nothing.
+    It never fails the caller: an indexer that fails here is run again by `scip_index`, which fails with its
+    error."""
+    steps = context.run.step_keys_to_execute  # None: all (a subset or re-execution names its steps)
+    if not runs_in_one_process(context) or (steps is not None and "scip_index" not in steps):
+        return lambda: None
+    staging = root.staging_dir(context.partition_key)
+    try:
+        finish = stack.enter_context(
+            build.scip_started(root, settings.repo_path(), staging, work, scip_project(settings))
+        )
+    except KgError as exc:
+        context.log.warning(f"SCIP indexers not started beside embedding ({exc}); scip_index runs them")
+        return lambda: None
+
+    def done() -> None:
+        t0 = time.perf_counter()
+        try:
+            finish()
+        except KgError as exc:
+            context.log.warning(f"SCIP indexers failed beside embedding ({exc}); scip_index runs them again")
+        else:
+            context.log.info(f"SCIP indexers done beside embedding; waited {time.perf_counter() - t0:.1f}s for them")
+
+    return done
+
+
 @dg.asset(
     deps=[chunks],
     partitions_def=index_versions,
     group_name=BUILD_GROUP,
     kinds={"scip"},
-    description="SCIP index of the repository's Python code (scip-python); reused when the sources are unchanged.",
+    # In-process, the steps ready at once run by priority: this one after the embed steps, whose first one has
+    # already run the indexers beside its embedding (`scip_beside_embedding`). Other executors run it at once.
+    op_tags={"dagster/priority": "-1"},
+    description="SCIP index of the repository (one indexer per language that has one: scip-python, "
+    "scip-typescript, and scip-go, scip-java, rust-analyzer when on the PATH), merged into index.scip; each "
+    "indexer's part is reused when its sources are unchanged.",
 )
 def scip_index(
     context: dg.AssetExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource
 ) -> dg.MaterializeResult:
     root, staging, work = build_step(context, settings, lifecycle)
-    repo = settings.repo_path()
-    with build.scip_started(root, repo, staging, work, repo.name or "repo") as finish:
-        stats = finish()
+    stats = build.recorded_scip(work)  # run beside the embedding already (an in-process run)
+    if stats is None:
+        with build.scip_started(root, settings.repo_path(), staging, work, scip_project(settings)) as finish:
+            stats = finish()
+    for failed in (r for r in stats.indexers if r.error):
+        context.log.warning(f"{failed.name} failed, its languages have no SCIP data: {failed.error}")
     summary = stats.summary
+    rows = ["| indexer | tool | documents | sources | reused from | error |", "| --- | --- | ---: | --- | --- | --- |"]
+    rows += [
+        f"| {r.name} | {r.tool} {r.version} | {r.documents} | {r.digest[:12]} | {r.reused_from or '-'} | "
+        f"{r.error or '-'} |"
+        for r in stats.indexers
+    ]
     return dg.MaterializeResult(
         metadata={
             "documents": summary.documents,
             "occurrences": summary.occurrences,
             "definitions": summary.definitions,
             "tool": f"{summary.tool_name} {summary.tool_version}",
-            "sources_digest": stats.digest[:12],
-            "reused_from": stats.reused_from or "-",
+            "indexers": dg.MetadataValue.md("\n".join(rows)),
+            "reused_from": ", ".join(sorted({r.reused_from for r in stats.indexers if r.reused_from})) or "-",
             "seconds": round(stats.seconds, 3),
+            "waited_seconds": round(stats.waited, 3),
             **_file_meta(context, root, staging, SCIP_FILE),
         }
     )
@@ -149,11 +220,15 @@ def plan_shards(
 def embed_shard(
     context: dg.OpExecutionContext, settings: BuildSettings, lifecycle: LifecycleResource, shard: int
 ) -> dict:
-    """Embed one shard's chunks (reusing an earlier version's vectors of unchanged chunks)."""
+    """Embed one shard's chunks (reusing an earlier version's vectors of unchanged chunks); in-process, shard 0
+    runs the SCIP indexers meanwhile (`scip_beside_embedding`)."""
     root, _, work = build_step(context, settings, lifecycle)
     embedder = settings.load_embedder()
     report = progress.log_progress(context.log.info, f"shard {shard} embedded")
-    stats = build.embed_shard(root, work, shard, embedder, progress=report)
+    with ExitStack() as stack:
+        scip_done = scip_beside_embedding(context, settings, root, work, stack) if shard == 0 else lambda: None
+        stats = build.embed_shard(root, work, shard, embedder, progress=report)
+        scip_done()
     return {
         "embedder": embedder.name,
         "fingerprint": embedder.fingerprint,
