@@ -10,7 +10,7 @@ from kg_assets.defs.automation.sensors import SENSORS
 from kg_assets.defs.build.assets import BUILD_ASSETS, DEFAULT_EXECUTOR, OUTPUTS
 from kg_assets.defs.build.checks import catalog_consistent
 from kg_assets.defs.build.jobs import build, faiss_idmap_export, faiss_join, faiss_join_refresh
-from kg_assets.defs.build.resources import BuildOutputs, BuildSettings
+from kg_assets.defs.build.resources import BuildSettings, build_outputs
 from kg_assets.defs.eval.assets import evaluation_assets
 from kg_assets.defs.eval.jobs import eval_job
 from kg_assets.defs.lifecycle.jobs import JOBS
@@ -68,7 +68,7 @@ defs = dg.Definitions(
     resources={
         "lifecycle": lifecycle,
         "settings": settings,
-        OUTPUTS: BuildOutputs(lifecycle=lifecycle, settings=settings),
+        OUTPUTS: build_outputs,
         "watch": RepoWatch(),
     },
     executor=executor(),

@@ -120,5 +120,6 @@ def test_a_failed_build_s_step_outputs_go_with_its_staging_directory(
     assert not result.success
     work = tmp_path / work_dir / "v1" if work_dir else root.staging_dir("v1") / build.BUILD_DIR
     assert (work / build.CHUNKS_FILE).is_file() and root.build_lease("v1") is None  # kept for a resume
+    assert (work / "outputs").is_dir()  # the values passed between steps too (build_outputs), not in ./indexes
     assert root.gc(5, staging_max_age_s=0).removed_staging == ["v1.staging"]
     assert not work.exists() and not root.staging_dir("v1").exists()

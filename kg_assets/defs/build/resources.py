@@ -58,13 +58,13 @@ class BuildSettings(dg.ConfigurableResource):
         return work
 
 
-class BuildOutputs(dg.ConfigurableIOManager):
+class BuildOutputs(dg.IOManager):
     """Values passed between build steps (shard numbers, per-shard figures), pickled under the version's
     step-output location (`<work>/outputs/<run>/<step>/<output>`), so steps in other processes or on other hosts
     read them; a re-executed run reads its parent's outputs where they were written."""
 
-    lifecycle: LifecycleResource
-    settings: BuildSettings
+    def __init__(self, lifecycle: LifecycleResource, settings: BuildSettings) -> None:
+        self.lifecycle, self.settings = lifecycle, settings
 
     def _path(self, context: dg.InputContext | dg.OutputContext, output: dg.OutputContext) -> WorkPath:
         version = context.step_context.dagster_run.tags["dagster/partition"]
@@ -80,6 +80,14 @@ class BuildOutputs(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> Any:
         return pickle.loads(self._path(context, context.upstream_output).read_bytes())
+
+
+@dg.io_manager(required_resource_keys={"lifecycle", "settings"})
+def build_outputs(context: dg.InitResourceContext) -> BuildOutputs:
+    """`BuildOutputs` at the run's own `lifecycle` root and `settings.work_dir`, as the run configures (or
+    overrides) those resources; nested resource fields would keep their definition-time defaults instead (the
+    current directory's ./indexes, no --work-dir)."""
+    return BuildOutputs(context.resources.lifecycle, context.resources.settings)
 
 
 def hold_build_lease(context: dg.OpExecutionContext, root: LifecycleRoot, version: str) -> None:
