@@ -91,6 +91,8 @@ def run_job(
         progress.claim_terminal()  # the step's stderr will be redirected into Dagster's compute logs
         with instance:
             result = _execute(job, full_config, instance, partition_key, parent.run_id if parent else None)
+            if job_name == "build" and not result.success:  # a step that started after a failed one retook it
+                release_ended_leases(instance, LifecycleRoot(root))
         if not result.success:
             raise _failure(result)
         return result

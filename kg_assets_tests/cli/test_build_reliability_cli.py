@@ -114,6 +114,8 @@ def test_a_shard_step_killed_mid_embedding_is_resumed_into_the_unsharded_version
         assert server.held.wait(300), "no shard step reached the embedding server"  # s1 is waiting for its vectors
         with dg.DagsterInstance.from_config(str(root.root / ".dagster")) as instance:
             failed, pid = _step_process(instance, "v1", "embeddings.embed_shard[s1]")
+        lease = root.build_lease("v1")  # held across the run's step processes
+        assert (lease["run_id"], lease["host"]) == (failed.run_id, socket.gethostname())
         os.kill(pid, signal.SIGKILL)
         server.released.set()
         assert building.wait(300) == 1
@@ -122,8 +124,7 @@ def test_a_shard_step_killed_mid_embedding_is_resumed_into_the_unsharded_version
         "indexctl: error: step embeddings.embed_shard[s1] failed: its process was terminated by signal 9 (SIGKILL); "
         "once fixed, `indexctl build v1 --resume` re-runs the failed steps"
     )
-    lease = root.build_lease("v1")  # the killed step never released it
-    assert (lease["run_id"], lease["host"]) == (failed.run_id, socket.gethostname())
+    assert root.build_lease("v1") is None  # the killed step never ran its failure hook: indexctl released it
     shards = work / "v1" / build.SHARDS_DIR
     assert (shards / "0000.npy").is_file() and not (shards / "0001.npy").exists()
 
