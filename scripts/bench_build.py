@@ -163,13 +163,13 @@ def main() -> None:
     windows = first["step_windows"]
     embed_step, scip_step = windows["embeddings.embed_shard[s0]"], windows["scip_index"]
     overlapped = scip_meta["seconds"] > scip_step[-1] - scip_step[0] + 1  # it reports more than its own step took
+    where = "after" if scip_step[0] >= embed_step[-1] else "before"
     print(
         f"  embeddings {embed['seconds']:.1f}s ({embed['chunks_per_second']:.1f} chunks/s); the SCIP indexers "
-        f"{scip_meta['seconds']:.1f}s, "
         + (
-            f"beside the embedding, {scip_meta['waited_seconds']:.1f}s of it waited for after the embedding"
+            f"ran beside the embedding, which waited {scip_meta['waited_seconds']:.1f}s for them once done"
             if overlapped
-            else f"in a step of their own {'after' if scip_step[0] >= embed_step[-1] else 'before'} the embedding"
+            else f"took {scip_meta['seconds']:.1f}s in a step of their own {where} the embedding"
         )
     )
 

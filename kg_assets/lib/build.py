@@ -335,13 +335,9 @@ def indexer_sources(repo: Path, indexer: scip.Indexer) -> list[str]:
     ]
 
 
-def indexer_inputs(repo: Path, indexer: scip.Indexer) -> list[str]:
-    """What `indexer` reads of `repo`: its sources and the configuration files it needs that exist (not symlinks)."""
-    sources = indexer_sources(repo, indexer)
-    if not sources:
-        return []
-    configs = [name for name in indexer.config_files if (repo / name).is_file() and not (repo / name).is_symlink()]
-    return sources + configs
+def indexer_configs(repo: Path, indexer: scip.Indexer) -> list[str]:
+    """The configuration files `indexer` needs beside its sources that `repo` has (regular files, no symlinks)."""
+    return [name for name in indexer.config_files if (repo / name).is_file() and not (repo / name).is_symlink()]
 
 
 def sources_digest(repo: Path, uris: Sequence[str]) -> str:
@@ -428,10 +424,11 @@ def scip_started(
     running: list[tuple[scip.Indexer, str, scip.IndexerRun]] = []
     with root.scratch("scip") as scratch, ExitStack() as stack:
         for indexer in scip.INDEXERS:
-            inputs = indexer_inputs(repo, indexer)
-            command = scip.indexer_command(indexer) if inputs else None
+            sources = indexer_sources(repo, indexer)
+            command = scip.indexer_command(indexer) if sources else None
             if command is None:
                 continue
+            inputs = [*sources, *indexer_configs(repo, indexer)]
             digest = sources_digest(repo, inputs)
             earlier = _earlier_part(root, indexer, digest, project_name)
             if earlier is not None:
@@ -439,7 +436,7 @@ def scip_started(
                 continue
             job = scip.IndexJob(
                 scratch / indexer.name / "src",
-                tuple(indexer_sources(repo, indexer)),
+                tuple(sources),
                 scratch / indexer.name / "index.scip",
                 project_name,
                 digest[:12],

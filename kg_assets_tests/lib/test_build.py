@@ -58,7 +58,7 @@ def test_scip_step_runs_an_indexer_per_language_while_the_caller_works_and_merge
         ("scip-typescript", "scip-typescript", 2, None),
     ]
     python = scip.INDEXERS[0]
-    assert stats.indexers[0].digest == build.sources_digest(repo, build.indexer_inputs(repo, python))
+    assert stats.indexers[0].digest == build.sources_digest(repo, build.indexer_sources(repo, python))
     assert stats.waited <= stats.seconds and stats.summary.documents == 6
     index = scip.read_index(staging / SCIP_FILE)
     assert index.metadata.tool_info.name == "scip-python"  # the first indexer's metadata
