@@ -282,10 +282,11 @@ def _indexer_child(parent: int) -> None:
 class IndexerRun:
     """An indexer indexing `job.src` in a child process, so the caller can do other work until `wait()`.
 
-    Indexers exit non-zero and may leave a partial file when they fail, so `wait()` checks the exit code and
-    parses the output. `close()` (or leaving the `with` block) kills a run that is still going. The indexer stays
-    in the caller's process group and dies with it (even on SIGKILL of the caller); its log goes into
-    `job.scratch`, which the caller owns. `timeout` counts from the start.
+    Indexers exit non-zero and may leave a partial file when they fail, so `wait()` checks the exit code (the
+    error quotes the last line of their output that starts with "error", else the last line) and parses the
+    output. `close()` (or leaving the `with` block) kills a run that is still going. The indexer stays in the
+    caller's process group and dies with it (even on SIGKILL of the caller); its log goes into `job.scratch`,
+    which the caller owns. `timeout` counts from the start.
     """
 
     def __init__(self, indexer: Indexer, command: Path, job: IndexJob, timeout: float = 3600) -> None:
@@ -314,8 +315,9 @@ class IndexerRun:
             self.close()
             raise ValidationError(f"{self.indexer.name} did not finish within {self.timeout:.0f}s") from None
         if code != 0:
-            tail = self._log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise ValidationError(f"{self.indexer.name} failed with exit code {code}: {tail[0]}")
+            lines = self._log.read_text(errors="replace").strip().splitlines() or ["no output"]
+            said = [line.strip() for line in lines if line.lstrip().lower().startswith("error")] or lines
+            raise ValidationError(f"{self.indexer.name} failed with exit code {code}: {said[-1]}")
         index = read_index(self.job.output)
         for doc in index.documents:
             doc.language = DOCUMENT_LANGUAGES.get(chunking.language_of(doc.relative_path), doc.language)

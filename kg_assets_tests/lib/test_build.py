@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,8 +13,11 @@ import pytest
 
 from kg_assets.lib import build, chunking, scip
 from kg_assets.lib.lifecycle import SCIP_FILE, LifecycleRoot
+from kg_assets_tests.helpers import REPO
 from kg_assets_tests.lib.test_scip import COMMANDER, needs_indexers
 from kg_assets_tests.sample_repo import write_repo
+
+ITOA = sorted((REPO / "build" / "lang-sources").glob("usr/share/cargo/registry/itoa-*/src/lib.rs"))
 
 
 @pytest.fixture
@@ -128,3 +132,24 @@ def test_files_with_bad_names_or_unreadable_are_skipped_not_fatal(
 
 def _denied(path: Path) -> bytes:
     raise PermissionError(13, "Permission denied", str(path))
+
+
+def _broken_on_path(name: str) -> bool:
+    """Whether `name` is on the PATH but fails to run (rustup's proxy for a component that is not installed)."""
+    found = shutil.which(name)
+    return found is not None and subprocess.run([found, "--version"], capture_output=True).returncode != 0
+
+
+@needs_indexers
+@pytest.mark.skipif(not _broken_on_path("rust-analyzer"), reason="needs a rust-analyzer on the PATH that fails")
+@pytest.mark.skipif(not ITOA, reason="run scripts/setup.sh (Debian sources in build/)")
+def test_an_indexer_found_on_the_path_that_fails_leaves_only_its_language_without_scip(staged: tuple) -> None:
+    root, repo, staging = staged
+    (repo / "src").mkdir()
+    shutil.copyfile(ITOA[-1], repo / "src" / "lib.rs")  # real Rust, so rust-analyzer is run
+    with build.scip_started(root, repo, staging, staging / build.BUILD_DIR, "sample") as finish:
+        stats = finish()
+    results = {r.name: r for r in stats.indexers}
+    assert results["scip-python"].documents == 4 and results["scip-python"].error is None
+    assert results["rust-analyzer"].error.startswith("rust-analyzer failed with exit code 1: error: ")
+    assert {d.language for d in scip.read_index(staging / SCIP_FILE).documents} == {"Python"}
