@@ -56,7 +56,7 @@ def query_terms(text: str) -> list[list[str]]:
 @functools.lru_cache(maxsize=1 << 16)
 def scip_symbol_name(symbol: str) -> str | None:
     """The in-module qualified name of a SCIP symbol (`... flask.app/Flask#route().` -> `Flask.route`); None for
-    locals, parameters and symbols without a name."""
+    locals, parameters and symbols without a name; a constructor is named by its class."""
     if symbol.startswith("local ") or ").(" in symbol:
         return None
     descriptor = symbol.split(" ", 4)[-1]
@@ -67,6 +67,8 @@ def scip_symbol_name(symbol: str) -> str | None:
         elif char == "/" and not quoted:
             cut = i + 1
     names = [a or b for a, b in _SCIP_NAME.findall(descriptor[cut:])]
+    if names[-1:] == ["<constructor>"]:  # scip-typescript's `new X()` refers to X's constructor: count it as X
+        names.pop()
     return ".".join(names) or None
 
 

@@ -11,6 +11,8 @@ def test_scip_symbols_name_their_definition_within_the_module() -> None:
     assert scip_symbol_name("scip-python python pkg 1 pkg.mod/helper().") == "helper"
     assert scip_symbol_name("scip-python python pkg 1 pkg.mod/Flask#__init__().(self)") is None  # a parameter
     assert scip_symbol_name("local 12") is None
+    # scip-typescript's `new Router()` refers to the constructor; a lookup of `Router` must count it
+    assert scip_symbol_name("scip-typescript npm x 1 lib/`router.js`/Router#`<constructor>`().") == "Router"
 
 
 def test_query_terms_accept_the_usual_qualified_spellings() -> None:
