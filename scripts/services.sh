@@ -9,6 +9,7 @@
 # The PostgreSQL database is `dagster`, user `dagster`, trust authentication on 127.0.0.1 (a test and
 # development setup: use a managed PostgreSQL and Redis, or your own, in production).
 set -euo pipefail
+PATH="$PATH:/usr/sbin:/sbin"  # runuser and apt-get live there; a minimal PATH (cron, env -i) lacks them
 
 cmd=${1:?usage: services.sh start|stop DIR [REDIS_PORT] [PG_PORT]}
 dir=${2:?usage: services.sh start|stop DIR [REDIS_PORT] [PG_PORT]}

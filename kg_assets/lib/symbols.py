@@ -129,13 +129,18 @@ class SymbolTable:
             found.append(SymbolMatch(entry.chunk_id, entry.name, entry.definition, score))
         return found
 
-    def search(self, terms: Sequence[Sequence[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, terms: Sequence[Sequence[str]], k: int, *, references: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, chunk ids) of the best k chunks for a query's terms: each chunk scores its best match per term,
-        summed over terms; ties go to the shorter (less nested) name, then the smaller chunk id."""
+        summed over terms; ties go to the shorter (less nested) name, then the smaller chunk id. Without
+        `references`, only definitions match."""
         best: dict[int, tuple[float, int]] = {}
         for parts in terms:
             per_chunk: dict[int, tuple[float, int]] = {}
             for match in self.lookup(parts):
+                if not (references or match.definition):
+                    continue
                 depth = match.name.count(".")
                 old = per_chunk.get(match.chunk_id)
                 if old is None or (match.score, -depth) > (old[0], -old[1]):

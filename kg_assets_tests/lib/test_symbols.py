@@ -42,6 +42,9 @@ def test_a_definition_ranks_before_references_and_exact_case_before_folded() -> 
     _, ids = TABLE.search([["session"]], 10)
     assert ids.tolist()[:2] == [5, 1]
 
+    _, ids = TABLE.search([["merge"]], 10, references=False)  # a question's names: definitions only
+    assert ids.tolist() == [3, 2]
+
 
 def test_qualified_names_narrow_the_match() -> None:
     _, ids = TABLE.search([["Session", "merge"]], 10)
