@@ -235,28 +235,46 @@ def finish_index(index: faiss.Index) -> None:
         ivf.make_direct_map()
 
 
-def trained_fingerprint(index: faiss.Index) -> str:
-    """sha256 of what training fixed: factory, dimension, metric, the coarse centroids and any PQ codebook.
-    Two indexes can only be merged when their fingerprints are equal."""
-    digest = hashlib.sha256(f"{factory_string(index)}|{index.d}|{index.metric_type}".encode())
+def trained_parts(index: faiss.Index) -> dict[str, bytes]:
+    """What training fixed, by name: the `index type` (factory, dimension, metric), the `coarse quantizer` (IVF
+    centroids) and the `PQ codebook` (an IVF-PQ's, fast-scan or not). Codes made with other values of any of them
+    mean something else, so indexes merge only when all are equal. FAISS's `merge_from` refuses other coarse
+    centroids (a RuntimeError) but appends codes made with another PQ codebook without a word (FAISS 1.15)."""
+    parts = {"index type": f"{factory_string(index)}|{index.d}|{index.metric_type}".encode()}
     ivf = _ivf_of(index)
     if ivf is not None:
-        digest.update(ivf.quantizer.reconstruct_n(0, ivf.nlist).tobytes())
-        pq = getattr(ivf, "pq", None)
+        parts["coarse quantizer"] = ivf.quantizer.reconstruct_n(0, ivf.nlist).tobytes()
+        pq = getattr(faiss.downcast_index(ivf), "pq", None)  # extract_index_ivf gives the IndexIVF base class
         if pq is not None:
-            digest.update(faiss.vector_to_array(pq.centroids).tobytes())
+            parts["PQ codebook"] = faiss.vector_to_array(pq.centroids).tobytes()
+    return parts
+
+
+def trained_fingerprint(index: faiss.Index) -> str:
+    """sha256 of `trained_parts`: two indexes can only be merged when their fingerprints are equal."""
+    digest = hashlib.sha256()
+    for name, value in trained_parts(index).items():
+        digest.update(f"{name}:{len(value)}:".encode() + value)
     return digest.hexdigest()
 
 
 def merge_indexes(parts: list[faiss.Index]) -> faiss.Index:
     """Append `parts[1:]` to `parts[0]` in order (ids and row order as if all were added to one index), after
-    checking that every part was trained identically (ValidationError otherwise). Returns `parts[0]`."""
-    expected = trained_fingerprint(parts[0])
+    checking that every part was trained identically (ValidationError naming what differs otherwise). Returns
+    `parts[0]`."""
+    expected = trained_parts(parts[0])
     for number, part in enumerate(parts[1:], start=1):
-        if trained_fingerprint(part) != expected:
+        got = trained_parts(part)
+        differs = next((name for name in (*expected, *got) if got.get(name) != expected.get(name)), None)
+        if differs == "index type":
             raise ValidationError(
-                f"shard {number} was trained with a different quantizer than shard 0 (factory "
-                f"{factory_string(part)} vs {factory_string(parts[0])}); rebuild the version"
+                f"shard {number} is a different index than shard 0 ({factory_string(part)}, {part.d} dimensions vs "
+                f"{factory_string(parts[0])}, {parts[0].d}); rebuild the version"
+            )
+        if differs is not None:
+            raise ValidationError(
+                f"shard {number} was trained with a different {differs} than shard 0 ({factory_string(part)}); "
+                "rebuild the version"
             )
         _append(parts[0], part, 0)
     finish_index(parts[0])

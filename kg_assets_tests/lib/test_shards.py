@@ -13,6 +13,7 @@ import pytest
 from kg_assets.lib import build, faiss_index, workdir
 from kg_assets.lib.errors import ConflictError, ValidationError
 from kg_assets.lib.lifecycle import FAISS_FILE, LifecycleRoot
+from kg_assets.lib.workdir import WorkPath
 
 
 def write_work(work: Path, files: int = 40, per_file: int = 25, dim: int = 32) -> np.ndarray:
@@ -89,17 +90,67 @@ def test_merged_shards_equal_one_unsharded_index(tmp_path: Path, factory: str) -
             assert faiss.serialize_index(merged).tobytes() == faiss.serialize_index(unsharded).tobytes()
 
 
-def test_merge_refuses_a_shard_trained_with_another_quantizer(tmp_path: Path) -> None:
+def trained_otherwise(factory: str, dim: int) -> faiss.Index:
+    """An empty index of `factory` trained on other vectors than a build's (seeded random ones): other coarse
+    centroids, and another PQ codebook where it has one."""
+    return faiss_index.train_index(factory, dim, np.random.default_rng(7).standard_normal((256, dim)))
+
+
+def with_codebook_of(trained: faiss.Index, other: faiss.Index) -> faiss.Index:
+    """`trained` (its coarse centroids kept) with the PQ codebook of `other`, an IVF-PQ of the same factory."""
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(trained))
+    codebook = faiss.downcast_index(faiss.extract_index_ivf(other)).pq.centroids
+    faiss.copy_array_to_vector(faiss.vector_to_array(codebook), ivf.pq.centroids)
+    ivf.precompute_table()  # the residual tables of the new codebook, as training leaves them
+    return trained
+
+
+def encoded_shard(work: WorkPath, shard: int, index: faiss.Index) -> faiss.Index:
+    """`index` (trained, empty) with shard `shard`'s vectors added under their chunk ids, as `encode_shard` adds
+    them to the build's trained index."""
+    start, end = build.read_plan(work)[shard]
+    ids = build.read_chunks(work).column("chunk_id").to_numpy()[start:end]
+    faiss_index.add_vectors(index, workdir.read_array(build.shard_file(work, shard, ".npy")), ids)
+    return index
+
+
+def trained_differently(work: WorkPath, part: str) -> faiss.Index:
+    """An empty index of the build's factory trained otherwise in `part`: the `coarse quantizer` (and any
+    codebook), or on an IVF-PQ build only the `PQ codebook` (the build's trained index with another one)."""
+    trained = workdir.read_index(work / build.TRAINED_FILE)
+    other = trained_otherwise(faiss_index.factory_string(trained), trained.d)
+    return other if part == "coarse quantizer" else with_codebook_of(trained, other)
+
+
+@pytest.mark.parametrize(
+    ("factory", "part"),
+    [
+        ("IVF32,Flat", "coarse quantizer"),
+        ("IVF32,PQ8x4fs,RFlat", "coarse quantizer"),
+        ("IVF32,PQ8x4fs,RFlat", "PQ codebook"),
+    ],
+)
+def test_merge_refuses_a_shard_trained_with_another_quantizer(tmp_path: Path, factory: str, part: str) -> None:
+    """The merge refuses it naming what differs (ValidationError: exit 4 in the CLI), where FAISS's own
+    `merge_from` fails on other coarse centroids with a RuntimeError (an unexpected error, exit 1) and appends
+    another codebook's codes without a word, which searches then decode wrongly."""
     work = tmp_path / "work"
     vectors = write_work(work)
-    sharded_index(work, tmp_path, vectors, 2, "IVF32,Flat")
-    other = faiss_index.train_index("IVF32,Flat", vectors.shape[1], vectors[::-1])
-    start, end = build.read_plan(work)[1]
-    ids = build.read_chunks(work).column("chunk_id").to_numpy()[start:end]
-    faiss_index.add_vectors(other, vectors[start:end], ids)
-    workdir.write_index(build.shard_file(work, 1, ".index"), other)
-    with pytest.raises(ValidationError, match="shard 1 was trained with a different quantizer"):
+    sharded_index(work, tmp_path, vectors, 2, factory)
+    encoded = {shard: build.shard_file(work, shard, ".index").read_bytes() for shard in (0, 1)}
+    workdir.write_index(build.shard_file(work, 1, ".index"), encoded_shard(work, 1, trained_differently(work, part)))
+    with pytest.raises(ValidationError, match=rf"^shard 1 was trained with a different {part} than shard 0 \("):
         build.merge_shards(work, tmp_path)
+    build.shard_file(work, 1, ".index").write_bytes(encoded[1])
+    workdir.write_index(build.shard_file(work, 0, ".index"), encoded_shard(work, 0, trained_differently(work, part)))
+    with pytest.raises(ValidationError, match=r"^shard 0 was not encoded into this build's trained index"):
+        build.merge_shards(work, tmp_path)
+    build.shard_file(work, 0, ".index").write_bytes(encoded[0])
+    workdir.write_index(build.shard_file(work, 1, ".index"), faiss_index.train_index("IVF16,Flat", 32, vectors))
+    with pytest.raises(ValidationError, match=r"^shard 1 is a different index than shard 0 \(IVF16,Flat, 32 dim"):
+        build.merge_shards(work, tmp_path)
+    build.shard_file(work, 1, ".index").write_bytes(encoded[1])
+    assert build.merge_shards(work, tmp_path)[0].ntotal == len(vectors)  # the shards as encoded still merge
 
 
 def test_step_outputs_can_live_behind_an_fsspec_url(tmp_path: Path) -> None:
