@@ -1,5 +1,6 @@
 """Issue 11 for `indexctl build`: a SIGKILLed build leaves no indexer running and nothing gc cannot clean; issue 15:
-a shard step killed mid-embedding is resumed (`build --resume`) into the version an unsharded build makes."""
+a shard step killed mid-embedding is resumed (`build --resume`) into the version an unsharded build makes, and the
+merge refuses (exit 4) a shard encoded into an index trained otherwise than the build's."""
 
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from kg_assets.lib import build
+from kg_assets.lib import build, workdir
+from kg_assets.lib.embedding import MiniLMOnnx
+from kg_assets.lib.fsutil import exclusive_lock
 from kg_assets.lib.lifecycle import WORK_RECORD, LifecycleRoot
 from kg_assets_tests.cli.test_indexctl import indexctl
-from kg_assets_tests.conftest import INDEXCTL
+from kg_assets_tests.conftest import INDEXCTL, published_state, stage_sample
 from kg_assets_tests.defs.test_sharded_build import version_contents
 from kg_assets_tests.helpers import SCIP_PYTHON, run_build
 from kg_assets_tests.lib.test_remote_embedding import EmbeddingServer, serving
+from kg_assets_tests.lib.test_shards import encoded_shard, trained_differently, trained_otherwise
 from kg_assets_tests.sample_repo import write_repo
 
 pytestmark = pytest.mark.skipif(not SCIP_PYTHON.exists(), reason="run scripts/setup.sh (npm ci) for scip-python")
@@ -151,3 +155,89 @@ def test_a_shard_step_killed_mid_embedding_is_resumed_into_the_unsharded_version
     assert np.array_equal(got["ids"], expected["ids"]) and np.array_equal(got["rows"], expected["rows"])
     np.testing.assert_array_equal(got["vectors"], expected["vectors"])
     assert np.array_equal(got["top10"], expected["top10"])
+
+
+def _steps(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventType) -> set[str]:
+    return {e.dagster_event.step_key for e in instance.all_logs(run_id, of_type=kind)}
+
+
+def _others(root: LifecycleRoot, version: str) -> dict[str, object]:
+    """`published_state` without `version`'s own staging directory or version: what its build must not move."""
+    state = published_state(root)
+    mine = (f"versions/{version}/", f"versions/{version}.staging/")
+    state["files"] = {path: data for path, data in state["files"].items() if not path.startswith(mine)}
+    state["dirs"] = [d for d in state["dirs"] if d not in (version, f"{version}.staging")]
+    return state
+
+
+def test_merge_refuses_a_shard_encoded_into_another_trained_index(
+    cli_env: dict[str, str], tmp_path: Path, samples: dict
+) -> None:
+    """A shard's index in the step outputs that was encoded into an index trained otherwise than the build's (other
+    coarse centroids, or only another PQ codebook) is refused by the merge, exit 4 with one line naming what
+    differs: in the build that meets it and in `--resume`, which re-runs the merge alone. Nothing published or
+    sealed moves, and with the shards as encoded the same run's resume seals the version. The build's merge step
+    (its own process) is paused on the version's lock, which every build step takes first: the test holds it from
+    the encode steps' success until it has replaced shard 1's index. (A replaced shard 0, which `build.merge_shards`
+    refuses against the trained index, is tested on the engine: `lib/test_shards.py`.)"""
+    repo, work = write_repo(tmp_path / "repo"), tmp_path / "work"
+    root = LifecycleRoot(cli_env["KG_INDEXES_DIR"])
+    stage_sample(root, "v0", samples["a"])
+    root.publish("v0")
+    before = _others(root, "v1")
+    factory = "IVF4,PQ96x4fs,RFlat"  # the auto choice's kind at scale (IVF, 4-bit PQ, exact re-rank), on 16 chunks
+    settings = ["--shards", "2", "--factory", factory, "--work-dir", str(work)]
+    env = {**cli_env, "KG_EXECUTOR": "multiprocess", "KG_MAX_CONCURRENT": "2"}  # every step in its own process
+    encodes = {"faiss_index.encode_shard[s0]", "faiss_index.encode_shard[s1]"}
+    index = {shard: build.shard_file(work / "v1", shard, ".index") for shard in (0, 1)}
+    other = trained_otherwise(factory, MiniLMOnnx.dim)  # the default embedder's; trained before the pause
+    with (tmp_path / "stderr").open("w") as stderr:
+        building = subprocess.Popen(
+            [*INDEXCTL, "build", "v1", "--repo", str(repo), *settings],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        deadline = time.monotonic() + 300
+        while root.build_lease("v1") is None:  # the first step took it: the instance and the run exist
+            assert building.poll() is None and time.monotonic() < deadline, "the build never started"
+            time.sleep(0.05)
+        with dg.DagsterInstance.from_config(str(root.root / ".dagster")) as instance:
+            while True:
+                runs = instance.get_runs(dg.RunsFilter(job_name="build", tags={"dagster/partition": "v1"}), limit=1)
+                if runs and encodes <= _steps(instance, runs[0].run_id, dg.DagsterEventType.STEP_SUCCESS):
+                    break
+                assert building.poll() is None and time.monotonic() < deadline, "the encode steps never succeeded"
+                time.sleep(0.05)
+            # The merge step's process is still starting: a new interpreter importing the definitions (its
+            # STEP_START came 4 s after this point at load 8 here, and it takes the lock only after that). Once the
+            # lock is ours and the merge has not started, it cannot have read a shard.
+            with exclusive_lock(root.root / ".locks" / "v1.lock", 0, "the test"):
+                started = _steps(instance, runs[0].run_id, dg.DagsterEventType.STEP_START)
+                assert "faiss_index.merge_shards" not in started, "the merge started before the test held the lock"
+                encoded = {shard: path.read_bytes() for shard, path in index.items()}
+                workdir.write_index(index[1], encoded_shard(work / "v1", 1, other))
+        assert building.wait(300) == 4
+    described = "IVF4,PQ96x4fs,Refine(Flat)"  # the factory as the merge reads it back from the index's structure
+    refusal = (
+        f"indexctl: error: shard 1 was trained with a different {{}} than shard 0 ({described}); rebuild the version"
+    )
+    assert (tmp_path / "stderr").read_text().strip().splitlines()[-1] == refusal.format("coarse quantizer")
+    assert root.build_lease("v1") is None and not root.version_dir("v1").exists()
+    assert _others(root, "v1") == before
+
+    workdir.write_index(index[1], encoded_shard(work / "v1", 1, trained_differently(work / "v1", "PQ codebook")))
+    refused = indexctl(cli_env, "build", "v1", "--resume")
+    assert refused.returncode == 4 and refused.stderr.strip().splitlines() == [refusal.format("PQ codebook")]
+    with dg.DagsterInstance.from_config(str(root.root / ".dagster")) as instance:
+        resumed = instance.get_runs(dg.RunsFilter(job_name="build"), limit=1)[0]
+        assert resumed.parent_run_id == runs[0].run_id
+        assert _steps(instance, resumed.run_id, dg.DagsterEventType.STEP_START) == {"faiss_index.merge_shards"}
+    assert root.build_lease("v1") is None and not root.version_dir("v1").exists()
+    assert _others(root, "v1") == before
+
+    index[1].write_bytes(encoded[1])  # the shards as their encode steps wrote them
+    done = indexctl(cli_env, "build", "v1", "--resume", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["shards"] == 2 and root.read_manifest("v1")["attrs"]["faiss_ntotal"] > 10
+    assert _others(root, "v1") == before  # v0 still current, its files and the history as they were
