@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import dagster as dg
 import numpy as np
@@ -85,6 +86,13 @@ def embedding_server() -> Iterator[EmbeddingServer]:
         yield server
 
 
+def _start_build(repo: Path, settings: list[str], env: dict[str, str], stderr: IO[str]) -> subprocess.Popen[bytes]:
+    """`indexctl build v1 --repo REPO SETTINGS` in the background, its stderr into `stderr`."""
+    return subprocess.Popen(
+        [*INDEXCTL, "build", "v1", "--repo", str(repo), *settings], env=env, stdout=subprocess.DEVNULL, stderr=stderr
+    )
+
+
 def _step_process(instance: dg.DagsterInstance, version: str, step_key: str) -> tuple[dg.DagsterRun, int]:
     """The version's latest build run and the pid of the process running its step `step_key` (as the step's
     STEP_START event records it; waited for, since the step writes it while starting)."""
@@ -109,12 +117,7 @@ def test_a_shard_step_killed_mid_embedding_is_resumed_into_the_unsharded_version
     server.hold = "def hypotenuse"  # shapes/geometry.py, in the second of the two shards
     env = {**cli_env, "KG_EXECUTOR": "multiprocess", "KG_MAX_CONCURRENT": "2"}  # every step in its own process
     with (tmp_path / "stderr").open("w") as stderr:
-        building = subprocess.Popen(
-            [*INDEXCTL, "build", "v1", "--repo", str(repo), *settings],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+        building = _start_build(repo, settings, env, stderr)
         assert server.held.wait(300), "no shard step reached the embedding server"  # s1 is waiting for its vectors
         with dg.DagsterInstance.from_config(str(root.root / ".dagster")) as instance:
             failed, pid = _step_process(instance, "v1", "embeddings.embed_shard[s1]")
@@ -192,12 +195,7 @@ def test_merge_refuses_a_shard_encoded_into_another_trained_index(
     index = {shard: build.shard_file(work / "v1", shard, ".index") for shard in (0, 1)}
     other = trained_otherwise(factory, MiniLMOnnx.dim)  # the default embedder's; trained before the pause
     with (tmp_path / "stderr").open("w") as stderr:
-        building = subprocess.Popen(
-            [*INDEXCTL, "build", "v1", "--repo", str(repo), *settings],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+        building = _start_build(repo, settings, env, stderr)
         deadline = time.monotonic() + 300
         while root.build_lease("v1") is None:  # the first step took it: the instance and the run exist
             assert building.poll() is None and time.monotonic() < deadline, "the build never started"
