@@ -283,7 +283,11 @@ def gc(ctx: _Context, keep: int, staging_max_age: float, dry_run: bool, as_json:
 @click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=".", show_default=True)
 @click.option("--publish", "publish_after", is_flag=True, help="Publish the version when the build succeeds.")
 @click.option(
-    "--embedder", default="minilm", show_default=True, help="minilm, st:<model> or http://host:port#model#dim"
+    "--embedder",
+    default="minilm",
+    show_default=True,
+    help="minilm, static (the committed static code model), static:<model dir>, st:<model> or "
+    "http://host:port#model#dim",
 )
 @click.option("--factory", default="auto", show_default=True, help="FAISS factory string, or auto (by corpus size).")
 @click.option(
