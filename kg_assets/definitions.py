@@ -11,6 +11,9 @@ from kg_assets.defs.build.assets import BUILD_ASSETS, DEFAULT_EXECUTOR, OUTPUTS
 from kg_assets.defs.build.checks import catalog_consistent
 from kg_assets.defs.build.jobs import build, faiss_idmap_export, faiss_join, faiss_join_refresh
 from kg_assets.defs.build.resources import BuildSettings, build_outputs
+from kg_assets.defs.embedder.assets import EMBEDDER_ASSETS
+from kg_assets.defs.embedder.jobs import embedder_training_job
+from kg_assets.defs.embedder.resources import EMBEDDER_TRAINING, EmbedderTraining
 from kg_assets.defs.eval.assets import evaluation_assets
 from kg_assets.defs.eval.jobs import eval_job
 from kg_assets.defs.lifecycle.jobs import JOBS
@@ -60,9 +63,9 @@ def build_job() -> dg.JobDefinition:
 lifecycle = LifecycleResource()
 settings = BuildSettings()
 defs = dg.Definitions(
-    assets=[*BUILD_ASSETS, tuning_profile, evaluation_assets, faiss_idmap_export, faiss_join],
+    assets=[*BUILD_ASSETS, tuning_profile, evaluation_assets, faiss_idmap_export, faiss_join, *EMBEDDER_ASSETS],
     asset_checks=[catalog_consistent],
-    jobs=[*JOBS, build, tune, eval_job, faiss_join_refresh],
+    jobs=[*JOBS, build, tune, eval_job, faiss_join_refresh, embedder_training_job],
     schedules=SCHEDULES,
     sensors=SENSORS,
     resources={
@@ -70,6 +73,7 @@ defs = dg.Definitions(
         "settings": settings,
         OUTPUTS: build_outputs,
         "watch": RepoWatch(),
+        EMBEDDER_TRAINING: EmbedderTraining(),
     },
     executor=executor(),
 )

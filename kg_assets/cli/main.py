@@ -34,7 +34,8 @@ from kg_assets.lib.lifecycle import (
     check_version_id,
     stage_sources,
 )
-from kg_assets.lib.settings import from_values, to_values
+from kg_assets.lib.settings import check_bounds, from_values, to_values
+from kg_assets.lib.static_training import TrainSettings
 from kg_assets.lib.tuning import KNOBS
 from kg_assets.lib.tuning_run import TuneSettings
 
@@ -556,6 +557,42 @@ def tune(
         click.echo(f"Saved tuning profile -> {vdir / 'tuning.json'}")
         if report["recall_at_k"] is not None and report["recall_at_k"] < target_recall:
             click.echo(f"warning: no point reached recall@{k} {target_recall}; kept the most accurate one", err=True)
+
+
+@cli.group()
+def embedder() -> None:
+    """The static code embedder: train it with the `embedder` Dagster job."""
+
+
+@embedder.command(name="train")
+@settings_options(TrainSettings)
+@click.option("--json", "as_json", is_flag=True, help="Print the model's provenance as JSON.")
+@pass_ctx
+def embedder_train(ctx: _Context, as_json: bool, **values: Any) -> None:
+    """Train the static code model (one run of the `embedder` asset group) and write its directory."""
+    if as_json:
+        progress.silence()
+    settings = from_values(TrainSettings, values)
+    check_bounds(settings)
+    from kg_assets.cli.runs import run_embedder_training
+
+    provenance = run_embedder_training(ctx.lifecycle.root, to_values(settings), verbose=ctx.verbose)
+    if as_json:
+        click.echo(json.dumps(provenance, indent=2))
+        return
+    evaluation, corpus = provenance["evaluation"], provenance["corpus"]
+    click.echo(
+        f"Wrote {settings.out} ({_size(provenance['bytes'])}): {corpus['chunks']} chunks of {corpus['sources']} "
+        f"packages, dim {provenance['settings']['dim']}, ridge {provenance['settings']['ridge']:g}"
+    )
+    rows = [("model", "MRR@10", "recall@10")]
+    rows += [
+        (name, evaluation[name]["mrr_at_10"], evaluation[name]["recall_at_10"])
+        for name in ("minilm", "distilled", "static")
+    ]
+    click.echo(f"{evaluation['set']}:")
+    for line in _table(rows):
+        click.echo(f"  {line}")
 
 
 @cli.command(name="show-profile")

@@ -420,3 +420,20 @@ def release_ended_leases(instance: Any, root: LifecycleRoot) -> list[str]:
         if (run is None or run.is_finished) and root.release_build_lease(version, lease["run_id"]):
             released.append(version)
     return released
+
+
+def run_embedder_training(root: Path, settings: dict[str, Any], *, verbose: bool = False) -> dict[str, Any]:
+    """Materialize the `embedder` group (one run) with `settings` (`TrainSettings` values); the written model's
+    provenance, with its directory (`out`) and size (`bytes`) as the run recorded them."""
+    from kg_assets.defs.embedder.resources import EMBEDDER_TRAINING
+
+    result = run_job(
+        root, "embedder_training", {"resources": {EMBEDDER_TRAINING: {"config": settings}}}, verbose=verbose
+    )
+    out = Path(settings["out"])
+    provenance = json.loads((out / "provenance.json").read_text(encoding="utf-8"))
+    materialized = {
+        event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
+        for event in (e.event_specific_data for e in result.get_asset_materialization_events())
+    }
+    return {**provenance, "out": str(out), "bytes": materialized["static_embedder"]["bytes"]}

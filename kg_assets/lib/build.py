@@ -77,9 +77,13 @@ def chunk_for(
     """`repo`'s chunks as `embedder` sees them: within its token window less [CLS], [SEP] and the path header
     line that `embedding_text` puts first (also what the static embedder's training corpus is cut with)."""
     budget = embedder.max_tokens - 2  # [CLS] and [SEP]
-    header = lambda uri: embedding_text(uri, "")  # noqa: E731
     return chunking.chunk_repository(
-        repo, embedder.count_tokens, budget, header=header, include=include, exclude=exclude
+        repo,
+        embedder.count_tokens,
+        budget,
+        header=lambda uri: embedding_text(uri, ""),
+        include=include,
+        exclude=exclude,
     )
 
 

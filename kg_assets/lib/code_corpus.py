@@ -21,7 +21,6 @@ from pathlib import Path
 import pyarrow as pa
 
 from kg_assets.lib import registry_packages
-from kg_assets.lib.build import chunk_for
 from kg_assets.lib.embedding import Embedder
 from kg_assets.lib.errors import UsageError, ValidationError
 
@@ -119,7 +118,7 @@ def benchmark_repositories(files: Iterable[Path] = BENCHMARK_REPO_FILES) -> dict
         for entry in entries:
             for key in ("name", "package", "url"):
                 if entry.get(key):
-                    found.setdefault(str(entry[key]).rstrip("/").rsplit("/", 1)[-1], str(path))
+                    found.setdefault(str(entry[key]).rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"), str(path))
     return found
 
 
@@ -159,7 +158,9 @@ def fetch_source(src: CorpusSource, cache: Path) -> Path:
         archive = registry_packages.download(src.source, src.package, src.version, Path(tmp) / "download")
         digest = sha256_file(archive)
         if digest != src.sha256:
-            raise ValidationError(f"{src.name} {src.version}: {archive.name} has sha256 {digest}, expected {src.sha256}")
+            raise ValidationError(
+                f"{src.name} {src.version}: {archive.name} has sha256 {digest}, expected {src.sha256}"
+            )
         root = registry_packages.extract(archive, src.source, Path(tmp) / "extracted", src.subdir)
         shutil.move(root, target)
     return target
@@ -174,6 +175,8 @@ def corpus_chunks(
 ) -> pa.Table:
     """The chunks of each (source name, tree) as a build with `embedder` cuts them, at most
     `max_chunks_per_source` of each, chosen by a seeded hash of the chunk id (so stable across runs)."""
+    from kg_assets.lib.build import chunk_for  # the build's modules (DuckDB, FAISS) only when chunking
+
     columns: dict[str, list] = {name: [] for name in CORPUS_SCHEMA.names}
     for name, root in roots:
         chunks = sorted(chunk_for(root, embedder).chunks, key=lambda c: _sample_key(name, c.chunk_id, seed))

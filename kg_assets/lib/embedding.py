@@ -160,13 +160,22 @@ class MiniLMOnnx:
                 progress(min(start + self.batch_size, len(texts)), len(texts))
         return out
 
+    def embed_token_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Mean-pooled, L2-normalized vectors of already tokenized sequences of one length (batch, tokens),
+        special tokens included: what `embed` gives for a text that tokenizes to them (static model distillation)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        return normalize(self._run(ids, np.ones_like(ids)).mean(axis=1))
+
     def _hidden_states(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The model's last hidden states (batch, tokens, dim) and attention mask for one padded batch."""
         encoded = self._tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encoded], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        return self._run(ids, mask), mask
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        return self._session.run(None, feeds)[0], mask
+        return self._session.run(None, feeds)[0]
 
 
 class OpenAICompatible:
