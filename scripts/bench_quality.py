@@ -43,9 +43,10 @@ CATEGORIES = ("architecture", "semantic", "symbol")
 K = 10
 
 
-def build_version(name: str, repo: Path, root: LifecycleRoot, rebuild: bool) -> str:
-    """The newest version of `name` (`NAME`, `NAME-r2`, ...), after `indexctl build` made one when there is none or
-    `rebuild` asks (a new version beside the old ones, so unchanged chunks reuse their vectors)."""
+def build_version(name: str, repo: Path, root: LifecycleRoot, rebuild: bool, embedder: str = "") -> str:
+    """The newest version of `name` (`NAME`, `NAME-r2`, ...), after `indexctl build` (with `--embedder embedder`
+    when given) made one when there is none or `rebuild` asks (a new version beside the old ones, so unchanged
+    chunks reuse their vectors)."""
     ours = [v for v in root.list_versions() if v == name or re.fullmatch(rf"{re.escape(name)}-r\d+", v)]
     if ours and not rebuild:
         return ours[-1]
@@ -53,7 +54,8 @@ def build_version(name: str, repo: Path, root: LifecycleRoot, rebuild: bool) -> 
     env = {**os.environ, "KG_INDEXES_DIR": str(root.root), "KG_PROGRESS": "0"}
     env.pop("DAGSTER_HOME", None)
     t0 = time.perf_counter()
-    subprocess.run([str(PROJECT / ".venv/bin/indexctl"), "build", version, "--repo", str(repo)], env=env, check=True)
+    command = [str(PROJECT / ".venv/bin/indexctl"), "build", version, "--repo", str(repo)]
+    subprocess.run(command + (["--embedder", embedder] if embedder else []), env=env, check=True)
     print(f"built {version} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return version
 
@@ -104,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repos", help="Comma-separated repository names (default: all).")
     parser.add_argument("--json", dest="json_out", type=Path, help="Also write the results as JSON here.")
+    parser.add_argument(
+        "--embedder",
+        default="",
+        help="Build with `indexctl build --embedder SPEC` (e.g. static:DIR) into a root of its own, "
+        "build/bench/indexes-<SPEC>; default: the build's default embedder, in build/bench/indexes.",
+    )
     args = parser.parse_args(argv)
 
     specs = bench_repos.load_specs()
@@ -111,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         wanted = set(args.repos.split(","))
         specs = [s for s in specs if s["name"] in wanted]
     questions = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
-    root = LifecycleRoot(BENCH_DIR / "indexes")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", args.embedder)[-60:]
+    root = LifecycleRoot(BENCH_DIR / (f"indexes-{slug}" if args.embedder else "indexes"))
     rows: list[tuple[dict, object, dict]] = []  # (spec, query, found by mode)
     latency: dict[str, list[float]] = {"dense": [], "hybrid": []}
     for spec in specs:
@@ -119,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if not mine:
             continue
         repo = bench_repos.materialize(spec, BENCH_DIR / "src")
-        version = build_version(spec["name"], repo, root, args.rebuild)
+        version = build_version(spec["name"], repo, root, args.rebuild, args.embedder)
         with VersionHandle.open(root, version) as handle:
             if args.relex:
                 with catalog.connect_read_only(handle.catalog_path) as con:

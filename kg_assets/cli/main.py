@@ -575,6 +575,9 @@ def embedder_train(ctx: _Context, as_json: bool, **values: Any) -> None:
     settings = from_values(TrainSettings, values)
     check_bounds(settings)
     from kg_assets.cli.runs import run_embedder_training
+    from kg_assets.lib import code_corpus
+
+    code_corpus.check_manifest(code_corpus.load_manifest(settings.manifest))  # refused before any run starts
 
     provenance = run_embedder_training(ctx.lifecycle.root, to_values(settings), verbose=ctx.verbose)
     if as_json:

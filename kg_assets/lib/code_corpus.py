@@ -196,3 +196,41 @@ def corpus_digest(corpus: pa.Table) -> str:
     for row in corpus.select(["source", "uri", "chunk_id", "text"]).to_pylist():
         digest.update(f"{row['source']}\0{row['uri']}\0{row['chunk_id']}\0{row['text']}\0".encode())
     return digest.hexdigest()
+
+
+# A line of a comment: its marker (line comments of the languages we chunk, a block comment's opening or middle
+# line, a Python docstring's quotes), then the words.
+_COMMENT_LINE = re.compile(r"^\s*(?:#+|//+!?|--+|;+|/\*+|\*+|\"\"\"|''')\s?(.*?)\s*(?:\*/|\"\"\"|''')?\s*$")
+_WORDS = re.compile(r"[A-Za-z]{2,}")
+
+
+def comment_sentences(corpus: pa.Table, limit: int, seed: int = 0) -> list[str]:
+    """Up to `limit` distinct first sentences of the comments and docstrings in the corpus chunks (at least four
+    words, mostly words: not code, licence or separator lines), chosen by a seeded hash: text that reads like a
+    question about code, for teaching the static model the teacher's view of prose."""
+    from kg_assets.lib.query_sets import first_sentence
+
+    found: set[str] = set()
+    for text in corpus["text"].to_pylist():
+        block: list[str] = []
+        for line in [*text.splitlines(), ""]:
+            match = _COMMENT_LINE.match(line)
+            if match and match.group(1):
+                block.append(match.group(1))
+                continue
+            sentence = first_sentence("\n".join(block)) if block else ""
+            block = []
+            if _reads_as_prose(sentence):
+                found.add(sentence)
+    ranked = sorted(found, key=lambda s: hashlib.blake2b(f"{seed}|{s}".encode(), digest_size=8).digest())
+    return sorted(ranked[:limit])
+
+
+def _reads_as_prose(sentence: str) -> bool:
+    """4 to 40 words, most of them words, no code punctuation, no licence or link."""
+    from kg_assets.lib.query_sets import MIN_SENTENCE_WORDS
+
+    words = sentence.split()
+    if not MIN_SENTENCE_WORDS <= len(words) <= 40 or len(_WORDS.findall(sentence)) < 0.7 * len(words):
+        return False
+    return not re.search(r"copyright|licen[cs]e|SPDX|http|^@|[{};=<>$#]", sentence, re.I)

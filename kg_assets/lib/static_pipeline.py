@@ -8,12 +8,15 @@ teacher's corpus features by the corpus digest and the teacher's fingerprint.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from kg_assets.lib.static_embedder import StaticEmbedder, write_model
 from kg_assets.lib.static_training import RIDGE_GRID, TrainSettings
 
 REBUILD_COMMAND = "indexctl embedder train"
+FEATURE_BLOCK = 256  # corpus chunks per cached block of teacher features (~10-60 s of the teacher each)
 Log = Callable[[str], None]
 
 
@@ -93,6 +97,8 @@ def build_corpus(
     fetched = time.perf_counter() - t0
     corpus = code_corpus.corpus_chunks(roots, teacher, manifest.max_chunks_per_source, settings.seed)
     atomic_write_parquet(settings.work_dir / "corpus.parquet", corpus)
+    sentences = code_corpus.comment_sentences(corpus, settings.sentences, settings.seed)
+    atomic_write_json(settings.work_dir / "sentences.json", sentences)
     languages: dict[str, int] = {}
     for language in corpus["language"].to_pylist():
         languages[language] = languages.get(language, 0) + 1
@@ -100,6 +106,8 @@ def build_corpus(
         "manifest": str(settings.manifest),
         "manifest_digest": manifest.digest,
         "corpus_digest": code_corpus.corpus_digest(corpus),
+        "sentences": len(sentences),
+        "sentences_digest": hashlib.sha256(json.dumps(sentences).encode()).hexdigest(),
         "sources": len(manifest.sources),
         "source_languages": manifest.languages,
         "chunks": corpus.num_rows,
@@ -111,25 +119,97 @@ def build_corpus(
     return _report(settings.work_dir, "corpus", report)
 
 
-def _features_path(settings: TrainSettings, teacher: MiniLMOnnx) -> Path:
-    digest = read_report(settings.work_dir, "corpus")["corpus_digest"]
-    return settings.work_dir / "features" / f"{digest[:16]}-{teacher.fingerprint}.npy"
-
-
 def featurize(settings: TrainSettings, teacher: MiniLMOnnx, progress: Progress | None = None) -> dict[str, Any]:
-    """The teacher's vectors of the corpus chunks (the slow step; cached per corpus digest and teacher)."""
-    path, t0 = _features_path(settings, teacher), time.perf_counter()
-    cached = path.is_file()
-    if not cached:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        corpus = pq.read_table(settings.work_dir / "corpus.parquet")
-        atomic_write_npy(path, static_training.teacher_features(corpus, teacher, progress=progress))
-    features = np.load(path, mmap_mode="r")
+    """The teacher's vectors of the corpus chunks (the slow step), then of its sentences: `features.npy`, one row
+    per text in that order. Each text's vector is cached by the text and the teacher, so a smaller or changed
+    corpus, or a re-fit, embeds only what no earlier run did."""
+    t0 = time.perf_counter()
+    chunks = static_training.corpus_texts(pq.read_table(settings.work_dir / "corpus.parquet"))
+    texts = chunks + _read_sentences(settings)
+    features, computed = cached_features(texts, settings.work_dir / "features" / teacher.fingerprint, teacher, progress)
+    atomic_write_npy(settings.work_dir / "features.npy", features)
     seconds = time.perf_counter() - t0
-    report = {"path": str(path), "chunks": features.shape[0], "cached": cached, "seconds": round(seconds, 1)}
-    if not cached:
-        report["chunks_per_second"] = round(features.shape[0] / seconds, 1)
+    report = {"chunks": len(chunks), "sentences": len(texts) - len(chunks), "computed": computed}
+    report.update(reused=len(texts) - computed, seconds=round(seconds, 1))
+    if computed:
+        report["texts_per_second"] = round(computed / seconds, 2)
     return _report(settings.work_dir, "features", report)
+
+
+def _read_sentences(settings: TrainSettings) -> list[str]:
+    return json.loads((settings.work_dir / "sentences.json").read_text(encoding="utf-8"))
+
+
+def _text_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest().encode()
+
+
+def cached_features(
+    texts: list[str], cache: Path, teacher: MiniLMOnnx, progress: Progress | None = None
+) -> tuple[np.ndarray, int]:
+    """The teacher's vectors of `texts` and how many were computed now (the rest came from `cache`).
+
+    The cache holds blocks: `<name>.npy` (vectors) beside `<name>.keys.npy` (a hash of each text). Texts it lacks
+    are embedded in blocks of `FEATURE_BLOCK`, each written once done, under a lock of its own: a killed run
+    resumes where it stopped, and processes running this at once share the blocks."""
+    cache.mkdir(parents=True, exist_ok=True)
+    keys = [_text_key(t) for t in texts]
+    first: dict[bytes, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    known = _cache_index(cache)
+    missing = [(key, i) for key, i in first.items() if key not in known]
+    blocks = [missing[start : start + FEATURE_BLOCK] for start in range(0, len(missing), FEATURE_BLOCK)]
+    for wait in (False, True):  # first the blocks nobody is on, then wait for (or redo) the others'
+        for done, block in enumerate(blocks, start=1):
+            name = hashlib.sha256(b"".join(k for k, _ in block)).hexdigest()[:24]
+            with _block_lock(cache / f"{name}.npy", wait) as mine:
+                if mine and not (cache / f"{name}.keys.npy").is_file():
+                    atomic_write_npy(cache / f"{name}.npy", teacher.embed([texts[i] for _, i in block]))
+                    atomic_write_npy(cache / f"{name}.keys.npy", np.array([k for k, _ in block]))
+            if progress and wait:
+                progress(min(done * FEATURE_BLOCK, len(missing)), len(missing))
+    known = _cache_index(cache)
+    out = np.empty((len(texts), teacher.dim), dtype=np.float32)
+    for name, rows, into in _group(known, keys):
+        out[into] = np.load(cache / f"{name}.npy", mmap_mode="r")[rows]
+    return out, len(missing)
+
+
+def _cache_index(cache: Path) -> dict[bytes, tuple[str, int]]:
+    """Text hash -> (block name, row) of every complete block in the cache."""
+    index: dict[bytes, tuple[str, int]] = {}
+    for path in sorted(cache.glob("*.keys.npy")):
+        name = path.name.removesuffix(".keys.npy")
+        index.update((key, (name, row)) for row, key in enumerate(np.load(path).tolist()))
+    return index
+
+
+def _group(known: dict[bytes, tuple[str, int]], keys: list[bytes]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Where each text's vector is, grouped by block: (block name, rows in the block, rows of the output)."""
+    by_block: dict[str, tuple[list[int], list[int]]] = {}
+    for out_row, key in enumerate(keys):
+        name, row = known[key]
+        rows, into = by_block.setdefault(name, ([], []))
+        rows.append(row)
+        into.append(out_row)
+    return [(name, np.array(rows), np.array(into)) for name, (rows, into) in by_block.items()]
+
+
+@contextlib.contextmanager
+def _block_lock(block: Path, wait: bool) -> Iterator[bool]:
+    """An exclusive lock on `block`'s lock file, released when the block ends or the process dies: whether it was
+    taken (without `wait`, False at once when another process holds it)."""
+    with open(block.with_suffix(".lock"), "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def stdlib_sources(limit_bytes: int = 200_000) -> list[tuple[str, str]]:
@@ -183,9 +263,9 @@ def train(settings: TrainSettings, teacher: MiniLMOnnx, log: Log = lambda messag
     reports = {step: read_report(work, step) for step in ("teacher", "distilled", "corpus", "features")}
     t0 = time.perf_counter()
     tokenizer = static_training.load_tokenizer(teacher.tokenizer_path)
-    corpus = pq.read_table(work / "corpus.parquet")
-    counts = static_training.token_counts(static_training.corpus_texts(corpus), tokenizer)
-    features = np.load(_features_path(settings, teacher))
+    texts = static_training.corpus_texts(pq.read_table(work / "corpus.parquet")) + _read_sentences(settings)
+    counts = static_training.token_counts(texts, tokenizer)  # chunks and sentences alike: one row each
+    features = np.load(work / "features.npy")
     tokens = np.load(_distilled_path(settings, teacher))
     zero = static_training.special_ids(tokenizer)
     distilled, table, fit = static_training.train_table(tokens, counts, features, zero, settings, log)

@@ -116,6 +116,11 @@ def test_asset_graph_snapshot() -> None:
         "eval_metrics": ["eval_pool"],
         "faiss_idmap_export": [],
         "faiss_join": ["faiss_idmap_export"],
+        "teacher": [],
+        "distilled": ["teacher"],
+        "code_corpus": ["teacher"],
+        "teacher_features": ["code_corpus", "teacher"],
+        "static_embedder": ["distilled", "teacher_features"],
     }
     checks = sorted(key.to_user_string() for key in graph.asset_check_keys)
     assert checks == [
@@ -125,6 +130,7 @@ def test_asset_graph_snapshot() -> None:
     ]
     assert sorted(job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")) == [
         "build",
+        "embedder_training",
         "eval",
         "faiss_join_refresh",
         "gc",
