@@ -1,16 +1,18 @@
 """Training the static code embedder: a token-vector table fitted to the packaged MiniLM (the teacher).
 
-The recipe is model2vec's distillation followed by tokenlearn's fit, done with numpy and scipy.sparse:
+The recipe is model2vec's distillation followed by tokenlearn's fit, done with numpy alone:
 
 1. distill: every vocabulary token alone through the teacher ([CLS] token [SEP], mean-pooled, normalized);
 2. reduce: PCA to `dim` dimensions, fitted on the teacher's vectors of the corpus chunks (the space the fit
    targets), so distilled tokens and teacher chunk vectors share one centred basis;
 3. weight: SIF, a / (a + p(token)) with p from the corpus token counts; the distilled table with these weights
    is the starting point (`distilled_table`);
-4. fit: token vectors E such that the mean of a chunk's token rows matches its teacher vector in that basis,
-   ridge-regularized toward the (rescaled) distilled table: min |X E - Y|^2 + lam |E - E0|^2, X the chunks'
-   token frequencies. Solved exactly by conjugate gradients on the normal equations, all columns at once;
-   tokens the corpus never shows keep their distilled rows. `lam` is chosen on held-out chunks.
+4. fit: token directions E such that the SIF-weighted mean of a text's rows, sum_t w_t E_t / sum_t w_t, matches
+   its teacher vector in that basis, ridge-regularized toward the (rescaled) distilled directions:
+   min |X E - Y|^2 + lam |E - s E0|^2, X the texts' weighted token frequencies; the rows kept are w_t E_t.
+   Solved exactly by conjugate gradients on the normal equations, all columns at once; tokens the corpus never
+   shows keep their distilled rows. The texts are the corpus chunks and the first sentences of its comments and
+   docstrings (prose, as questions are). `lam` is chosen on held-out texts.
 
 The run-time model only sums rows and L2-normalizes (`static_embedder`), so the weights live in the rows.
 """
@@ -23,6 +25,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +40,6 @@ from kg_assets.lib.settings import setting
 from kg_assets.lib.static_embedder import MODEL_DIR
 
 if TYPE_CHECKING:
-    from scipy import sparse
     from tokenizers import Tokenizer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # zero rows: never counted
@@ -122,22 +124,81 @@ def corpus_texts(corpus: pa.Table) -> list[str]:
     return [embedding_text(u, t) for u, t in zip(corpus["uri"].to_pylist(), corpus["text"].to_pylist(), strict=True)]
 
 
-def token_counts(texts: Sequence[str], tokenizer: Tokenizer) -> sparse.csr_matrix:
+@dataclass(frozen=True)
+class TokenCounts:
+    """A (texts x V) sparse matrix in CSR form (numpy only): `data[indptr[i]:indptr[i+1]]` are row i's values at
+    columns `indices[...]`. Products go in row blocks, so memory stays at ~`BLOCK_NNZ` x d floats."""
+
+    data: np.ndarray  # float32
+    indices: np.ndarray  # int64 column of each value
+    indptr: np.ndarray  # int64, len rows + 1
+    columns: int
+
+    BLOCK_NNZ = 1 << 16
+
+    @property
+    def rows(self) -> int:
+        return len(self.indptr) - 1
+
+    def take(self, rows: np.ndarray) -> TokenCounts:
+        """The given rows, in that order."""
+        lengths = np.diff(self.indptr)[rows]
+        indptr = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+        picks = np.concatenate([np.arange(self.indptr[r], self.indptr[r + 1]) for r in rows] or [np.zeros(0, int)])
+        return TokenCounts(self.data[picks], self.indices[picks], indptr, self.columns)
+
+    def scale(self, rows: np.ndarray | None = None, columns: np.ndarray | None = None) -> TokenCounts:
+        """Each value times its row's and its column's factor."""
+        data = self.data
+        if rows is not None:
+            data = data * np.repeat(rows, np.diff(self.indptr)).astype(np.float32)
+        if columns is not None:
+            data = data * columns[self.indices]
+        return TokenCounts(data.astype(np.float32), self.indices, self.indptr, self.columns)
+
+    def row_sums(self) -> np.ndarray:
+        return np.add.reduceat(np.append(self.data, 0), self.indptr[:-1]) * (np.diff(self.indptr) > 0)
+
+    def column_sums(self, squared: bool = False) -> np.ndarray:
+        values = self.data * self.data if squared else self.data
+        return np.bincount(self.indices, weights=values, minlength=self.columns)
+
+    def dot(self, dense: np.ndarray) -> np.ndarray:
+        """self @ dense, (rows x d) float32."""
+        out = np.zeros((self.rows, dense.shape[1]), dtype=np.float32)
+        filled = np.flatnonzero(np.diff(self.indptr))  # reduceat needs non-empty segments
+        start = 0
+        while start < len(filled):
+            first = self.indptr[filled[start]]
+            stop = int(np.searchsorted(self.indptr[filled + 1], first + self.BLOCK_NNZ, side="right"))
+            stop = max(stop, start + 1)
+            rows = filled[start:stop]
+            end = self.indptr[rows[-1] + 1]
+            products = self.data[first:end, None] * dense[self.indices[first:end]]
+            out[rows] = np.add.reduceat(products, self.indptr[rows] - first, axis=0)
+            start = stop
+        return out
+
+    @cached_property
+    def transposed(self) -> TokenCounts:
+        order = np.argsort(self.indices, kind="stable")
+        row_of = np.repeat(np.arange(self.rows), np.diff(self.indptr))
+        indptr = np.concatenate(([0], np.cumsum(np.bincount(self.indices, minlength=self.columns)))).astype(np.int64)
+        return TokenCounts(self.data[order], row_of[order], indptr, self.rows)
+
+
+def token_counts(texts: Sequence[str], tokenizer: Tokenizer) -> TokenCounts:
     """(texts x V) token counts of each text, tokenized as the static model does (no special tokens)."""
-    from scipy import sparse
-
-    ids = [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
-    indptr = np.concatenate(([0], np.cumsum([len(row) for row in ids])))
-    flat = np.fromiter((i for row in ids for i in row), dtype=np.int64, count=int(indptr[-1]))
-    data = np.ones(flat.size, dtype=np.float32)
-    matrix = sparse.csr_matrix((data, flat, indptr), shape=(len(ids), tokenizer.get_vocab_size()))
-    matrix.sum_duplicates()
-    return matrix
+    rows = [np.unique(e.ids, return_counts=True) for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    indptr = np.concatenate(([0], np.cumsum([len(ids) for ids, _ in rows]))).astype(np.int64)
+    indices = np.concatenate([ids for ids, _ in rows] or [np.zeros(0)]).astype(np.int64)
+    data = np.concatenate([counts for _, counts in rows] or [np.zeros(0)]).astype(np.float32)
+    return TokenCounts(data, indices, indptr, tokenizer.get_vocab_size())
 
 
-def sif_weights(counts: sparse.csr_matrix, a: float) -> np.ndarray:
+def sif_weights(counts: TokenCounts, a: float) -> np.ndarray:
     """Per token a / (a + p), p its share of all corpus tokens (1 for tokens the corpus never shows)."""
-    per_token = np.asarray(counts.sum(axis=0)).ravel()
+    per_token = counts.column_sums()
     return (a / (a + per_token / max(per_token.sum(), 1.0))).astype(np.float32)
 
 
@@ -159,32 +220,21 @@ def distilled_table(
     return table.astype(np.float32)
 
 
-def _mean_pooling(counts: sparse.csr_matrix) -> sparse.csr_matrix:
-    """Counts divided by each row's token count: X @ E is then each chunk's mean token row."""
-    from scipy import sparse
-
-    lengths = np.asarray(counts.sum(axis=1)).ravel()
-    return sparse.diags(1.0 / np.maximum(lengths, 1.0)).astype(np.float32) @ counts
-
-
-def fit_table(
-    counts: sparse.csr_matrix, targets: np.ndarray, init: np.ndarray, ridge: float, iterations: int
-) -> np.ndarray:
+def fit_table(counts: TokenCounts, targets: np.ndarray, init: np.ndarray, ridge: float, iterations: int) -> np.ndarray:
     """Token table E minimizing |X E - Y|^2 + lam |E - s E0|^2 (X the mean-pooling matrix of `counts`, Y the
     `targets`, E0 `init` rescaled by the least-squares s). `ridge` is lam relative to the mean diagonal of
     X^T X over the tokens the corpus shows. Block conjugate gradients from s E0, one step size per column."""
-    x = _mean_pooling(counts)
-    xt = x.T.tocsr()
-    pooled = x @ init
+    x = counts.scale(rows=1.0 / np.maximum(counts.row_sums(), 1e-12))  # X @ E: each text's mean row
+    pooled = x.dot(init)
     prior = init * float((pooled * targets).sum() / max((pooled * pooled).sum(), 1e-12))
-    diagonal = np.asarray(x.multiply(x).sum(axis=0)).ravel()
+    diagonal = x.column_sums(squared=True)
     lam = ridge * float(diagonal[diagonal > 0].mean())
 
     def gram(e: np.ndarray) -> np.ndarray:
-        return xt @ (x @ e) + lam * e
+        return x.transposed.dot(x.dot(e)) + lam * e
 
     table = prior.copy()
-    residual = xt @ targets + lam * prior - gram(table)
+    residual = x.transposed.dot(targets) + lam * prior - gram(table)
     direction = residual.copy()
     power = (residual * residual).sum(axis=0)
     for _ in range(iterations):
@@ -198,9 +248,9 @@ def fit_table(
     return table.astype(np.float32)
 
 
-def mean_cosine(table: np.ndarray, counts: sparse.csr_matrix, targets: np.ndarray) -> float:
+def mean_cosine(table: np.ndarray, counts: TokenCounts, targets: np.ndarray) -> float:
     """Mean cosine between the static vectors (summed rows) of chunks and their targets."""
-    return float((normalize(counts @ table) * normalize(targets)).sum(axis=1).mean())
+    return float((normalize(counts.dot(table)) * normalize(targets)).sum(axis=1).mean())
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -211,7 +261,7 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def train_table(
     tokens: np.ndarray,
-    counts: sparse.csr_matrix,
+    counts: TokenCounts,
     features: np.ndarray,
     zero: Sequence[int],
     settings: TrainSettings,
@@ -230,15 +280,17 @@ def train_table(
     # shared offset that drowns a question's words (held-out MRR 0.30 against 0.45 this way).
     directions = distilled_table(tokens, np.ones_like(weights), mean, components, zero)
     init = directions * weights[:, None]
-    weighted = counts.multiply(weights[None, :]).tocsr()
+    weighted = counts.scale(columns=weights)
     seconds = {"pca_and_weights": time.perf_counter() - t0}
     train, held = _split(counts.shape[0], settings.holdout, settings.seed)
-    scores = {"distilled": mean_cosine(init, counts[held], targets[held])}
+    scores = {"distilled": mean_cosine(init, counts.take(held), targets[held])}
     log(f"held-out cosine to the teacher, distilled: {scores['distilled']:.4f}")
     for ridge in RIDGE_GRID:
         t1 = time.perf_counter()
-        table = fit_table(weighted[train], targets[train], directions, ridge, settings.iterations) * weights[:, None]
-        scores[f"ridge={ridge:g}"] = mean_cosine(table, counts[held], targets[held])
+        table = (
+            fit_table(weighted.take(train), targets[train], directions, ridge, settings.iterations) * weights[:, None]
+        )
+        scores[f"ridge={ridge:g}"] = mean_cosine(table, counts.take(held), targets[held])
         seconds[f"fit ridge={ridge:g} (held-out split)"] = time.perf_counter() - t1
         log(f"held-out cosine, ridge {ridge:g}: {scores[f'ridge={ridge:g}']:.4f} ({time.perf_counter() - t1:.0f}s)")
     best = max(RIDGE_GRID, key=lambda ridge: scores[f"ridge={ridge:g}"])
