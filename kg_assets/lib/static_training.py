@@ -282,7 +282,7 @@ def train_table(
     init = directions * weights[:, None]
     weighted = counts.scale(columns=weights)
     seconds = {"pca_and_weights": time.perf_counter() - t0}
-    train, held = _split(counts.shape[0], settings.holdout, settings.seed)
+    train, held = _split(counts.rows, settings.holdout, settings.seed)
     scores = {"distilled": mean_cosine(init, counts.take(held), targets[held])}
     log(f"held-out cosine to the teacher, distilled: {scores['distilled']:.4f}")
     for ridge in RIDGE_GRID:
