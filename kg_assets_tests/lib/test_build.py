@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -115,8 +116,10 @@ def test_files_with_bad_names_or_unreadable_are_skipped_not_fatal(
     locked.write_text("def locked():\n    return 2\n")
     locked.chmod(0)
     if os.geteuid() == 0:  # root reads anything: make the read fail as it does for other users
-        read_bytes = Path.read_bytes
-        monkeypatch.setattr(Path, "read_bytes", lambda p: _denied(p) if p == locked else read_bytes(p))
+        open_beneath = chunking.open_beneath
+        monkeypatch.setattr(
+            chunking, "open_beneath", lambda d, uri: _denied(uri) if uri == "locked.py" else open_beneath(d, uri)
+        )
         monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked)
     result = chunking.chunk_repository(repo, lambda texts: [len(t) // 4 for t in texts], 200)
     assert result.skipped["caf\ufffd.py"] == "file name is not valid UTF-8"
@@ -130,8 +133,8 @@ def test_files_with_bad_names_or_unreadable_are_skipped_not_fatal(
     }
 
 
-def _denied(path: Path) -> bytes:
-    raise PermissionError(13, "Permission denied", str(path))
+def _denied(path: str) -> NoReturn:
+    raise PermissionError(13, "Permission denied", path)
 
 
 def _broken_on_path(name: str) -> bool:
