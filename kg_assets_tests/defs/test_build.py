@@ -208,6 +208,21 @@ def test_scip_index_materializes_alone_without_embedding(tmp_path: Path) -> None
     assert (staging / SCIP_FILE).is_file() and not (staging / build.BUILD_DIR / build.SHARDS_DIR).exists()
 
 
+def test_scip_indexers_see_only_the_files_the_chunker_accepted(tmp_path: Path) -> None:
+    root, repo = LifecycleRoot(tmp_path / "indexes"), tmp_path / "repo"
+    (repo / "secret").mkdir(parents=True)
+    (repo / "ok.py").write_text("def ok():\n    return 1\n")
+    (repo / "secret" / "creds.py").write_text('API_KEY = "sk-excluded-secret"\n')  # --exclude 'secret/*'
+    (repo / "huge.py").write_text(f"x_huge = '{'a' * (1 << 20)}'\n")  # over 1 MiB
+    (repo / "blob.py").write_bytes(b'BLOB = "binary-secret"\n\0\n')  # binary
+    with dg.instance_for_test() as instance:
+        result = run_build(root, repo, "v1", instance, assets=["chunks", "scip_index"], exclude=["secret/*"])
+    assert result.success
+    data = (root.staging_dir("v1") / SCIP_FILE).read_bytes()
+    assert [d.relative_path for d in scip.parse_index(data).documents] == ["ok.py"]
+    assert not any(name in data for name in (b"API_KEY", b"sk-excluded-secret", b"x_huge", b"binary-secret"))
+
+
 def test_mixed_languages_index_per_language_beside_embedding_and_reuse_per_language(tmp_path: Path) -> None:
     # The sample's Python and commander's real JavaScript: scip-python and scip-typescript, merged. In-process,
     # the indexers run inside the embed step and scip_index, ordered after it, reports them.

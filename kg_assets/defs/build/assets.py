@@ -141,9 +141,7 @@ def scip_beside_embedding(
         return lambda: None
     staging = root.staging_dir(context.partition_key)
     try:
-        finish = stack.enter_context(
-            build.scip_started(root, settings.repo_path(), staging, work, scip_project(settings))
-        )
+        finish = stack.enter_context(build.scip_started(root, staging, work, scip_project(settings)))
     except KgError as exc:
         context.log.warning(f"SCIP indexers not started beside embedding ({exc}); scip_index runs them")
         return lambda: None
@@ -178,7 +176,7 @@ def scip_index(
     root, staging, work = build_step(context, settings, lifecycle)
     stats = build.recorded_scip(work)  # run beside the embedding already (an in-process run)
     if stats is None:
-        with build.scip_started(root, settings.repo_path(), staging, work, scip_project(settings)) as finish:
+        with build.scip_started(root, staging, work, scip_project(settings)) as finish:
             stats = finish()
     for failed in (r for r in stats.indexers if r.error):
         context.log.warning(f"{failed.name} failed, its languages have no SCIP data: {failed.error}")
