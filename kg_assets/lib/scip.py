@@ -179,7 +179,11 @@ class Indexer:
 
 
 def _python_environment(job: IndexJob) -> None:
-    (job.scratch / "environment.json").write_text("[]")  # no pip-based dependency discovery: the repo's own code
+    """No pip-based dependency discovery (the repository's own code), and a pyright configuration of the copy's
+    own: without one, scip-python takes the nearest enclosing `pyproject.toml` or `pyrightconfig.json` above the
+    scratch directory (a root inside a repository with `[tool.pyright]`) and indexes what that names."""
+    (job.scratch / "environment.json").write_text("[]")
+    (job.src / "pyrightconfig.json").write_text("{}")
 
 
 def _typescript_project(job: IndexJob) -> None:
@@ -187,6 +191,7 @@ def _typescript_project(job: IndexJob) -> None:
     index alike) and a package.json naming the project: the repository's own configuration is not used, as its
     `extends` and project references point into node_modules and other places the copy does not have."""
     options = {"allowJs": True, "noEmit": True, "jsx": "preserve", "skipLibCheck": True, "maxNodeModuleJsDepth": 0}
+    options |= {"types": [], "noResolve": True}  # nothing from node_modules/@types above the copy
     (job.src / "tsconfig.json").write_text(json.dumps({"compilerOptions": options, "files": list(job.files)}))
     (job.src / "package.json").write_text(json.dumps({"name": job.project, "version": job.version}))
 
@@ -366,6 +371,11 @@ class IndexerRun:
             said = [line.strip() for line in lines if line.lstrip().lower().startswith("error")] or lines
             raise ValidationError(f"{self.indexer.name} failed with exit code {code}: {said[-1]}")
         index = read_index(self.job.output)
+        if self.job.files and not index.documents:
+            raise ValidationError(
+                f"{self.indexer.name} indexed none of the {len(self.job.files)} files it was given "
+                f"({self.job.files[0]}, ...): it exited 0 with an empty index"
+            )
         for doc in index.documents:
             doc.language = DOCUMENT_LANGUAGES.get(chunking.language_of(doc.relative_path), doc.language)
         return index

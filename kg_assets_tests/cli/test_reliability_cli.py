@@ -49,7 +49,7 @@ def test_a_hostile_current_is_not_trusted_and_a_dry_run_writes_nothing(
     staged.current_file.write_text("../../../tmp/x")
     before = published_state(staged)
     for args in (("gc", "--dry-run"), ("status",)):
-        _one_line_error(indexctl(cli_env, *args), 4, "which is not a version id")
+        _one_line_error(indexctl(cli_env, *args), 4, "does not hold a version id")
     assert published_state(staged) == before
     assert os.readlink(staged.current_link) == "versions/v1"
 
@@ -268,3 +268,25 @@ def test_knob_values_are_validated_against_the_index(
     _one_line_error(indexctl(cli_env, *stage_args("v3", sample)), 4, "tuning_fits_index failed: nprobe=3000000000")
     sample["tuning"].write_text(json.dumps({"nprobe": 4, "k_factor": 0.5}))
     _one_line_error(indexctl(cli_env, *stage_args("v3", sample)), 4, "k_factor must be at least 1")
+
+
+SECRET = "TOPSECRET:x:0:0:a line of a private file"
+
+
+def test_errors_name_paths_never_file_contents(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict, tmp_path: Path
+) -> None:
+    secret = tmp_path / "private.txt"
+    secret.write_text(SECRET + "\n" + "more private lines\n" * 3)
+    staged.current_file.unlink()
+    staged.current_file.symlink_to(secret)
+    sample = samples["a"]
+    for args in (
+        ("status",),
+        ("health",),
+        ("stage", "v3", str(secret), str(sample["duckdb"]), str(sample["scip"])),  # the secret as the index
+    ):
+        done = indexctl(cli_env, *args)
+        assert done.returncode == 4, (args, done.stderr)
+        assert "TOPS" not in done.stderr + done.stdout and "x:0:0" not in done.stderr, (args, done.stderr)
+        assert str(staged.current_file) in done.stderr or str(staged.root) in done.stderr, done.stderr

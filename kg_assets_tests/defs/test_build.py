@@ -241,7 +241,7 @@ def test_mixed_languages_index_per_language_beside_embedding_and_reuse_per_langu
     assert beside and beside[0].startswith("SCIP indexers done beside embedding")
     assert min(windows["scip_index"]) > max(windows["embeddings.embed_shard[s0]"])  # after the embedding
     meta = materializations(first)["scip_index"]
-    assert meta["documents"] == 6 and "| scip-typescript | scip-typescript 0.4.0 | 2 |" in meta["indexers"]
+    assert meta["documents"] == 5 and "| scip-typescript | scip-typescript 0.4.0 | 2 |" in meta["indexers"]
     with catalog.connect_read_only(root.version_dir("v1") / CATALOG_FILE) as con:
         table = SymbolTable.from_catalog(con)
         uris = dict(con.execute("SELECT chunk_id, uri FROM chunks").fetchall())
@@ -252,7 +252,7 @@ def test_mixed_languages_index_per_language_beside_embedding_and_reuse_per_langu
     with dg.instance_for_test() as instance:
         second = run_build(root, repo, "v2", instance)
     assert second.success
-    assert "| scip-python | scip-python 0.6.6 | 4 |" in materializations(second)["scip_index"]["indexers"]
+    assert "| scip-python | scip-python 0.6.6 | 3 |" in materializations(second)["scip_index"]["indexers"]
     assert materializations(second)["scip_index"]["reused_from"] == "v1"  # Python unchanged; JavaScript re-run
     v1, v2 = (scip.read_index(root.version_dir(v) / SCIP_FILE) for v in ("v1", "v2"))
-    assert list(v2.documents)[:4] == list(v1.documents)[:4] and v2.documents[4:] != v1.documents[4:]
+    assert list(v2.documents)[:3] == list(v1.documents)[:3] and v2.documents[3:] != v1.documents[3:]

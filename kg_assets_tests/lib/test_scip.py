@@ -148,6 +148,31 @@ def test_an_indexer_past_its_time_or_memory_limit_is_stopped_with_a_clear_error(
 
 
 @needs_indexers
+def test_scip_python_ignores_pyright_configuration_above_its_copy(tmp_path: Path) -> None:
+    # The README's demo: the lifecycle root (and so the scratch copy) inside a repository whose pyproject.toml has
+    # [tool.pyright]; scip-python took that configuration and indexed none of the copy's files, exit code 0.
+    (tmp_path / "pyproject.toml").write_text('[tool.pyright]\ninclude = ["kg_assets"]\n')
+    src = tmp_path / "indexes" / ".scratch" / "src"
+    src.mkdir(parents=True)
+    (src / "mod.py").write_text("def f(x: int) -> int:\n    return x\n")
+    with run_indexer(PYTHON, src, src.parent / "scip-python") as run:
+        index = run.wait()
+    assert [d.relative_path for d in index.documents] == ["mod.py"]
+
+
+@needs_indexers
+def test_an_indexer_that_indexes_none_of_its_files_is_an_error(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "data.txt").write_text("not python\n")
+    with (
+        run_indexer(PYTHON, src, tmp_path / "scratch", ("gone.py",)) as run,
+        pytest.raises(ValidationError, match=r"^scip-python indexed none of the 1 files it was given \(gone\.py, "),
+    ):
+        run.wait()
+
+
+@needs_indexers
 def test_scip_typescript_indexes_real_javascript_and_typescript_with_cross_file_references(tmp_path: Path) -> None:
     # commander's JavaScript (CommonJS `require`) and sourcemap-codec's TypeScript (ES imports) side by side, with
     # no tsconfig.json nor package.json of their own: the indexer's project lists the files, JavaScript included.

@@ -256,3 +256,19 @@ def test_serve_does_not_import_dagster(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "cannot listen on 256.0.0.1:8765" in done.stderr
+
+
+def test_health_names_a_bad_current_by_its_path_never_its_contents(
+    root: LifecycleRoot, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    secret = tmp_path / "private.txt"
+    secret.write_text("TOPSECRET:x:0:0:a line of a private file\n")
+    root.root.mkdir(parents=True)
+    root.current_file.symlink_to(secret)
+    running = Server(cli_env)
+    try:
+        status, state = running.get("/health")
+    finally:
+        assert running.stop() == 0
+    assert status == 503 and state["load_error"]["version"] == "CURRENT"
+    assert str(root.current_file) in state["error"] and "TOPS" not in json.dumps(state), state
