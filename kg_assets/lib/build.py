@@ -204,9 +204,11 @@ def previous_vectors(
         vectors = table.column("embedding").combine_chunks().flatten().to_numpy().astype(np.float32)
         vectors = vectors.reshape(table.num_rows, -1)
         found = zip(table.column("uri").to_pylist(), table.column("content_hash").to_pylist(), strict=True)
+        usable = np.isfinite(vectors).all(axis=1) & vectors.any(axis=1)  # not a zero vector an old server gave
         for i, key in enumerate(found):
-            known[key] = vectors[i]
-            missing.discard(key)
+            if usable[i]:
+                known[key] = vectors[i]
+                missing.discard(key)
         sources.append(version)
     return ", ".join(sources) or None, known
 
