@@ -400,7 +400,7 @@ def _single(channel: str, scores: np.ndarray, ids: np.ndarray) -> list[tuple[int
 def check_query(text: str, k: int, mode: str) -> str:
     """The query as searched (cut to MAX_QUERY_CHARS); UsageError for an empty one, a bad k or an unknown mode."""
     if mode not in MODES:
-        raise UsageError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise UsageError(f"unknown mode {mode[:40]!r}: choose one of {', '.join(MODES)}")
     if not 1 <= k <= MAX_K:
         raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
     text = text.strip()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import socket
 import sys
@@ -33,6 +34,12 @@ from kg_assets.lib.retrieval import check_query
 from kg_assets.serve.holder import Unavailable, VersionHolder
 
 INT64 = range(-(2**63), 2**63)
+MAX_BODY_BYTES = 1 << 20  # a search request is a few hundred bytes; a larger body is refused unread (413)
+_INTEGER = re.compile(r"[+-]?[0-9]{1,20}")  # ASCII digits only: int() also takes other scripts' digits
+
+
+class BodyTooLarge(Exception):
+    """A request body over MAX_BODY_BYTES (413); it is not read further."""
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -40,12 +47,41 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _int(value: Any, name: str) -> int:
+    """An integer from JSON or a query string: a JSON integer, or a string of at most 20 ASCII digits."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise UsageError(f"{name} must be an integer, got {json.dumps(value)[:40]}")
+    if isinstance(value, str) and not _INTEGER.fullmatch(value):
+        raise UsageError(f"{name} must be an integer, got {value[:40]!r}")
+    return int(value)
+
+
+def _json_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > 20:
+        raise UsageError(f"the body has a number of {len(digits)} digits; numbers here have at most 20")
+    return int(digits)
+
+
+def _json_constant(name: str) -> None:
+    raise UsageError(f"the body is not strict JSON: {name} is not a number")
+
+
+async def _json_body(request: Request) -> Any:
+    """The request body parsed as strict JSON: BodyTooLarge past MAX_BODY_BYTES (declared or streamed, never read
+    whole), UsageError for anything malformed (not JSON, nested too deeply, a huge or non-finite number)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_BODY_BYTES:
+            raise BodyTooLarge
     try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"{name} must be an integer, got {value[:40]!r}") from None
+        return json.loads(body, parse_int=_json_int, parse_constant=_json_constant)
+    except RecursionError:
+        raise UsageError("the body is JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise UsageError(f"the body is not JSON: {str(exc)[:80]}") from None
 
 
 async def _search_params(request: Request) -> tuple[str, int, str]:
@@ -56,10 +92,7 @@ async def _search_params(request: Request) -> tuple[str, int, str]:
             raise UsageError("missing query parameter q")
         text = params["q"]
     else:
-        try:
-            params = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"the body is not JSON: {exc}") from None
+        params = await _json_body(request)
         if not isinstance(params, dict):
             raise UsageError('the body must be a JSON object: {"query": TEXT, "k": 10, "mode": "hybrid"}')
         text = params.get("query")
@@ -114,6 +147,10 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return _error(503, str(exc))
 
 
+async def _too_large(request: Request, exc: Exception) -> JSONResponse:
+    return _error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+
+
 def create_app(holder: VersionHolder) -> Starlette:
     app = Starlette(
         routes=[
@@ -121,7 +158,7 @@ def create_app(holder: VersionHolder) -> Starlette:
             Route("/health", health, methods=["GET"]),
             Route("/chunks/{chunk_id}", chunk, methods=["GET"]),
         ],
-        exception_handlers={UsageError: _usage_error, Unavailable: _unavailable},
+        exception_handlers={UsageError: _usage_error, Unavailable: _unavailable, BodyTooLarge: _too_large},
     )
     app.state.holder = holder
     return app

@@ -71,6 +71,12 @@ BAD_REQUESTS = [
     ("POST", b'{"query": "x", "k": true}', "k must be an integer, got true"),
     ("POST", b'{"query": "x", "k": 5000}', "k must be between 1 and 1000, got 5000"),
     ("POST", b'{"query": "x", "mode": 3}', "mode must be a string"),
+    ("POST", b'{"query": "x", "k": ' + b"9" * 5000 + b"}", "the body has a number of 5000 digits"),
+    ("POST", b"[" * 100_000 + b"]" * 100_000, "the body is JSON nested too deeply"),
+    ("POST", '{"query": "x", "k": "\u0663"}'.encode(), "k must be an integer, got '\u0663'"),  # ARABIC-INDIC THREE
+    ("GET", "/search?q=x&k=%D9%A3", "k must be an integer, got '\u0663'"),
+    ("POST", b'{"query": "x", "k": NaN}', "the body is not strict JSON: NaN is not a number"),
+    ("POST", b"\xff\xfe", "the body is not JSON"),
     ("GET", "/chunks/abc", "chunk id must be an integer, got 'abc'"),
     ("GET", "/chunks/99999999999999999999", "is not a signed 64-bit integer"),
 ]
@@ -272,3 +278,14 @@ def test_health_names_a_bad_current_by_its_path_never_its_contents(
         assert running.stop() == 0
     assert status == 503 and state["load_error"]["version"] == "CURRENT"
     assert str(root.current_file) in state["error"] and "TOPS" not in json.dumps(state), state
+
+
+def test_a_body_over_1_mib_is_refused_with_413_unread(root: LifecycleRoot, cli_env: dict[str, str]) -> None:
+    running = Server(cli_env)
+    try:
+        huge = b'{"query": "' + b"x" * (2 << 20) + b'"}'
+        status, body = running.post("/search", huge)
+        assert status == 413 and body["error"] == "the body is larger than 1048576 bytes"
+        assert running.get("/search?q=x&k=0")[0] == 400  # the server still answers
+    finally:
+        assert running.stop() == 0
