@@ -409,3 +409,10 @@ def check_query(text: str, k: int, mode: str) -> str:
     if not any(char.isalnum() for char in text):
         raise UsageError("the query has no letters or digits to search for")
     return text[:MAX_QUERY_CHARS]
+
+
+def check_chunk_id(chunk_id: int) -> int:
+    """`chunk_id` if it can be a chunk id (a signed 64-bit integer); UsageError otherwise."""
+    if not -(2**63) <= chunk_id < 2**63:
+        raise UsageError(f"chunk id {chunk_id} is not a signed 64-bit integer")
+    return chunk_id

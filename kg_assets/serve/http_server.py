@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import json
 import re
 import signal
@@ -30,10 +32,9 @@ from starlette.routing import Route
 
 from kg_assets.lib.errors import ConflictError, UsageError
 from kg_assets.lib.lifecycle import LifecycleRoot
-from kg_assets.lib.retrieval import check_query
+from kg_assets.lib.retrieval import check_chunk_id, check_query
 from kg_assets.serve.holder import Unavailable, VersionHolder
 
-INT64 = range(-(2**63), 2**63)
 MAX_BODY_BYTES = 1 << 20  # a search request is a few hundred bytes; a larger body is refused unread (413)
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")  # ASCII digits only: int() also takes other scripts' digits
 
@@ -124,9 +125,7 @@ async def health(request: Request) -> JSONResponse:
 
 
 async def chunk(request: Request) -> JSONResponse:
-    chunk_id = _int(request.path_params["chunk_id"], "chunk id")
-    if chunk_id not in INT64:
-        raise UsageError(f"chunk id {chunk_id} is not a signed 64-bit integer")
+    chunk_id = check_chunk_id(_int(request.path_params["chunk_id"], "chunk id"))
     holder: VersionHolder = request.app.state.holder
 
     def run() -> tuple[str, dict[str, Any] | None]:
@@ -185,14 +184,19 @@ def serve(root: LifecycleRoot, host: str, port: int) -> None:
 
     The socket is made with IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on connections of such a socket,
     and without it every keep-alive response waited ~40 ms for the client's delayed ACK."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    family, address = _listen_address(host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        sock.bind(address)
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise ConflictError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise UsageError(f"--host {host}: no interface of this machine has that address") from None
+        raise ConflictError(f"cannot listen on {url_of(host, port)}: {exc.strerror or exc}") from None
+    if warning := exposure_warning(address[0]):
+        print(warning, file=sys.stderr, flush=True)
     holder = VersionHolder(root)
     try:
         holder.start()
@@ -203,6 +207,31 @@ def serve(root: LifecycleRoot, host: str, port: int) -> None:
         sock.close()
 
 
+def _listen_address(host: str, port: int) -> tuple[int, tuple]:
+    """The socket family and address `host` names (an IP address, or a name resolved locally); UsageError for one
+    that is neither (`999.1.1.1`)."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UsageError(f"--host {host!r} is not an address to listen on ({getattr(exc, 'strerror', exc)})") from None
+    return family, address
+
+
+def exposure_warning(ip: str) -> str | None:
+    """The warning for listening on an address other machines can reach (nothing authenticates requests)."""
+    if ipaddress.ip_address(ip).is_loopback:
+        return None
+    return (
+        f"warning: listening on {ip}, which other machines can reach, and nothing authenticates requests; "
+        "use --host 127.0.0.1 unless that is intended"
+    )
+
+
+def url_of(host: str, port: int) -> str:
+    """`http://HOST:PORT`, an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 async def _serve(server: _Server, sock: socket.socket, holder: VersionHolder) -> None:
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():
@@ -211,6 +240,6 @@ async def _serve(server: _Server, sock: socket.socket, holder: VersionHolder) ->
         host, port = sock.getsockname()[:2]
         state = holder.status()
         served = state["version"] or f"nothing yet ({state['error']})"
-        print(f"serving {served} on http://{host}:{port}", file=sys.stderr, flush=True)
+        print(f"serving {served} on {url_of(host, port)}", file=sys.stderr, flush=True)
     await task
     print("stopped", file=sys.stderr, flush=True)

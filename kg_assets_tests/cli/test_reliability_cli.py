@@ -290,3 +290,28 @@ def test_errors_name_paths_never_file_contents(
         assert done.returncode == 4, (args, done.stderr)
         assert "TOPS" not in done.stderr + done.stdout and "x:0:0" not in done.stderr, (args, done.stderr)
         assert str(staged.current_file) in done.stderr or str(staged.root) in done.stderr, done.stderr
+
+
+def test_bad_inputs_are_one_line_errors_with_their_exit_code_and_leave_the_root(
+    staged: LifecycleRoot, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    fifo, a_file = tmp_path / "fifo", tmp_path / "a-file"
+    os.mkfifo(fifo)
+    a_file.write_text("x")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.py").write_text("A = 1\n")
+    cases = [
+        (("build", "v3", "--repo", str(fifo)), 2, f"--repo {fifo} is not a directory"),
+        (("build", "v3", "--repo", str(repo), "--embedder", "http://127.0.0.1:9#x#-1"), 2, "dimension -1 for"),
+        (("build", "v3", "--repo", str(repo), "--embedder", "http://127.0.0.1:9#x#0"), 2, "is out of range"),
+        (("build", "v3", "--repo", str(repo), "--work-dir", str(a_file)), 2, f"--work-dir {a_file} is not a directory"),
+        (("build", "v1", "--resume"), 5, "version v1 is already built and sealed: there is no failed build"),
+        (("publish", "v2", "--expect-current", "../x"), 2, "invalid version id '../x'"),
+        (("serve", "--host", "999.1.1.1", "--port", "0"), 2, "--host '999.1.1.1' is not an address to listen on"),
+        (("eval", "--queries", str(fifo)), 2, f"queries file {fifo} is not a regular file"),
+    ]
+    before = published_state(staged)
+    for args, code, message in cases:
+        _one_line_error(indexctl(cli_env, *args), code, message)
+    assert published_state(staged) == before

@@ -16,6 +16,7 @@ import duckdb
 from kg_assets.lib.fsutil import atomic_write_json
 from kg_assets.lib.lifecycle import CATALOG_FILE, LifecycleRoot
 from kg_assets.lib.tuning import TUNING_FILE
+from kg_assets.serve.http_server import exposure_warning, url_of
 from kg_assets_tests.conftest import INDEXCTL, published_state, stage_sample
 from kg_assets_tests.serve.conftest import Server
 
@@ -289,3 +290,10 @@ def test_a_body_over_1_mib_is_refused_with_413_unread(root: LifecycleRoot, cli_e
         assert running.get("/search?q=x&k=0")[0] == 400  # the server still answers
     finally:
         assert running.stop() == 0
+
+
+def test_a_bind_other_machines_can_reach_is_warned_and_ipv6_is_bracketed() -> None:
+    assert exposure_warning("127.0.0.1") is None and exposure_warning("::1") is None
+    for address in ("0.0.0.0", "::", "192.0.2.7"):
+        assert exposure_warning(address).startswith(f"warning: listening on {address}, which other machines can reach")
+    assert url_of("::1", 8765) == "http://[::1]:8765" and url_of("127.0.0.1", 80) == "http://127.0.0.1:80"
