@@ -478,6 +478,7 @@ def scip_started(
             record = {
                 "project": project_name,
                 "indexers": {r.name: r.record() for r in results if r.error is None},
+                "failed": {r.name: r.error for r in results if r.error is not None},
                 "stats": asdict(stats),
             }
             workdir.ensure_dir(work)
@@ -503,6 +504,7 @@ def build_catalog(staging: Path, work: WorkPath, meta: dict[str, str]) -> int:
     modules, SCIP symbols and occurrences, ID-map join."""
     sources = json.loads((work / SCIP_SOURCES_FILE).read_bytes())
     meta = {**meta, "scip_indexers": json.dumps(sources["indexers"]), "scip_project": sources["project"]}
+    meta["scip_failed"] = json.dumps(sources.get("failed", {}))  # indexers found on the PATH that failed
     modules = _modules(read_chunks(work).select(["uri", "language"]))
     scip_tables = scip.tables(scip.read_index(staging / SCIP_FILE))
     rows = catalog.ParquetRows(str(work / SHARDS_DIR / "*.parquet"), None if workdir.is_local(work) else work.fs)

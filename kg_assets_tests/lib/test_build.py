@@ -157,4 +157,6 @@ def test_an_indexer_found_on_the_path_that_fails_leaves_only_its_language_withou
     results = {r.name: r for r in stats.indexers}
     assert results["scip-python"].documents == 3 and results["scip-python"].error is None
     assert results["rust-analyzer"].error.startswith("rust-analyzer failed with exit code 1: error: ")
+    record = json.loads((staging / build.BUILD_DIR / build.SCIP_SOURCES_FILE).read_text())
+    assert record["failed"] == {"rust-analyzer": results["rust-analyzer"].error}  # the catalog keeps it for health
     assert {d.language for d in scip.read_index(staging / SCIP_FILE).documents} == {"Python"}
