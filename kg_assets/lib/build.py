@@ -407,7 +407,12 @@ def _earlier_part(
 
 @contextmanager
 def scip_started(
-    root: LifecycleRoot, repo: Path, staging: Path, work: WorkPath, project_name: str
+    root: LifecycleRoot,
+    repo: Path,
+    staging: Path,
+    work: WorkPath,
+    project_name: str,
+    indexers: Sequence[scip.Indexer] = scip.INDEXERS,
 ) -> Iterator[Callable[[], ScipStats]]:
     """Start the SCIP step and yield `finish`, which waits for it and writes `index.scip`; the caller can embed
     meanwhile (each indexer is a child process, mostly one core). Leaving the block unfinished kills them.
@@ -417,13 +422,14 @@ def scip_started(
     end, or by `gc` after a crash; all run at once. An indexer whose inputs are identical to an earlier version's
     (same sources digest, same project) is not run: that version's part of index.scip is taken instead (the
     project version passed to the indexers is the digest, so symbols only change with the code). The parts are
-    merged in `INDEXERS` order (see `scip.merge`); with none, index.scip holds no documents.
+    merged in `INDEXERS` order (see `scip.merge`); with none (or `indexers` empty: a fast version, whose SCIP
+    data the full version brings), index.scip holds no documents.
     """
     t0 = time.perf_counter()
     done: list[tuple[IndexerResult, Any]] = []
     running: list[tuple[scip.Indexer, str, scip.IndexerRun]] = []
     with root.scratch("scip") as scratch, ExitStack() as stack:
-        for indexer in scip.INDEXERS:
+        for indexer in indexers:
             sources = indexer_sources(repo, indexer)
             command = scip.indexer_command(indexer) if sources else None
             if command is None:

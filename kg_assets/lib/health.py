@@ -18,7 +18,7 @@ import duckdb
 import faiss
 import numpy as np
 
-from kg_assets.lib import catalog, faiss_index, tuning, validation
+from kg_assets.lib import catalog, faiss_index, progressive, tuning, validation
 from kg_assets.lib.embedding import searchable_embedder
 from kg_assets.lib.errors import KgError, ValidationError
 from kg_assets.lib.lexical import LEXICAL_FILE, LexicalIndex
@@ -194,7 +194,20 @@ def _pointer_consistent(v: _Version) -> tuple[str, str]:
     return OK, f"CURRENT and the current link both name {current}"
 
 
+def _kind(v: _Version) -> tuple[str, str]:
+    """Which kind of version this is (lib/progressive.py); for a fast one, where its full version stands."""
+    if not v.sealed:
+        return SKIPPED, "not sealed yet"
+    kind, full = progressive.version_kind(v.root, v.version)
+    if kind == "full":
+        return OK, "full version"
+    return OK, "fast version (static embedder, no SCIP)" + (
+        f"; {progressive.full_version_state(v.root, full)}" if full else ""
+    )
+
+
 CHECKS: dict[str, Callable[[_Version], tuple[str, str]]] = {
+    "kind": _kind,
     "files_match_manifest": _files_match_manifest,
     "artifacts_agree": _artifacts_agree,
     "idmap_views_resolve": _idmap_views_resolve,
@@ -206,9 +219,9 @@ CHECKS: dict[str, Callable[[_Version], tuple[str, str]]] = {
 }
 
 
-# Checks that are not about the artifacts themselves: the manifest's hashes (verified on their own at publish),
-# the root's pointer, an embedder installed on this machine.
-_NOT_ARTIFACT_CHECKS = frozenset({"files_match_manifest", "searchable", "pointer_consistent"})
+# Checks that are not about the artifacts themselves: the version's kind, the manifest's hashes (verified on
+# their own at publish), the root's pointer, an embedder installed on this machine.
+_NOT_ARTIFACT_CHECKS = frozenset({"kind", "files_match_manifest", "searchable", "pointer_consistent"})
 
 
 def version_health(root: LifecycleRoot, version: str | None = None) -> HealthReport:

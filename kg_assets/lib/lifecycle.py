@@ -130,6 +130,7 @@ class VersionInfo:
     created: str | None
     size_bytes: int
     problem: str | None = None
+    kind: str | None = None  # fast | full (manifest attrs, see lib/progressive.py); None for staging or broken
 
 
 @dataclass
@@ -358,7 +359,8 @@ class LifecycleRoot:
                 state = "published"
             else:
                 state = "staged"
-            infos.append(VersionInfo(path.name, state, manifest.get("created"), size))
+            kind = manifest.get("attrs", {}).get("kind", "full")
+            infos.append(VersionInfo(path.name, state, manifest.get("created"), size, kind=kind))
         return sorted(infos, key=lambda info: natural_key(info.version))
 
     # ---- staging -------------------------------------------------------------------------------
