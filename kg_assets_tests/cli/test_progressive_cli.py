@@ -40,6 +40,10 @@ def test_progressive_build_publishes_the_fast_version_then_the_full_one(
     done = indexctl(cli_env, "build", "v1", "--repo", str(repo), "--publish", "--progressive")
     assert done.returncode == 0, done.stderr
     assert "Published v1-fast (was <none>)" in done.stdout and "Published v1 (was v1-fast)" in done.stdout
+    # The same chunks, but another embedder's vectors are never reused: v1 embeds every chunk again.
+    full_out = done.stdout.split("v1-fast answers searches now")[1]
+    embedded = [line.strip() for line in full_out.splitlines() if line.strip().startswith("embedded ")]
+    assert embedded and embedded[0].endswith("reused 0 from earlier versions (1 shard)"), embedded
     root = LifecycleRoot(cli_env["KG_INDEXES_DIR"])
     assert root.current() == "v1" and [h["to"] for h in root.history()][-2:] == ["v1-fast", "v1"]
     fast, full = root.read_manifest("v1-fast")["attrs"], root.read_manifest("v1")["attrs"]
