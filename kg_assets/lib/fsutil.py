@@ -14,13 +14,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from kg_assets.lib.errors import ConflictError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _FICLONE = 0x40049409  # ioctl number of Linux FICLONE (copy-on-write clone of a whole file)
 _BLOCK = 1 << 20
@@ -88,6 +89,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     """A zstd-compressed Parquet file, written atomically."""
+    import pyarrow as pa  # here, not at the top: readers (a server) never write Parquet and save its ~25 MiB
+    import pyarrow.parquet as pq
+
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
