@@ -22,7 +22,7 @@ from click.core import ParameterSource
 from kg_assets.cli.options import knob_options, settings_options
 from kg_assets.cli.runs import POOL_WAIT_S
 from kg_assets.lib import progress
-from kg_assets.lib.errors import KgError, NotFoundError, UsageError, ValidationError
+from kg_assets.lib.errors import ConflictError, Interrupted, KgError, NotFoundError, UsageError, ValidationError
 from kg_assets.lib.evaluation import EvalSettings
 from kg_assets.lib.lifecycle import (
     CATALOG_FILE,
@@ -166,6 +166,8 @@ def _flip(ctx: _Context, action: str, version: str, expect_current: str | None, 
         expect_current = ctx.lifecycle.current() or ""
     elif expect_current.lower() == "none":
         expect_current = ""
+    else:
+        check_version_id(expect_current)  # `../x` is a usage error, not a stale expectation
     config: dict[str, Any] = {"version": version, "expect_current": expect_current}
     if force:
         config["force"] = True
@@ -364,6 +366,8 @@ def build(
         progress.silence()
 
     check_version_id(version)
+    if resume and ctx.lifecycle.version_dir(version).exists():
+        raise ConflictError(f"version {version} is already built and sealed: there is no failed build of it to resume")
     ctx.lifecycle.check_new_version(version)
     ctx.lifecycle.check_not_staging(version)
     fast: str | None = None  # the fast version a progressive build publishes first
@@ -385,13 +389,17 @@ def build(
             ctx.lifecycle.check_not_staging(fast)
         # --publish is a compare-and-swap against CURRENT as the build found it (exit 5 if someone moved it meanwhile)
         seen = ctx.lifecycle.current() or ""
+        if not repo.is_dir():
+            raise UsageError(f"--repo {repo} is not a directory")
         dim = load_embedder(embedder).dim
         if factory != "auto":
             check_factory(factory, dim)
         if work_dir:
-            from kg_assets.lib.workdir import location
+            from kg_assets.lib.workdir import is_local, location
 
-            location(work_dir)  # a protocol fsspec does not know is a usage error (exit 2) before any run
+            place = location(work_dir)  # a protocol fsspec does not know is a usage error (exit 2) before any run
+            if is_local(place) and place.exists() and not place.is_dir():
+                raise UsageError(f"--work-dir {place} is not a directory")
         settings = {
             "factory": factory,
             "publish": publish_after,
@@ -584,6 +592,7 @@ def tune(
         settings = dataclasses.replace(settings, generated_queries=False)
     if settings.target_recall <= 0:
         raise UsageError("--target-recall must be in (0, 1]")
+    _check_queries(settings.queries_file)
     version = ctx.lifecycle.resolve_version(version)
     target_recall, k = settings.target_recall, settings.k
     config = {**to_values(settings), **overrides}
@@ -610,6 +619,15 @@ def tune(
         click.echo(f"Saved tuning profile -> {vdir / 'tuning.json'}")
         if report["recall_at_k"] is not None and report["recall_at_k"] < target_recall:
             click.echo(f"warning: no point reached recall@{k} {target_recall}; kept the most accurate one", err=True)
+
+
+def _check_queries(path: Path | None) -> None:
+    """A `--queries` file that does not exist or is not a regular file (a FIFO would block the run) fails before
+    any run starts."""
+    if path is not None:
+        from kg_assets.lib.query_sets import check_queries_file
+
+        check_queries_file(path)
 
 
 @cli.command(name="show-profile")
@@ -644,6 +662,7 @@ def evaluate(ctx: _Context, version: str | None, no_docstring_queries: bool, as_
     settings = from_values(EvalSettings, values)
     if no_docstring_queries:
         settings = dataclasses.replace(settings, generated_queries=False)
+    _check_queries(settings.queries_file)
     version = ctx.lifecycle.resolve_version(version)
     config = to_values(settings)
     from kg_assets.cli.runs import run_job
@@ -830,34 +849,45 @@ def _one_line(exc: BaseException) -> str:
     return _printable(lines[0]) if lines else type(exc).__name__
 
 
+_signalled: list[str] = []  # the signal that interrupted this process, once one has
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    """SIGINT and SIGTERM: remember which, then interrupt as SIGINT does. A Dagster step turns the
+    KeyboardInterrupt into a failed run, so `main` exits 130 by what was received, not by what came back."""
+    _signalled.append(signal.Signals(signum).name)
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn errors into one line and an exit code (SIGTERM ends it as
-    SIGINT does)."""
+    SIGINT does: exit 130, whatever the interrupted run reported)."""
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         cli.main(args=argv, prog_name="indexctl", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("indexctl: aborted", err=True)
-        sys.exit(130)
-    except click.UsageError as exc:
+    except (click.exceptions.Abort, KeyboardInterrupt, Exception) as exc:
+        if _signalled or isinstance(exc, click.exceptions.Abort | KeyboardInterrupt | Interrupted):
+            cause = _signalled[0] if _signalled else _one_line(exc) if isinstance(exc, Interrupted) else "SIGINT"
+            click.echo(f"indexctl: interrupted ({cause})", err=True)
+            sys.exit(Interrupted.exit_code)
+        code, line = _failure(exc)
+        click.echo(line, err=True)
+        sys.exit(code)
+
+
+def _failure(exc: Exception) -> tuple[int, str]:
+    """The exit code and the one line a failure prints."""
+    if isinstance(exc, click.UsageError):
         command = exc.ctx.command_path if exc.ctx else "indexctl"
-        click.echo(f"indexctl: error: {exc.format_message()} (see '{command} --help')", err=True)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        click.echo(f"indexctl: error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except KgError as exc:
-        click.echo(f"indexctl: error: {_one_line(exc)}", err=True)
-        sys.exit(exc.exit_code)
-    except Exception as exc:
-        if os.environ.get("KG_DEBUG") or "-v" in sys.argv or "--verbose" in sys.argv:
-            traceback.print_exc()
-        click.echo(f"indexctl: unexpected error: {type(exc).__name__}: {_one_line(exc)} (see -v)", err=True)
-        sys.exit(1)
+        return exc.exit_code, f"indexctl: error: {exc.format_message()} (see '{command} --help')"
+    if isinstance(exc, click.ClickException):
+        return exc.exit_code, f"indexctl: error: {exc.format_message()}"
+    if isinstance(exc, KgError):
+        return exc.exit_code, f"indexctl: error: {_one_line(exc)}"
+    if os.environ.get("KG_DEBUG") or "-v" in sys.argv or "--verbose" in sys.argv:
+        traceback.print_exception(exc)
+    return 1, f"indexctl: unexpected error: {type(exc).__name__}: {_one_line(exc)} (see -v)"
 
 
 if __name__ == "__main__":

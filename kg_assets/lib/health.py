@@ -2,11 +2,13 @@
 tuning profile and the `current` pointer still agree. Reads only: no lock, no repair, DuckDB opened read-only.
 
 Every check runs even when an earlier one failed, so one report names every problem. A check is `ok`,
-`failed`, or `skipped` (what it checks is absent from this version, e.g. a catalog staged without views).
+`failed`, `skipped` (what it checks is absent from this version, e.g. a catalog staged without views), or
+`degraded` (the version works, with less than it could have: a SCIP indexer that failed); only `failed` fails.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -25,7 +27,7 @@ from kg_assets.lib.lexical import LEXICAL_FILE, LexicalIndex
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
 from kg_assets.lib.tuning import TUNING_FILE
 
-OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+OK, FAILED, SKIPPED, DEGRADED = "ok", "failed", "skipped", "degraded"
 # What a check may run into on a damaged version; anything else is a bug and propagates.
 _DAMAGE = (KgError, duckdb.Error, RuntimeError, OSError, ValueError, KeyError)
 
@@ -33,7 +35,7 @@ _DAMAGE = (KgError, duckdb.Error, RuntimeError, OSError, ValueError, KeyError)
 @dataclass(frozen=True)
 class HealthCheck:
     name: str
-    status: str  # ok | failed | skipped
+    status: str  # ok | failed | skipped | degraded
     detail: str
 
 
@@ -178,6 +180,20 @@ def _lexical_index_fits(v: _Version) -> tuple[str, str]:
     return OK, f"{len(lexical.ids)} chunks, {lexical.terms} terms, the index's chunk ids"
 
 
+def _scip_indexers_complete(v: _Version) -> tuple[str, str]:
+    """Every SCIP indexer the build ran gave its languages' data: one found on the PATH that failed (or indexed
+    none of its files) leaves them without references, a degradation named here (a bundled one fails the build)."""
+    meta = catalog.read_meta(v.vdir / CATALOG_FILE)
+    if "scip_failed" not in meta:
+        return SKIPPED, "the catalog records no SCIP indexer outcomes (built before they were recorded)"
+    failed = json.loads(meta["scip_failed"])
+    if failed:
+        named = "; ".join(f"{name}: {error}" for name, error in sorted(failed.items()))
+        return DEGRADED, f"no SCIP data for the languages of {named}"
+    ran = ", ".join(sorted(json.loads(meta.get("scip_indexers", "{}")))) or "none"
+    return OK, f"every SCIP indexer that ran gave its data ({ran})"
+
+
 def _pointer_consistent(v: _Version) -> tuple[str, str]:
     current = v.root.current()
     if current is None:
@@ -215,6 +231,7 @@ CHECKS: dict[str, Callable[[_Version], tuple[str, str]]] = {
     "tuning_fits_index": _tuning_fits_index,
     "searchable": _searchable,
     "lexical_index_fits": _lexical_index_fits,
+    "scip_indexers_complete": _scip_indexers_complete,
     "pointer_consistent": _pointer_consistent,
 }
 

@@ -187,16 +187,17 @@ class LifecycleRoot:
             text = self.current_file.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValidationError(f"{self.current_file} is unreadable ({exc}); write a version id into it") from None
+        except (OSError, UnicodeDecodeError) as exc:  # its bytes are never shown: they may be anyone's file
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            raise ValidationError(f"{self.current_file} is unreadable ({reason}); write a version id into it") from None
         if not text:
             return None
         try:
             return check_version_id(text)
         except UsageError:
             raise ValidationError(
-                f"{self.current_file} holds {text[:60]!r}, which is not a version id; write the id of a complete "
-                "version into it (see `indexctl ls`)"
+                f"{self.current_file} does not hold a version id ({len(text)} characters that are not one); write "
+                "the id of a complete version into it (see `indexctl ls`)"
             ) from None
 
     def current_dir(self) -> Path | None:

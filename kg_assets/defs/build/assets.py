@@ -146,9 +146,7 @@ def scip_beside_embedding(
     staging = root.staging_dir(context.partition_key)
     try:
         finish = stack.enter_context(
-            build.scip_started(
-                root, settings.repo_path(), staging, work, scip_project(settings), settings.scip_indexers()
-            )
+            build.scip_started(root, staging, work, scip_project(settings), settings.scip_indexers())
         )
     except KgError as exc:
         context.log.warning(f"SCIP indexers not started beside embedding ({exc}); scip_index runs them")
@@ -184,9 +182,7 @@ def scip_index(
     root, staging, work = build_step(context, settings, lifecycle)
     stats = build.recorded_scip(work)  # run beside the embedding already (an in-process run)
     if stats is None:
-        with build.scip_started(
-            root, settings.repo_path(), staging, work, scip_project(settings), settings.scip_indexers()
-        ) as finish:
+        with build.scip_started(root, staging, work, scip_project(settings), settings.scip_indexers()) as finish:
             stats = finish()
         if settings.kind == "fast":
             context.log.info(f"fast version: SCIP deferred to {settings.full_version or 'the full version'}")
