@@ -216,16 +216,14 @@ def status(ctx: _Context, as_json: bool) -> None:
     if as_json:
         payload = {"root": str(ctx.lifecycle.root), "current": current, "versions": [asdict(i) for i in infos]}
         click.echo(json.dumps(payload, indent=2))
-        return
-    click.echo(f"current: {current or '<none>'}")
-    click.echo(f"root: {ctx.lifecycle.root}")
-    if not infos:
-        click.echo("no versions")
-        return
-    rows = [("VERSION", "STATE", "CREATED", "SIZE")]
-    rows += [(i.version, i.state, i.created, _size(i.size_bytes)) for i in infos]
-    for line, info in zip(_table(rows), [None, *infos], strict=True):
-        click.echo(line + (f"  ({info.problem})" if info and info.problem else ""))
+    else:
+        click.echo(f"current: {current or '<none>'}")
+        click.echo(f"root: {ctx.lifecycle.root}")
+        rows = [("VERSION", "STATE", "CREATED", "SIZE")]
+        rows += [(i.version, i.state, i.created, _size(i.size_bytes)) for i in infos]
+        for line, info in zip(_table(rows) if infos else ["no versions"], [None, *infos], strict=False):
+            click.echo(line + (f"  ({info.problem})" if info and info.problem else ""))
+    ctx.lifecycle.trusted_current()  # a pointer that cannot be trusted fails the command, after the listing
 
 
 @cli.command(name="ls")
@@ -357,10 +355,11 @@ def build(
         dim = load_embedder(embedder).dim
         if factory != "auto":
             check_factory(factory, dim)
-        if work_dir:
+        if work_dir:  # a location a build may not own, or a protocol fsspec does not know: exit 2 before any run
+            from kg_assets.lib.build import check_work_path
             from kg_assets.lib.workdir import location
 
-            location(work_dir)  # a protocol fsspec does not know is a usage error (exit 2) before any run
+            check_work_path(ctx.lifecycle, repo.absolute(), version, location(work_dir) / version)
         summary = ctx.build(
             version,
             repo.absolute(),

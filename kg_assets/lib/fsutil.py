@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -112,6 +113,38 @@ def atomic_symlink(link: Path, target: str) -> None:
     fsync_dir(link.parent)
 
 
+def read_regular_bytes(path: Path) -> bytes:
+    """The bytes of the regular file at `path` (symlinks followed); never blocks on a FIFO or a device.
+
+    Opened non-blocking and checked with fstat, so no race lets another kind of file in: FileNotFoundError when
+    absent, OSError(EINVAL) "not a regular file" for a FIFO, socket, device or directory.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
+def parse_json(data: bytes | str) -> Any:
+    """`json.loads`, with a document nested too deeply to parse reported as the ValueError it is (not a
+    RecursionError that callers expecting malformed input would let through)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def read_json(path: Path) -> Any:
+    """The JSON document in the regular file at `path` (`read_regular_bytes`, `parse_json`): OSError when it
+    cannot be read, ValueError (UnicodeDecodeError included) when it is not JSON."""
+    return parse_json(read_regular_bytes(path))
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -180,7 +213,7 @@ def exclusive_lock(path: Path, timeout: float, what: str) -> Iterator[None]:
 def lock_holder(path: Path) -> str:
     """Who holds the lock at `path`, as its holder wrote it (`pid N: command line`)."""
     try:
-        return Path(path).read_text(encoding="utf-8", errors="replace").strip() or "another process"
+        return read_regular_bytes(path).decode("utf-8", errors="replace").strip() or "another process"
     except OSError:
         return "another process"
 
@@ -189,7 +222,7 @@ def is_locked(path: Path) -> bool:
     """True when some live process holds an exclusive flock on `path`."""
     try:
         fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

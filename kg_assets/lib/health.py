@@ -189,8 +189,7 @@ def _pointer_consistent(v: _Version) -> tuple[str, str]:
             f"CURRENT is {current} but the current link points at {target or 'nothing'}; "
             f"`indexctl publish {current}` repairs it"
         )
-    if current not in v.root.list_versions():
-        return FAILED, f"CURRENT names {current}, which is not a complete version"
+    v.root.trusted_current()  # a complete version, in agreement with the history
     return OK, f"CURRENT and the current link both name {current}"
 
 
@@ -212,7 +211,10 @@ _NOT_ARTIFACT_CHECKS = frozenset({"files_match_manifest", "searchable", "pointer
 
 
 def version_health(root: LifecycleRoot, version: str | None = None) -> HealthReport:
-    """Run every check on `version` (default: the current one); NotFoundError when there is no such version."""
+    """Run every check on `version` (default: the current one, ValidationError when `CURRENT` cannot be trusted);
+    NotFoundError when there is no such version."""
+    if version is None:
+        root.trusted_current()
     version = root.resolve_version(version)
     checks = _run(_Version(root, version), CHECKS)
     return HealthReport(str(root.root), version, root.current(), checks)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import re
 import shutil
@@ -48,6 +47,8 @@ from kg_assets.lib.fsutil import (
     fsync_dir,
     is_locked,
     lock_holder,
+    read_json,
+    read_regular_bytes,
     sha256_file,
     tree_size,
     try_flock,
@@ -73,6 +74,7 @@ SCRATCH_DIR = ".scratch"
 WORK_RECORD = ".work-location"
 
 _VERSION_RE = re.compile(r"[A-Za-z0-9._-]+")
+_NOT_OURS = "not the staging directory of a version id: no stage or build made it; gc leaves it alone"
 _EXPECT_ANY = object()
 
 
@@ -81,6 +83,14 @@ def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
     if not root:
         root = next((os.environ[v] for v in ROOT_ENV_VARS if os.environ.get(v)), "indexes")
     return Path(root).expanduser().absolute()
+
+
+def is_version_id(name: str) -> bool:
+    try:
+        check_version_id(name)
+    except UsageError:
+        return False
+    return True
 
 
 def check_version_id(version: str) -> str:
@@ -183,11 +193,12 @@ class LifecycleRoot:
         trusted as a path).
         """
         try:
-            text = self.current_file.read_text(encoding="utf-8").strip()
+            text = read_regular_bytes(self.current_file).decode("utf-8").strip()
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValidationError(f"{self.current_file} is unreadable ({exc}); write a version id into it") from None
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ValidationError(f"{self.current_file} is unreadable ({why}); write a version id into it") from None
         if not text:
             return None
         try:
@@ -198,25 +209,37 @@ class LifecycleRoot:
                 "version into it (see `indexctl ls`)"
             ) from None
 
+    def trusted_current(self) -> str | None:
+        """`current()`, checked against the rest of the root: ValidationError when `CURRENT` names a version that is
+        not complete, or disagrees with the history in a way no crash leaves (it was edited by hand)."""
+        current = self.current()
+        if current is not None and not self.version_dir(current).is_dir():
+            raise ValidationError(
+                f"{self.current_file} names {current}, which is not a complete version under {self.versions_dir}; "
+                "publish a complete version to repair the pointer (see `indexctl ls`)"
+            )
+        self.history()
+        return current
+
     def current_dir(self) -> Path | None:
         version = self.current()
         return self.versions_dir / version if version else None
 
     def list_versions(self) -> list[str]:
-        """Complete version ids (staging and hidden directories excluded), in natural order."""
+        """Complete version ids (staging directories and names that are not version ids excluded), in natural
+        order."""
         if not self.versions_dir.is_dir():
             return []
-        names = [
-            p.name
-            for p in self.versions_dir.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(STAGING_SUFFIX)
-        ]
+        names = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and is_version_id(p.name)]
         return sorted(names, key=natural_key)
 
     def check_output_path(self, path: Path, option: str) -> None:
         """UsageError when writing `path` could change a version's files: it lies under `versions/` (symlinks
-        resolved, so `current/...` counts) or it is an existing hard link to a version's file."""
+        resolved, so `current/...` counts) or it is an existing hard link to a version's file; or when it exists
+        and is neither a regular file nor a directory (opening a FIFO or a device would block or never end)."""
         path = Path(path)
+        if path.exists() and not (path.is_file() or path.is_dir()):
+            raise UsageError(f"{path} is not a regular file; pass another {option}")
         if path.resolve().is_relative_to(self.versions_dir.resolve()):
             raise UsageError(
                 f"{path} is inside {self.versions_dir}, whose versions are immutable; pass another {option}"
@@ -242,15 +265,33 @@ class LifecycleRoot:
         return None
 
     def history(self) -> list[dict[str, Any]]:
-        """Every committed pointer flip, oldest first; ValidationError when `history.json` is malformed.
+        """Every committed pointer flip, oldest first; ValidationError when `history.json` is malformed or
+        `CURRENT` disagrees with it.
 
-        A flip writes its record before `CURRENT` (the commit point), so a last record whose `to` is not
-        `CURRENT` belongs to a flip that failed or crashed in between: it is not part of the history.
+        A flip writes its record (`from` = `CURRENT` as it was) before `CURRENT` (the commit point), so a last
+        record whose `to` is not `CURRENT` but whose `from` is belongs to a flip that failed or crashed in between:
+        it is not part of the history. A last record naming neither means `CURRENT` was changed outside a flip.
         """
-        events = self._recorded_events()
-        if events and events[-1]["to"] != self.current():
-            events = events[:-1]
+        events, problem = self._committed_events()
+        if problem:
+            raise ValidationError(problem)
         return events
+
+    def _committed_events(self) -> tuple[list[dict[str, Any]], str | None]:
+        """The committed records (see `history`), and why `CURRENT` cannot be trusted, if it cannot (then every
+        record is returned: a flip appends to them, recording where the hand-edited pointer went)."""
+        events = self._recorded_events()
+        current = self.current()
+        if not events or events[-1]["to"] == current:
+            return events, None
+        if events[-1]["from"] == current:
+            return events[:-1], None
+        last = events[-1]
+        return events, (
+            f"{self.current_file} names {current or 'nothing'} but the last flip in {self.history_file} went from "
+            f"{last['from'] or 'nothing'} to {last['to']}: CURRENT was changed outside publish and rollback; "
+            "publish the version that should be current to record it"
+        )
 
     def ever_current(self) -> set[str]:
         """Versions that have been current at some point (by the history)."""
@@ -258,10 +299,10 @@ class LifecycleRoot:
 
     def _recorded_events(self) -> list[dict[str, Any]]:
         try:
-            doc = json.loads(self.history_file.read_text(encoding="utf-8"))
+            doc = read_json(self.history_file)
         except FileNotFoundError:
             return []
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             raise self._bad_history(str(exc)) from None
         events = doc.get("events") if isinstance(doc, dict) else None
         if not isinstance(events, list) or not all(
@@ -283,7 +324,7 @@ class LifecycleRoot:
         if not path.parent.is_dir():
             raise self._not_found(version)
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
+            manifest = read_json(path)
         except FileNotFoundError:
             raise ValidationError(f"version {version} has no {MANIFEST}; it is incomplete, re-stage it") from None
         except OSError as exc:
@@ -343,6 +384,9 @@ class LifecycleRoot:
             size = tree_size(path)
             if path.name.endswith(STAGING_SUFFIX):
                 version = path.name[: -len(STAGING_SUFFIX)]
+                if not is_version_id(version):
+                    infos.append(VersionInfo(path.name, "broken", None, size, _NOT_OURS))
+                    continue
                 busy = is_locked(self._locks_dir / f"{version}.lock")
                 note = None if busy else "abandoned: no process is writing it; `indexctl gc` removes it"
                 infos.append(VersionInfo(path.name, "staging", None, size, note))
@@ -449,8 +493,8 @@ class LifecycleRoot:
         """Hold the lock that says "version is being staged or built" (ConflictError if someone holds it, or a
         build run holds the version's lease)."""
         self.check_new_version(version)
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        self._locks_dir.mkdir(exist_ok=True)
+        _root_dir(self.versions_dir)
+        _root_dir(self._locks_dir)
         with exclusive_lock(self._locks_dir / f"{version}.lock", 0, f"staging of version {version}"):
             self._check_no_build_lease(version)
             yield
@@ -462,12 +506,15 @@ class LifecycleRoot:
 
     def build_lease(self, version: str) -> dict[str, Any] | None:
         """The run holding `version`'s build lease (`run_id`, `host`, `taken`), or None."""
+        unknown = {"run_id": "unknown", "host": "unknown", "taken": None}  # a torn or foreign file
         try:
-            return json.loads(self.build_lease_path(version).read_text())
+            lease = read_json(self.build_lease_path(version))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):  # a torn or foreign file: treated as held by an unknown run
-            return {"run_id": "unknown", "host": "unknown", "taken": None}
+        except (OSError, ValueError):
+            return unknown
+        fields = isinstance(lease, dict) and all(isinstance(lease.get(key), str) for key in ("run_id", "host"))
+        return lease if fields else unknown
 
     def build_leases(self) -> dict[str, dict[str, Any]]:
         """Every held build lease, by version."""
@@ -482,8 +529,8 @@ class LifecycleRoot:
         one of a run `is_dead` says has ended is reclaimed; any other is a ConflictError. Sealing or the run's
         failure releases it (`release_build_lease`)."""
         self.check_new_version(version)
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        self._locks_dir.mkdir(exist_ok=True)
+        _root_dir(self.versions_dir)
+        _root_dir(self._locks_dir)
         with exclusive_lock(self._locks_dir / f"{version}.lock", LOCK_TIMEOUT_S, f"staging of version {version}"):
             held = self.build_lease(version)
             if held and held["run_id"] != run_id and held["run_id"] not in inherits and not is_dead(held["run_id"]):
@@ -520,7 +567,7 @@ class LifecycleRoot:
         hold `staging_lock` first."""
         staging = self.staging_dir(version)
         if staging.exists():
-            _remove_recorded_work(staging)
+            self._remove_recorded_work(staging, version)
             shutil.rmtree(staging)
         staging.mkdir()
         return staging
@@ -530,6 +577,19 @@ class LifecycleRoot:
         outside it), so whatever removes the staging directory removes them too: gc of an abandoned build, the next
         build or stage of the version. Sealing drops the note (the builder removes its step outputs first)."""
         atomic_write_text(self.staging_dir(version) / WORK_RECORD, location)
+
+    def _remove_recorded_work(self, staging: Path, version: str = "") -> None:
+        """Remove the step outputs a staging directory's build recorded it keeps elsewhere (`record_work_location`),
+        only if that location is marked as made by a build of `version` of this root (of any version when not
+        given: a staging directory gc already renamed): the record is never trusted to name what to delete."""
+        try:
+            location = read_regular_bytes(staging / WORK_RECORD).decode("utf-8")
+        except (OSError, UnicodeDecodeError):  # none, or nothing a build wrote
+            return
+        from kg_assets.lib import workdir  # imported here: fsspec and FAISS are not needed to read a root
+
+        with contextlib.suppress(UsageError, ValueError):  # not a location a build could have used
+            workdir.remove_owned(workdir.location(location), workdir.owner_tag(self.root, version))
 
     @contextlib.contextmanager
     def staging(self, version: str) -> Iterator[Path]:
@@ -621,7 +681,7 @@ class LifecycleRoot:
         """The record first, then CURRENT (the commit point), then the link: a failure before CURRENT is written
         leaves the pointer where it was and a last record that `history` ignores (so this can be retried)."""
         at, _ = _now()
-        events = [*self.history(), {"action": action, "from": current, "to": version, "at": at}]
+        events = [*self._committed_events()[0], {"action": action, "from": current, "to": version, "at": at}]
         atomic_write_json(self.history_file, {"events": events})
         atomic_write_text(self.current_file, version)
         self._point_link(version)
@@ -658,13 +718,12 @@ class LifecycleRoot:
 
     def _trash_name(self) -> Path:
         """A fresh name in `versions/` for something gc removes; independent of any version id's length."""
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        return self.versions_dir / f".trash-{os.urandom(8).hex()}"
+        return _root_dir(self.versions_dir) / f".trash-{os.urandom(8).hex()}"
 
     @contextlib.contextmanager
     def _root_lock(self) -> Iterator[None]:
         """The root-wide lock; on entry it also repairs a `current` link left behind by a crash (or replaced)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        _root_dir(self.root)
         with exclusive_lock(self._lock_file, LOCK_TIMEOUT_S, f"lifecycle root {self.root}"):
             self._keep_reserve()
             current = self.current()
@@ -688,7 +747,7 @@ class LifecycleRoot:
         holder dies.
         """
         path = self.lease_path(version)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _root_dir(path.parent)
         deadline = time.monotonic() + timeout
         while (fd := try_flock(path, shared=True)) is None:
             if time.monotonic() >= deadline:
@@ -705,7 +764,7 @@ class LifecycleRoot:
         """Hold the lease of every version gc is about to remove, exclusively and without waiting, until the block
         ends; a version a reader leased since `_plan_gc` looked moves to `kept` and `in_use`. The lease files of
         versions gone at the end are removed (a reader that still opens one finds no version and lets go)."""
-        self._locks_dir.mkdir(parents=True, exist_ok=True)
+        _root_dir(self._locks_dir)
         held = {}
         for version in list(report.removed_versions):
             fd = try_flock(self.lease_path(version), shared=False)
@@ -743,14 +802,15 @@ class LifecycleRoot:
             return report
         with self._root_lock():
             self._plan_gc(report, keep, staging_max_age_s)
-            trash = []
+            trash: dict[Path, str] = {}  # what is removed, by the version whose build may own its step outputs
             with self._removal_leases(report):
                 for name in [*report.removed_versions, *report.removed_staging]:
                     hidden = self._trash_name()
                     os.rename(self.versions_dir / name, hidden)
                     crash_point()
-                    trash.append(hidden)
-            trash.extend(self.versions_dir.glob(".trash-*"))
+                    trash[hidden] = name.removesuffix(STAGING_SUFFIX)
+            for leftover in self.versions_dir.glob(".trash-*"):  # a crashed gc's: whose, nobody knows
+                trash.setdefault(leftover, "")
             fsync_dir(self.versions_dir)
             for leftover in self.root.glob(".*.tmp-*"):
                 leftover.unlink(missing_ok=True)
@@ -758,7 +818,8 @@ class LifecycleRoot:
             report.removed_derived = [str(p.relative_to(self.root)) for p in derived]
         for path in dict.fromkeys([*trash, *derived, *self._abandoned_scratch()]):
             if path.is_dir():
-                _remove_recorded_work(path)  # a removed staging directory's step outputs elsewhere (--work-dir)
+                # a removed staging directory's step outputs elsewhere (--work-dir)
+                self._remove_recorded_work(path, trash.get(path, ""))
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
@@ -766,7 +827,10 @@ class LifecycleRoot:
         return report
 
     def _plan_gc(self, report: GcReport, keep: int, staging_max_age_s: float) -> None:
-        """Fill `report` with what gc keeps and removes; broken versions are left alone (listed by status)."""
+        """Fill `report` with what gc keeps and removes; broken versions are left alone (listed by status).
+        ValidationError, and nothing planned, when `CURRENT` cannot be trusted (`trusted_current`): what gc
+        protects depends on it."""
+        self.trusted_current()
         protected = self._protected_versions()
         complete = [i for i in self.status() if i.state in ("current", "published", "staged")]
         complete.sort(key=lambda i: (i.created or "", natural_key(i.version)), reverse=True)
@@ -781,6 +845,8 @@ class LifecycleRoot:
         now = time.time()
         for path in self.versions_dir.glob(f"*{STAGING_SUFFIX}"):
             version = path.name[: -len(STAGING_SUFFIX)]
+            if not is_version_id(version):
+                continue  # no stage or build makes it (see `status`)
             if is_locked(self._locks_dir / f"{version}.lock") or self.build_lease(version) is not None:
                 continue
             if now - path.stat().st_mtime >= staging_max_age_s:
@@ -801,8 +867,7 @@ class LifecycleRoot:
 
         A holder that dies (SIGKILL) leaves it behind unlocked; `gc` removes it.
         """
-        base = self.root / SCRATCH_DIR
-        base.mkdir(parents=True, exist_ok=True)
+        base = _root_dir(self.root / SCRATCH_DIR)
         path = base / f"{purpose}-{os.getpid()}-{os.urandom(4).hex()}"
         lock = path.with_name(f"{path.name}.lock")
         try:
@@ -872,22 +937,23 @@ def stage_sources(
     return resolved
 
 
+def _root_dir(path: Path) -> Path:
+    """`path`, a directory of the lifecycle root, created if missing; ValidationError when something else (a stray
+    file) has its name, so no operation fails later with a bare NotADirectoryError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValidationError(
+            f"{path} is not a directory, and the lifecycle root keeps its {path.name} there; move it aside"
+        ) from None
+    return path
+
+
 def _check_regular(path: Path, name: str) -> None:
     """ValidationError unless `path` is a regular file or directory (a FIFO or device would block or never end)."""
     mode = path.stat().st_mode
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         raise ValidationError(f"input for {name} is not a regular file: {path}")
-
-
-def _remove_recorded_work(staging: Path) -> None:
-    """Remove the step outputs a staging directory's build recorded it keeps elsewhere (`record_work_location`)."""
-    try:
-        location = (staging / WORK_RECORD).read_text()
-    except FileNotFoundError:
-        return
-    from kg_assets.lib import workdir  # imported here: fsspec and FAISS are not needed to read a root
-
-    workdir.remove_tree(workdir.location(location))
 
 
 def _manifest_problem(manifest: Any, version: str) -> str | None:
