@@ -211,15 +211,28 @@ class LifecycleRoot:
 
     def trusted_current(self) -> str | None:
         """`current()`, checked against the rest of the root: ValidationError when `CURRENT` names a version that is
-        not complete, or disagrees with the history in a way no crash leaves (it was edited by hand)."""
+        not complete, or disagrees with a readable history in a way no crash leaves (it was edited by hand)."""
         current = self.current()
         if current is not None and not self.version_dir(current).is_dir():
             raise ValidationError(
                 f"{self.current_file} names {current}, which is not a complete version under {self.versions_dir}; "
                 "publish a complete version to repair the pointer (see `indexctl ls`)"
             )
-        self.history()
+        problem = self._edited_pointer()
+        if problem:
+            raise ValidationError(problem)
         return current
+
+    def _edited_pointer(self) -> str | None:
+        """Why `CURRENT` disagrees with the history (see `history`), or None; None too when the history is
+        malformed (whoever needs it, gc or rollback, fails on reading it)."""
+        try:
+            return self._committed_events()[1]
+        except ValidationError:
+            return None
+
+    def _link_names(self, version: str) -> bool:
+        return self.current_link.is_symlink() and os.readlink(self.current_link) == os.path.join("versions", version)
 
     def current_dir(self) -> Path | None:
         version = self.current()
@@ -268,9 +281,10 @@ class LifecycleRoot:
         """Every committed pointer flip, oldest first; ValidationError when `history.json` is malformed or
         `CURRENT` disagrees with it.
 
-        A flip writes its record (`from` = `CURRENT` as it was) before `CURRENT` (the commit point), so a last
-        record whose `to` is not `CURRENT` but whose `from` is belongs to a flip that failed or crashed in between:
-        it is not part of the history. A last record naming neither means `CURRENT` was changed outside a flip.
+        A flip writes its record (`from` = `CURRENT` as it was) before `CURRENT` (the commit point) and the
+        `current` link after it, so a last record whose `to` is neither `CURRENT` nor the link's target but whose
+        `from` is `CURRENT` belongs to a flip that failed or crashed before committing: it is not part of the
+        history. Any other disagreement means `CURRENT` was changed outside a flip (by hand).
         """
         events, problem = self._committed_events()
         if problem:
@@ -284,9 +298,9 @@ class LifecycleRoot:
         current = self.current()
         if not events or events[-1]["to"] == current:
             return events, None
-        if events[-1]["from"] == current:
-            return events[:-1], None
         last = events[-1]
+        if last["from"] == current and not self._link_names(last["to"]):
+            return events[:-1], None
         return events, (
             f"{self.current_file} names {current or 'nothing'} but the last flip in {self.history_file} went from "
             f"{last['from'] or 'nothing'} to {last['to']}: CURRENT was changed outside publish and rollback; "
@@ -722,14 +736,15 @@ class LifecycleRoot:
 
     @contextlib.contextmanager
     def _root_lock(self) -> Iterator[None]:
-        """The root-wide lock; on entry it also repairs a `current` link left behind by a crash (or replaced)."""
+        """The root-wide lock; on entry it also repairs a `current` link left behind by a crash (or replaced), not
+        one a hand-edited `CURRENT` left (it tells that edit from a crashed flip: `history`)."""
         _root_dir(self.root)
         with exclusive_lock(self._lock_file, LOCK_TIMEOUT_S, f"lifecycle root {self.root}"):
             self._keep_reserve()
             current = self.current()
             target = os.path.join("versions", current) if current else None
             stale = not self.current_link.is_symlink() or os.readlink(self.current_link) != target
-            if target and stale and self.version_dir(current).is_dir():
+            if target and stale and self.version_dir(current).is_dir() and not self._edited_pointer():
                 self._point_link(current)
             yield
 
@@ -975,11 +990,17 @@ def _manifest_problem(manifest: Any, version: str) -> str | None:
 
 
 def _copy_verified(src: Path, dst: Path, name: str) -> dict[str, dict[str, Any]]:
-    """Copy a file or a directory tree; return manifest entries keyed by path relative to the version."""
+    """Copy a file or a directory tree (refusing symbolic links inside it); return manifest entries keyed by path
+    relative to the version."""
     if src.is_dir():
         dst.mkdir()
         entries: dict[str, dict[str, Any]] = {}
         for child in sorted(src.iterdir()):
+            if child.is_symlink():  # followed, a loop copies without end and a link to / copies the filesystem
+                raise ValidationError(
+                    f"input for {name}/{child.name} is a symbolic link: {child}; an extra directory is copied "
+                    "without following links, replace it by what it points to"
+                )
             _check_regular(child, f"{name}/{child.name}")
             for sub, entry in _copy_verified(child, dst / child.name, f"{name}/{child.name}").items():
                 entries[sub] = entry
