@@ -571,8 +571,13 @@ def finalize(
     """Re-run the gate checks, drop the step outputs (the location this build owns), then seal the staging dir
     into `versions/<version>`."""
     raise_unless_passed(check_staging(staging, work, expected_dim))
-    workdir.remove_owned(work, workdir.owner_tag(root.root, version))
+    finalize_outputs(root, version, work)
     return root.finalize(version, staging, attrs)
+
+
+def finalize_outputs(root: LifecycleRoot, version: str, work: WorkPath) -> None:
+    """Drop the step outputs of `version`'s build before sealing: its own location only (`workdir.remove_owned`)."""
+    workdir.remove_owned(work, workdir.owner_tag(root.root, version))
 
 
 def check_work_path(root: LifecycleRoot, repo: Path, version: str, work: WorkPath) -> None:

@@ -40,6 +40,11 @@ def crash_point() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def crash_steps() -> int:
+    """How many write steps (`crash_point`) this process has passed while $KG_CRASH_AT_STEP was set."""
+    return _crash_steps
+
+
 def fsync_dir(path: Path) -> None:
     """Flush a directory entry table so renames and creations inside it survive a power loss."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -52,6 +57,11 @@ def fsync_dir(path: Path) -> None:
 def temp_sibling(path: Path) -> Path:
     """A unique temporary name next to `path` (same directory, so a rename onto `path` is atomic)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+
+
+def is_temp_sibling(name: str, of: str) -> bool:
+    """Whether `name` is a `temp_sibling` of a file named `of` (one a killed atomic write left)."""
+    return name.startswith(f".{of}.tmp-")
 
 
 @contextlib.contextmanager
@@ -187,21 +197,14 @@ def exclusive_lock(path: Path, timeout: float, what: str) -> Iterator[None]:
     waiter that gives up can say who holds it. flock is released by the kernel when the holder dies, so a
     SIGKILLed process never leaves it stuck.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    pause = 0.05
+    while (fd := try_flock(path, shared=False)) is None:
+        if time.monotonic() >= deadline:
+            raise ConflictError(f"{what} is busy: {lock_holder(path)} holds {path}; wait for it to finish and retry")
+        time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+        pause = min(pause * 2, 1.0)
     try:
-        deadline = time.monotonic() + timeout
-        pause = 0.05
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise ConflictError(
-                        f"{what} is busy: {lock_holder(path)} holds {path}; wait for it to finish and retry"
-                    ) from None
-                time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
-                pause = min(pause * 2, 1.0)
         with contextlib.suppress(OSError):  # naming the holder is best effort (e.g. on a full disk)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}".encode(), 0)
@@ -235,14 +238,42 @@ def is_locked(path: Path) -> bool:
 
 def try_flock(path: Path, *, shared: bool) -> int | None:
     """An open descriptor of `path` (created if missing) holding a shared or exclusive flock, or None when a
-    conflicting lock is held. Closing the descriptor releases the lock (so does the holder's death)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    conflicting lock is held. Closing the descriptor releases the lock (so does the holder's death).
+
+    A lock file may be removed by whoever holds it exclusively (gc removes those of removed versions,
+    `remove_lock_file`); a lock taken on a file no longer at `path` is let go and taken again on the new one.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            if _still_at(fd, path):
+                return fd
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is still the one named `path`."""
     try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except BlockingIOError:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def remove_lock_file(path: Path) -> bool:
+    """Remove the lock file at `path` when nobody holds it (taking it exclusively meanwhile, so a process that
+    opened it before the removal notices, see `try_flock`); whether it did."""
+    fd = try_flock(path, shared=False)
+    if fd is None:
+        return False
+    try:
+        path.unlink()
+    finally:
         os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return True

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from kg_assets.lib.errors import ConflictError, NotFoundError, UsageError, ValidationError
+from kg_assets.lib.errors import ConflictError, KgError, NotFoundError, UsageError, ValidationError
 from kg_assets.lib.fsutil import (
     atomic_symlink,
     atomic_write_json,
@@ -46,9 +46,11 @@ from kg_assets.lib.fsutil import (
     exclusive_lock,
     fsync_dir,
     is_locked,
+    is_temp_sibling,
     lock_holder,
     read_json,
     read_regular_bytes,
+    remove_lock_file,
     sha256_file,
     tree_size,
     try_flock,
@@ -74,6 +76,8 @@ SCRATCH_DIR = ".scratch"
 WORK_RECORD = ".work-location"
 
 _VERSION_RE = re.compile(r"[A-Za-z0-9._-]+")
+# What `.locks/` holds: `<v>.lock`, `<v>.read`, `<v>.lease`, and temp files of lease writes (`fsutil.temp_sibling`).
+_LOCK_FILE_RE = re.compile(r"\.?(?P<version>.+?)\.(?:lock|read|lease)(?:\.tmp-.*)?")
 _NOT_OURS = "not the staging directory of a version id: no stage or build made it; gc leaves it alone"
 _EXPECT_ANY = object()
 
@@ -686,8 +690,13 @@ class LifecycleRoot:
             try:
                 self._commit_flip(action, current, version)
             except OSError as exc:  # a full disk: the reserve makes room for these few kilobytes, once
-                if exc.errno != errno.ENOSPC or not self._release_reserve():
+                if exc.errno != errno.ENOSPC:
                     raise
+                if not self._release_reserve():
+                    raise KgError(
+                        f"{action} {version}: no space left on the disk of {self.root} to write {exc.filename} and "
+                        "no reserve left; free space (`indexctl gc` removes old versions) and retry"
+                    ) from None
                 self._commit_flip(action, current, version)
         return Flip(action, current, version, changed=True)
 
@@ -819,6 +828,8 @@ class LifecycleRoot:
             self._plan_gc(report, keep, staging_max_age_s)
             trash: dict[Path, str] = {}  # what is removed, by the version whose build may own its step outputs
             with self._removal_leases(report):
+                for version in report.removed_versions:  # complete, so its build is over (see _remove_stale_locks)
+                    self.build_lease_path(version).unlink(missing_ok=True)
                 for name in [*report.removed_versions, *report.removed_staging]:
                     hidden = self._trash_name()
                     os.rename(self.versions_dir / name, hidden)
@@ -831,6 +842,7 @@ class LifecycleRoot:
                 leftover.unlink(missing_ok=True)
             derived = self._orphaned_derived()
             report.removed_derived = [str(p.relative_to(self.root)) for p in derived]
+            self._remove_stale_locks()
         for path in dict.fromkeys([*trash, *derived, *self._abandoned_scratch()]):
             if path.is_dir():
                 # a removed staging directory's step outputs elsewhere (--work-dir)
@@ -839,6 +851,8 @@ class LifecycleRoot:
             else:
                 path.unlink(missing_ok=True)
             crash_point()
+        with exclusive_lock(self._lock_file, LOCK_TIMEOUT_S, f"lifecycle root {self.root}"):
+            self._keep_reserve()  # in the space just freed: a later flip on a full disk has its reserve again
         return report
 
     def _plan_gc(self, report: GcReport, keep: int, staging_max_age_s: float) -> None:
@@ -900,6 +914,32 @@ class LifecycleRoot:
             return []
         entries = list(base.iterdir())  # before the lock test: what appears later is not looked at
         return [p for p in entries if not is_locked(base / f"{p.name.removesuffix('.lock')}.lock")]
+
+    def _remove_stale_locks(self) -> None:
+        """Clean `.locks/` of what no stage, build or reader needs: the staging lock and reader-lease file of a
+        version that exists neither complete nor staging, the build lease of a complete version (sealing is its
+        build's last step; a kill before the release leaves the lease), and temp files of killed lease writes.
+        Each version's files are removed holding its staging lock, so no stage or build of it is running; a busy
+        version is left for the next gc."""
+        files: dict[str, list[Path]] = {}
+        for path in self._locks_dir.iterdir() if self._locks_dir.is_dir() else ():
+            match = _LOCK_FILE_RE.fullmatch(path.name)
+            if match and is_version_id(match["version"]):
+                files.setdefault(match["version"], []).append(path)
+        for version, paths in files.items():
+            complete = self.version_dir(version).is_dir()
+            fd = try_flock(self._locks_dir / f"{version}.lock", shared=False)
+            if fd is None:
+                continue
+            try:
+                for path in paths:
+                    if is_temp_sibling(path.name, f"{version}.lease") or (complete and path.suffix == ".lease"):
+                        path.unlink(missing_ok=True)
+                if not complete and not self.staging_dir(version).exists():
+                    remove_lock_file(self.lease_path(version))
+                    (self._locks_dir / f"{version}.lock").unlink(missing_ok=True)  # held here: see remove_lock_file
+            finally:
+                os.close(fd)
 
     def _orphaned_derived(self) -> list[Path]:
         """Files derived from versions that no longer exist: caches keyed by a catalog sha256 no remaining

@@ -24,7 +24,13 @@ from upath import UPath
 
 from kg_assets.lib import faiss_index
 from kg_assets.lib.errors import UsageError
-from kg_assets.lib.fsutil import atomic_write_bytes, atomic_write_npy, atomic_write_parquet, read_regular_bytes
+from kg_assets.lib.fsutil import (
+    atomic_write_bytes,
+    atomic_write_npy,
+    atomic_write_parquet,
+    is_temp_sibling,
+    read_regular_bytes,
+)
 
 WorkPath = Path | UPath
 OWNER_FILE = ".kg-step-outputs"  # in a location a build owns: which root's build of which version made it
@@ -47,12 +53,13 @@ def _owner(path: WorkPath) -> str | None:
 
 
 def check_claimable(path: WorkPath, tag: str) -> None:
-    """UsageError unless a build with owner `tag` may use `path`: absent, an empty directory, or its own."""
+    """UsageError unless a build with owner `tag` may use `path`: absent, its own, or a directory holding
+    nothing but what a claim killed before its marker was in place leaves (the marker's temp file)."""
     if not path.exists() or _owner(path) == tag:
         return
     if not path.is_dir():
         raise UsageError(f"step output location {path} exists and is not a directory; pass another --work-dir")
-    if any(path.iterdir()):
+    if any(not is_temp_sibling(entry.name, OWNER_FILE) for entry in path.iterdir()):
         raise UsageError(
             f"step output location {path} exists and was not made by this build (no {OWNER_FILE} of it); a build "
             "never writes into nor removes what it did not create: pass another --work-dir, or empty it"

@@ -374,14 +374,11 @@ def test_deep_json_and_names_that_are_no_version_ids_break_nothing(
     _one_line_error(indexctl(cli_env, "gc"), 4, "history.json is malformed (JSON nested too deeply)")
 
 
-def test_stray_files_links_in_an_extra_directory_and_a_foreign_scip_index_are_refused(
-    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict, tmp_path: Path
+def test_a_stray_file_where_the_root_keeps_a_directory_is_a_one_line_error(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict
 ) -> None:
     """Issue 20 item 13: a stray file named `.locks` is a one-line error naming it (exit 4), not a
-    NotADirectoryError; `stage --extra NAME=DIR` refuses symbolic links inside DIR (a loop, a link to /); stage and
-    health refuse an index.scip made from another repository than the catalog's."""
-    from kg_assets_tests.sample_artifacts import scip_bytes
-
+    NotADirectoryError."""
     before = published_state(staged)
     shutil.rmtree(staged.root / ".locks")
     (staged.root / ".locks").write_text("stray")
@@ -391,6 +388,13 @@ def test_stray_files_links_in_an_extra_directory_and_a_foreign_scip_index_are_re
     assert published_state(staged) == before
     (staged.root / ".locks").unlink()
 
+
+def test_stage_refuses_symbolic_links_inside_an_extra_directory(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict, tmp_path: Path
+) -> None:
+    """Issue 20 item 13: `stage --extra NAME=DIR` copied what links inside DIR point to (a loop 40 levels deep, a
+    link to / the filesystem); now it refuses them (exit 4) and stages nothing."""
+    before = published_state(staged)
     extra = tmp_path / "docs"
     (extra / "sub").mkdir(parents=True)
     (extra / "sub" / "notes.md").write_text("notes")
@@ -401,6 +405,15 @@ def test_stray_files_links_in_an_extra_directory_and_a_foreign_scip_index_are_re
         (extra / "sub" / link).unlink()
     assert not staged.staging_dir("v3").exists() and published_state(staged) == before
 
+
+def test_stage_and_health_refuse_a_scip_index_made_from_another_repository(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict, tmp_path: Path
+) -> None:
+    """Issue 20 item 13: an index.scip most of whose documents are no file of the catalog describes another
+    repository: stage refuses it (exit 4) and health fails `scip_matches_catalog`."""
+    from kg_assets_tests.sample_artifacts import scip_bytes
+
+    before = published_state(staged)
     foreign = tmp_path / "foreign.scip"
     foreign.write_bytes(scip_bytes([f"other/project/file{i}.py" for i in range(7)]))
     done = indexctl(cli_env, *stage_args("v3", {**samples["a"], "scip": foreign}))
