@@ -230,17 +230,15 @@ def status(ctx: _Context, as_json: bool) -> None:
             "versions": [asdict(i) for i in infos],
         }
         click.echo(json.dumps(payload, indent=2))
-        return
-    click.echo(f"current: {current or '<none>'}" + (f" (fast: {pending})" if pending else ""))
-    click.echo(f"root: {ctx.lifecycle.root}")
-    if not infos:
-        click.echo("no versions")
-        return
-    rows = [("VERSION", "STATE", "CREATED", "SIZE")]
-    rows += [(i.version, i.state, i.created, _size(i.size_bytes)) for i in infos]
-    for line, info in zip(_table(rows), [None, *infos], strict=True):
-        note = (info.problem or ("fast" if info.kind == "fast" else None)) if info else None
-        click.echo(line + (f"  ({note})" if note else ""))
+    else:
+        click.echo(f"current: {current or '<none>'}" + (f" (fast: {pending})" if pending else ""))
+        click.echo(f"root: {ctx.lifecycle.root}")
+        rows = [("VERSION", "STATE", "CREATED", "SIZE")]
+        rows += [(i.version, i.state, i.created, _size(i.size_bytes)) for i in infos]
+        for line, info in zip(_table(rows) if infos else ["no versions"], [None, *infos], strict=False):
+            note = (info.problem or ("fast" if info.kind == "fast" else None)) if info else None
+            click.echo(line + (f"  ({note})" if note else ""))
+    ctx.lifecycle.trusted_current()  # a pointer that cannot be trusted fails the command, after the listing
 
 
 @cli.command(name="ls")
@@ -394,12 +392,15 @@ def build(
         dim = load_embedder(embedder).dim
         if factory != "auto":
             check_factory(factory, dim)
-        if work_dir:
+        if work_dir:  # a location a build may not own, or a protocol fsspec does not know: exit 2 before any run
+            from kg_assets.lib.build import check_work_path
             from kg_assets.lib.workdir import is_local, location
 
-            place = location(work_dir)  # a protocol fsspec does not know is a usage error (exit 2) before any run
+            place = location(work_dir)
             if is_local(place) and place.exists() and not place.is_dir():
                 raise UsageError(f"--work-dir {place} is not a directory")
+            for built in filter(None, (fast, version)):
+                check_work_path(ctx.lifecycle, repo.absolute(), built, place / built)
         settings = {
             "factory": factory,
             "publish": publish_after,

@@ -59,11 +59,11 @@ class BuildSettings(dg.ConfigurableResource):
         return workdir.location(self.work_dir) / version
 
     def new_work_path(self, root: LifecycleRoot, version: str) -> WorkPath:
-        """The version's step-output location, emptied for a new build (after `reset_staging`). One outside the
-        staging directory is recorded in it, so it goes wherever that goes: gc of an abandoned build, the next
-        build or stage of the version, sealing."""
+        """The version's step-output location, emptied and owned by this build (after `reset_staging`; see
+        `build.claim_work_path`); one outside the staging directory is recorded in it, so it goes wherever that
+        goes: gc of an abandoned build, the next build or stage of the version, sealing."""
         work = self.work_path(root, version)
-        workdir.remove_tree(work)  # what an abandoned attempt left
+        build.claim_work_path(root, self.repo_path(), version, work, outside=bool(self.work_dir))
         if self.work_dir:
             root.record_work_location(version, str(work))
         return work
