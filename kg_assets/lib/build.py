@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from kg_assets.lib import catalog, chunking, faiss_index, idmap, lexical, scip, workdir
 from kg_assets.lib.embedding import Embedder, Progress, embedding_text
-from kg_assets.lib.errors import KgError, ValidationError
+from kg_assets.lib.errors import KgError, UsageError, ValidationError
 from kg_assets.lib.fsutil import atomic_write_bytes
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
 from kg_assets.lib.workdir import WorkPath
@@ -413,7 +413,11 @@ def _earlier_part(
 
 @contextmanager
 def scip_started(
-    root: LifecycleRoot, staging: Path, work: WorkPath, project_name: str
+    root: LifecycleRoot,
+    staging: Path,
+    work: WorkPath,
+    project_name: str,
+    indexers: Sequence[scip.Indexer] = scip.INDEXERS,
 ) -> Iterator[Callable[[], ScipStats]]:
     """Start the SCIP step and yield `finish`, which waits for it and writes `index.scip`; the caller can embed
     meanwhile (each indexer is a child process, mostly one core). Leaving the block unfinished kills them.
@@ -424,14 +428,15 @@ def scip_started(
     once. An indexer whose inputs are identical to an earlier version's
     (same sources digest, same project) is not run: that version's part of index.scip is taken instead (the
     project version passed to the indexers is the digest, so symbols only change with the code). The parts are
-    merged in `INDEXERS` order (see `scip.merge`); with none, index.scip holds no documents.
+    merged in `INDEXERS` order (see `scip.merge`); with none (or `indexers` empty: a fast version, whose SCIP
+    data the full version brings), index.scip holds no documents.
     """
     t0 = time.perf_counter()
     done: list[tuple[IndexerResult, Any]] = []
     running: list[tuple[scip.Indexer, str, scip.IndexerRun]] = []
     files = accepted_files(work)
     with root.scratch("scip") as scratch, ExitStack() as stack:
-        for indexer in scip.INDEXERS:
+        for indexer in indexers:
             sources = indexer_sources(files, indexer)
             command = scip.indexer_command(indexer) if sources else None
             if command is None:
@@ -578,10 +583,40 @@ def check_staging(staging: Path, work: WorkPath, expected_dim: int) -> list[Chec
 def finalize(
     root: LifecycleRoot, version: str, staging: Path, work: WorkPath, expected_dim: int, attrs: dict[str, Any]
 ) -> Path:
-    """Re-run the gate checks, drop the step outputs, then seal the staging dir into `versions/<version>`."""
+    """Re-run the gate checks, drop the step outputs (the location this build owns), then seal the staging dir
+    into `versions/<version>`."""
     raise_unless_passed(check_staging(staging, work, expected_dim))
-    workdir.remove_tree(work)
+    finalize_outputs(root, version, work)
     return root.finalize(version, staging, attrs)
+
+
+def finalize_outputs(root: LifecycleRoot, version: str, work: WorkPath) -> None:
+    """Drop the step outputs of `version`'s build before sealing: its own location only (`workdir.remove_owned`)."""
+    workdir.remove_owned(work, workdir.owner_tag(root.root, version))
+
+
+def check_work_path(root: LifecycleRoot, repo: Path, version: str, work: WorkPath) -> None:
+    """UsageError unless `work`, a step-output location given outside the staging directory (`--work-dir`), is
+    one a build of `version` may create, write and remove: not inside the root's versions, not holding the root,
+    not overlapping the repository, and absent, empty or this build's own (`workdir.check_claimable`)."""
+    if workdir.is_local(work):
+        resolved = Path(work).resolve()
+        for what, path in (("the lifecycle root's versions", root.versions_dir), ("the repository", repo)):
+            path = path.resolve()
+            if resolved.is_relative_to(path) or path.is_relative_to(resolved):
+                raise UsageError(f"step output location {work} overlaps {what} ({path}); pass another --work-dir")
+        for parent in resolved.parents:
+            if parent.exists() and not parent.is_dir():
+                raise UsageError(f"--work-dir: {parent} is not a directory; pass a directory")
+    workdir.check_claimable(work, workdir.owner_tag(root.root, version))
+
+
+def claim_work_path(root: LifecycleRoot, repo: Path, version: str, work: WorkPath, *, outside: bool) -> None:
+    """Make `work` the new build's own empty step-output location (`workdir.claim`), after `check_work_path` when
+    it is `outside` the staging directory."""
+    if outside:
+        check_work_path(root, repo, version, work)
+    workdir.claim(work, workdir.owner_tag(root.root, version))
 
 
 def raise_unless_passed(results: list[CheckResult]) -> None:

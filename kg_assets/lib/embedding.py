@@ -27,6 +27,7 @@ import numpy as np
 
 from kg_assets.lib.errors import UsageError, ValidationError
 from kg_assets.lib.progress import Progress
+from kg_assets.lib.static_embedder import StaticEmbedder
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -371,10 +372,13 @@ class SentenceTransformer:
 
 
 def load_embedder(spec: str = "minilm", *, quick_start: bool = False) -> Embedder:
-    """`minilm` (default), `st:<model name>`, or `http(s)://<base url>#<model>#<dim>` (OpenAI-compatible).
+    """`minilm` (default), `static` (the committed static code model), `static:<model dir>`, `st:<model name>`,
+    or `http(s)://<base url>#<model>#<dim>` (OpenAI-compatible).
     `quick_start`: for a process that embeds a query or two (the same vectors, less load time, slower batches)."""
     if spec == "minilm":
         return MiniLMOnnx(optimize=not quick_start)
+    if spec == "static" or spec.startswith("static:"):
+        return StaticEmbedder(Path(spec[7:]) if spec.startswith("static:") else None)
     if spec.startswith("st:"):
         return SentenceTransformer(spec[3:])
     if spec.startswith(("http://", "https://")):
@@ -383,7 +387,9 @@ def load_embedder(spec: str = "minilm", *, quick_start: bool = False) -> Embedde
             return OpenAICompatible(url, model, int(dim))
         except ValueError:
             raise UsageError(f"embedder {spec!r}: use http://<host:port>#<model>#<dim>") from None
-    raise UsageError(f"unknown embedder {spec!r}: use minilm, st:<model> or http://<host:port>#<model>#<dim>")
+    raise UsageError(
+        f"unknown embedder {spec!r}: use minilm, static, static:<dir>, st:<model> or http://<host:port>#<model>#<dim>"
+    )
 
 
 def version_embedder(meta: Mapping[str, str], version: str, *, quick_start: bool = False) -> Embedder | None:

@@ -128,13 +128,13 @@ class ChunkTable:
     @classmethod
     def from_catalog(cls, con: duckdb.DuckDBPyConnection) -> ChunkTable:
         query = "SELECT chunk_id, uri, language, start_line, end_line FROM chunks ORDER BY chunk_id"
-        table = con.sql(query).to_arrow_table()
+        columns = con.sql(query).fetchnumpy()  # numpy, not Arrow: a server need not load pyarrow (~25 MiB)
         return cls(
-            table.column("chunk_id").to_numpy(),
-            table.column("uri").to_pylist(),
-            table.column("language").to_pylist(),
-            table.column("start_line").to_numpy(),
-            table.column("end_line").to_numpy(),
+            np.asarray(columns["chunk_id"]),
+            list(columns["uri"]),
+            list(columns["language"]),
+            np.asarray(columns["start_line"]),
+            np.asarray(columns["end_line"]),
         )
 
     def row(self, chunk_id: int) -> int:

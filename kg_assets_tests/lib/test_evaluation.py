@@ -90,7 +90,7 @@ def test_every_channel_returns_real_hits_in_one_pool(built: tuple, tmp_path: Pat
     queries = labelled_file(tmp_path / "q.jsonl", root)
     record = evaluate_version(root, None, settings(tmp_path, xtr_oracle=True, queries_file=queries), run_id="r1")
     pool = pq.read_table(record["pool_path"])
-    assert pool.schema.names == eval_outputs.POOL_SCHEMA.names
+    assert pool.schema.names == eval_outputs.pool_schema().names
     rows = pool.to_pylist()
     assert {r["channel"] for r in rows} == {"faiss", "flat", "bm25", "xtr", "hybrid"}
     assert {r["query_set"] for r in rows} == {"self", "file", "docstrings"}

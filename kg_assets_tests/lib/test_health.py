@@ -37,6 +37,7 @@ def test_built_version_passes_every_check_including_the_views(built_pair: Lifecy
     report = version_health(built_pair, "v2")
     assert report.ok and report.current is None
     assert {c.name: c.status for c in report.checks} == {
+        "kind": OK,
         "files_match_manifest": OK,
         "artifacts_agree": OK,
         "idmap_views_resolve": OK,
