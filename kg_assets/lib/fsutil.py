@@ -15,13 +15,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from kg_assets.lib.errors import ConflictError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _FICLONE = 0x40049409  # ioctl number of Linux FICLONE (copy-on-write clone of a whole file)
 _BLOCK = 1 << 20
@@ -99,6 +100,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     """A zstd-compressed Parquet file, written atomically."""
+    import pyarrow as pa  # here, not at the top: readers (a server) never write Parquet and save its ~25 MiB
+    import pyarrow.parquet as pq
+
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
@@ -180,6 +184,33 @@ def copy_file(src: Path, dst: Path) -> str:
         fout.flush()
         os.fsync(fout.fileno())
     return sha256_file(dst)
+
+
+def open_beneath(directory: Path, relative: str) -> BinaryIO:
+    """The regular file at `relative` under `directory`, opened for reading without following a symlink anywhere
+    on the way (each component opened with O_NOFOLLOW from its parent's descriptor) and without blocking (a FIFO
+    is refused, never waited on). So whatever names it (git's index, a walk), the file read is inside `directory`.
+
+    OSError with errno ELOOP when a component is a symlink, EINVAL for `..` or an empty component, ENOTDIR when a
+    parent is not a directory, and EPERM ("not a regular file") for a FIFO, socket or device."""
+    parts = relative.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise OSError(errno.EINVAL, "not a plain relative path", relative)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    for depth, part in enumerate(parts):
+        parent = fd
+        try:
+            fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
+        finally:
+            os.close(parent)
+        mode = os.fstat(fd).st_mode
+        last = depth == len(parts) - 1
+        if not (stat.S_ISREG(mode) if last else stat.S_ISDIR(mode)):
+            os.close(fd)
+            if last:
+                raise OSError(errno.EPERM, "not a regular file", relative)
+            raise OSError(errno.ENOTDIR, "not a directory", "/".join(parts[: depth + 1]))
+    return os.fdopen(fd, "rb")
 
 
 def tree_size(path: Path) -> int:

@@ -144,6 +144,7 @@ class VersionInfo:
     created: str | None
     size_bytes: int
     problem: str | None = None
+    kind: str | None = None  # fast | full (manifest attrs, see lib/progressive.py); None for staging or broken
 
 
 @dataclass
@@ -209,8 +210,8 @@ class LifecycleRoot:
             return check_version_id(text)
         except UsageError:
             raise ValidationError(
-                f"{self.current_file} holds {text[:60]!r}, which is not a version id; write the id of a complete "
-                "version into it (see `indexctl ls`)"
+                f"{self.current_file} does not hold a version id ({len(text)} characters that are not one); write "
+                "the id of a complete version into it (see `indexctl ls`)"
             ) from None
 
     def trusted_current(self) -> str | None:
@@ -420,7 +421,8 @@ class LifecycleRoot:
                 state = "published"
             else:
                 state = "staged"
-            infos.append(VersionInfo(path.name, state, manifest.get("created"), size))
+            kind = manifest.get("attrs", {}).get("kind", "full")
+            infos.append(VersionInfo(path.name, state, manifest.get("created"), size, kind=kind))
         return sorted(infos, key=lambda info: natural_key(info.version))
 
     # ---- staging -------------------------------------------------------------------------------

@@ -80,6 +80,24 @@ def test_sigkill_of_build_leaves_no_indexer_and_gc_cleans_its_scratch(cli_env: d
     assert not os.listdir(root.versions_dir)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_running_step_exits_130(cli_env: dict[str, str], tmp_path: Path, sig: int) -> None:
+    repo = write_repo(tmp_path / "repo")
+    build = subprocess.Popen(
+        [*INDEXCTL, "build", "v1", "--repo", str(repo)], env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while not _children_running(build.pid, "scip-python"):  # the embed step is running
+        assert build.poll() is None and time.monotonic() < deadline, "the build never started scip-python"
+        time.sleep(0.05)
+    build.send_signal(sig)
+    _, stderr = build.communicate(timeout=60)
+    assert build.returncode == 130, stderr
+    (line,) = stderr.decode().strip().splitlines()
+    assert line == "indexctl: interrupted (a signal stopped embeddings.embed_shard[s0])"
+    assert LifecycleRoot(cli_env["KG_INDEXES_DIR"]).list_versions() == []
+
+
 @pytest.fixture
 def embedding_server() -> Iterator[EmbeddingServer]:
     with serving() as server:

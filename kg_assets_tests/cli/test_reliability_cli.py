@@ -51,7 +51,7 @@ def test_a_hostile_current_is_not_trusted_and_a_dry_run_writes_nothing(
     staged.current_file.write_text("../../../tmp/x")
     before = published_state(staged)
     for args in (("gc", "--dry-run"), ("status",)):
-        _one_line_error(indexctl(cli_env, *args), 4, "which is not a version id")
+        _one_line_error(indexctl(cli_env, *args), 4, "does not hold a version id")
     assert published_state(staged) == before
     assert os.readlink(staged.current_link) == "versions/v1"
 
@@ -270,6 +270,53 @@ def test_knob_values_are_validated_against_the_index(
     _one_line_error(indexctl(cli_env, *stage_args("v3", sample)), 4, "tuning_fits_index failed: nprobe=3000000000")
     sample["tuning"].write_text(json.dumps({"nprobe": 4, "k_factor": 0.5}))
     _one_line_error(indexctl(cli_env, *stage_args("v3", sample)), 4, "k_factor must be at least 1")
+
+
+SECRET = "TOPSECRET:x:0:0:a line of a private file"
+
+
+def test_errors_name_paths_never_file_contents(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict, tmp_path: Path
+) -> None:
+    secret = tmp_path / "private.txt"
+    secret.write_text(SECRET + "\n" + "more private lines\n" * 3)
+    staged.current_file.unlink()
+    staged.current_file.symlink_to(secret)
+    sample = samples["a"]
+    for args in (
+        ("status",),
+        ("health",),
+        ("stage", "v3", str(secret), str(sample["duckdb"]), str(sample["scip"])),  # the secret as the index
+    ):
+        done = indexctl(cli_env, *args)
+        assert done.returncode == 4, (args, done.stderr)
+        assert "TOPS" not in done.stderr + done.stdout and "x:0:0" not in done.stderr, (args, done.stderr)
+        assert str(staged.current_file) in done.stderr or str(staged.root) in done.stderr, done.stderr
+
+
+def test_bad_inputs_are_one_line_errors_with_their_exit_code_and_leave_the_root(
+    staged: LifecycleRoot, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    fifo, a_file = tmp_path / "fifo", tmp_path / "a-file"
+    os.mkfifo(fifo)
+    a_file.write_text("x")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.py").write_text("A = 1\n")
+    cases = [
+        (("build", "v3", "--repo", str(fifo)), 2, f"--repo {fifo} is not a directory"),
+        (("build", "v3", "--repo", str(repo), "--embedder", "http://127.0.0.1:9#x#-1"), 2, "dimension -1 for"),
+        (("build", "v3", "--repo", str(repo), "--embedder", "http://127.0.0.1:9#x#0"), 2, "is out of range"),
+        (("build", "v3", "--repo", str(repo), "--work-dir", str(a_file)), 2, f"--work-dir {a_file} is not a directory"),
+        (("build", "v1", "--resume"), 5, "version v1 is already built and sealed: there is no failed build"),
+        (("publish", "v2", "--expect-current", "../x"), 2, "invalid version id '../x'"),
+        (("serve", "--host", "999.1.1.1", "--port", "0"), 2, "--host '999.1.1.1' is not an address to listen on"),
+        (("eval", "--queries", str(fifo)), 2, f"queries file {fifo} is not a regular file"),
+    ]
+    before = published_state(staged)
+    for args, code, message in cases:
+        _one_line_error(indexctl(cli_env, *args), code, message)
+    assert published_state(staged) == before
 
 
 def _versions(root: LifecycleRoot) -> dict[str, bytes]:
