@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import numpy as np
@@ -59,6 +59,11 @@ FILE_BOOST = (
 # Each earlier pick from the same file scales a chunk's score by this when filling the top k, so near-duplicates of
 # one file make room for other files (0.75-1.0 flat on the Python repositories of the set; 0.5 cost 0.01).
 SAME_FILE_DECAY = 0.9
+SAME_FILE_EXEMPT_ADJACENT = False
+SAME_FILE_EXEMPT_NAMED = False
+NAME_BOOST = 0.0
+NAME_BOOST_KINDS = ("natural", "identifier")
+NAME_PREFIX_MIN = 4
 
 _TEST_PATH = re.compile(r"(^|/)(tests?|testing|spec|__tests__)/|(^|/)test_[^/]*$|_test\.\w+$|\.(test|spec)\.\w+$")
 _TEST_WORDS = frozenset(code_tokens("test tests testing fixture fixtures pytest"))  # as stemmed queries hold them
@@ -75,6 +80,7 @@ class SearchHit:
     score: float
     channels: dict[str, dict[str, float]]  # channel -> {"rank", "score"} for each channel that found the chunk
     first_line: str = ""
+    explain: list[dict[str, Any]] = field(default_factory=list)  # hybrid: the terms `score` sums
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +92,7 @@ class SearchHit:
             "score": round(self.score, 6),
             "first_line": self.first_line,
             "channels": self.channels,
+            "explain": self.explain,
         }
 
 
@@ -124,6 +131,7 @@ class ChunkTable:
     start_lines: np.ndarray
     end_lines: np.ndarray
     _path_tokens: dict[str, frozenset[str]] = field(default_factory=dict)
+    _name_tokens: dict[str, tuple[frozenset[str], frozenset[str]]] = field(default_factory=dict)
 
     @classmethod
     def from_catalog(cls, con: duckdb.DuckDBPyConnection) -> ChunkTable:
@@ -144,6 +152,54 @@ class ChunkTable:
         if uri not in self._path_tokens:
             self._path_tokens[uri] = frozenset(path_tokens(uri))
         return self._path_tokens[uri]
+
+    def name_tokens(self, uri: str) -> tuple[frozenset[str], frozenset[str]]:
+        """Tokens of a file's name (without extension) and of its folder's name."""
+        if uri not in self._name_tokens:
+            parts = uri.split("/")
+            self._name_tokens[uri] = (
+                frozenset(path_tokens(parts[-1])),
+                frozenset(path_tokens(parts[-2])) if len(parts) > 1 else frozenset(),
+            )
+        return self._name_tokens[uri]
+
+
+class Ranked(NamedTuple):
+    """A ranked chunk: its score, the channels that found it (their `rank` and raw `score`) and, in hybrid mode, the
+    terms the score is the sum of (`Candidate.explain`)."""
+
+    chunk_id: int
+    score: float
+    channels: dict[str, dict[str, float]]
+    explain: list[dict[str, Any]]
+
+
+@dataclass
+class Candidate:
+    """A chunk being re-ranked: which channels found it and the terms its score is the sum of, in the order they
+    were applied: each channel's weighted, scaled score, then each prior or boost as the amount it added (a
+    factor f applied to a score s adds s x (f - 1)), so the terms always sum to the score."""
+
+    chunk_id: int
+    row: int
+    uri: str
+    channels: dict[str, dict[str, float]] = field(default_factory=dict)
+    terms: list[tuple[str, float, float | None]] = field(default_factory=list)  # (what, added, factor or None)
+    score: float = 0.0
+
+    def add(self, what: str, amount: float) -> None:
+        self.terms.append((what, amount, None))
+        self.score += amount
+
+    def scale(self, what: str, factor: float) -> None:
+        self.terms.append((what, self.score * (factor - 1), factor))
+        self.score *= factor
+
+    def explain(self) -> list[dict[str, Any]]:
+        return [
+            {"term": what, "value": round(added, 6), **({"factor": round(factor, 6)} if factor is not None else {})}
+            for what, added, factor in self.terms
+        ]
 
 
 class VersionHandle:
@@ -265,20 +321,17 @@ class VersionHandle:
         text = check_query(text, k, mode)
         vector = self.embedder.embed([text]) if mode in ("hybrid", "dense") else None
         ranked = self.rank(text, vector, k, mode)
-        rows = self.hydrate([chunk_id for chunk_id, _, _ in ranked])
+        rows = self.hydrate([hit.chunk_id for hit in ranked])
         hits = []
-        for rank, (chunk_id, score, channels) in enumerate(ranked, start=1):
-            row = rows[chunk_id]
+        for rank, hit in enumerate(ranked, start=1):
+            row = rows[hit.chunk_id]
             first = next((line.strip() for line in row["text"].splitlines() if line.strip()), "")
-            hits.append(
-                SearchHit(rank, chunk_id, row["uri"], row["start_line"], row["end_line"], score, channels, first)
-            )
+            where = (row["uri"], row["start_line"], row["end_line"])
+            hits.append(SearchHit(rank, hit.chunk_id, *where, hit.score, hit.channels, first, hit.explain))
         return hits
 
-    def rank(
-        self, text: str, vector: np.ndarray | None, k: int, mode: str = "hybrid"
-    ) -> list[tuple[int, float, dict[str, dict[str, float]]]]:
-        """(chunk id, score, channels) of the top k; `vector` is the query's embedding (dense and hybrid)."""
+    def rank(self, text: str, vector: np.ndarray | None, k: int, mode: str = "hybrid") -> list[Ranked]:
+        """The top k; `vector` is the query's embedding (dense and hybrid)."""
         kind = query_kind(text)
         if mode == "dense":
             scores, ids = self.dense(vector, k)
@@ -287,52 +340,67 @@ class VersionHandle:
             return _single("lexical", *self.lexical_top(text, k))
         if mode == "symbol":
             return _single("symbol", *self.symbol_top(text, kind, k))
-        n = max(k, CANDIDATES)
+        return self.rerank(text, kind, self.candidates(text, vector, kind, max(k, CANDIDATES)), k)
+
+    def candidates(
+        self, text: str, vector: np.ndarray, kind: str, n: int = CANDIDATES
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each channel's top n (scores, chunk ids) for a query: what `rerank` fuses."""
         dense_scores, dense_ids = self.dense(vector, n)
-        found = {
+        return {
             "dense": (dense_scores[0], dense_ids[0]),
             "lexical": self.lexical_top(text, n),
             "symbol": self.symbol_top(text, kind, n),
         }
-        return self._rerank(text, kind, found, k)
 
-    def _rerank(
-        self, text: str, kind: str, found: dict[str, tuple[np.ndarray, np.ndarray]], k: int
-    ) -> list[tuple[int, float, dict[str, dict[str, float]]]]:
+    def rerank(self, text: str, kind: str, found: dict[str, tuple[np.ndarray, np.ndarray]], k: int) -> list[Ranked]:
+        """The top k of the fused, re-ranked candidates, each with the terms its score sums (`Candidate.terms`)."""
         weights = CHANNEL_WEIGHTS[kind]
-        fused: dict[int, float] = {}
-        channels: dict[int, dict[str, dict[str, float]]] = {}
+        pool: dict[int, Candidate] = {}
         for name, (all_scores, all_ids) in found.items():
             scores, ids = all_scores[all_ids != -1], all_ids[all_ids != -1]
             scaled = scores if name == "symbol" else _min_max(scores)
             for rank, (score, value, chunk_id) in enumerate(
                 zip(scores.tolist(), scaled.tolist(), ids.tolist(), strict=True), 1
             ):
-                fused[chunk_id] = fused.get(chunk_id, 0.0) + weights[name] * value
-                channels.setdefault(chunk_id, {})[name] = {"rank": rank, "score": round(score, 6)}
+                if chunk_id not in pool:
+                    row = self.chunks.row(chunk_id)
+                    pool[chunk_id] = Candidate(chunk_id, row, self.chunks.uris[row])
+                pool[chunk_id].channels[name] = {"rank": rank, "score": round(score, 6)}
+                pool[chunk_id].add(name, weights[name] * value)
         words = set(code_tokens(text))
         asks_tests = bool(words & _TEST_WORDS)
-        scored: dict[int, tuple[float, str]] = {}
-        for chunk_id, score in fused.items():
-            row = self.chunks.row(chunk_id)
-            uri = self.chunks.uris[row]
-            if not is_code(self.chunks.languages[row]):
-                score *= NON_CODE_WEIGHT[kind]
-            if not asks_tests and is_test_path(uri):
-                score *= TEST_WEIGHT
-            score *= 1 + PATH_BOOST * min(len(words & self.chunks.path_tokens(uri)), 2)
-            scored[chunk_id] = (score, uri)
+        for candidate in pool.values():
+            if not is_code(self.chunks.languages[candidate.row]):
+                candidate.scale("non_code", NON_CODE_WEIGHT[kind])
+            if not asks_tests and is_test_path(candidate.uri):
+                candidate.scale("test_file", TEST_WEIGHT)
+            matched = min(len(words & self.chunks.path_tokens(candidate.uri)), 2)
+            if matched:
+                candidate.scale("path_words", 1 + PATH_BOOST * matched)
         by_file: dict[str, list[float]] = {}
-        for score, uri in scored.values():
-            by_file.setdefault(uri, []).append(score)
+        for candidate in pool.values():
+            by_file.setdefault(candidate.uri, []).append(candidate.score)
         for scores in by_file.values():
             scores.sort(reverse=True)
-        lifted = []
-        for chunk_id, (score, uri) in scored.items():
-            others = by_file[uri]
-            runner_up = others[1] if others[0] == score and len(others) > 1 else others[0]
-            lifted.append((score + FILE_BOOST * (runner_up if len(others) > 1 else 0.0), chunk_id, uri))
-        return [(chunk_id, score, channels[chunk_id]) for score, chunk_id, _ in _diversified(lifted, k)]
+        for candidate in list(pool.values()):
+            others = by_file[candidate.uri]
+            if len(others) > 1:
+                runner_up = others[1] if others[0] == candidate.score else others[0]
+                candidate.add("file_evidence", FILE_BOOST * runner_up)
+        keywords = set(code_tokens(text))
+        named: set[str] = set()
+        if NAME_BOOST and keywords and kind in NAME_BOOST_KINDS:
+            for candidate in pool.values():
+                file_words, folder_words = self.chunks.name_tokens(candidate.uri)
+                in_file = {w for w in keywords if _names(w, file_words)}
+                matched = in_file | {w for w in keywords if _names(w, folder_words)}
+                if in_file:
+                    named.add(candidate.uri)
+                if matched:
+                    candidate.add("name_match", NAME_BOOST * len(matched) / len(keywords))
+        picked = _diversified(list(pool.values()), k, self.chunks, named)
+        return [Ranked(c.chunk_id, c.score, c.channels, c.explain()) for c in picked]
 
     def chunk(self, chunk_id: int) -> dict[str, Any] | None:
         """One chunk's catalog row (uri, language, lines, text, symbols), or None when the version lacks it."""
@@ -365,19 +433,43 @@ class VersionHandle:
             return catalog.hydrate_with(cur, chunk_ids)
 
 
-def _diversified(scored: list[tuple[float, int, str]], k: int) -> list[tuple[float, int, str]]:
+def _names(word: str, tokens: frozenset[str]) -> bool:
+    """Whether a query word names one of a path's tokens: equal, or one a prefix of the other (both stemmed)."""
+    if word in tokens:
+        return True
+    return len(word) >= NAME_PREFIX_MIN and any(
+        len(t) >= NAME_PREFIX_MIN and (t.startswith(word) or word.startswith(t)) for t in tokens
+    )
+
+
+def _diversified(pool: list[Candidate], k: int, chunks: ChunkTable, named: set[str]) -> list[Candidate]:
     """The top k by score, where each chunk's score is scaled by SAME_FILE_DECAY per earlier pick of its file."""
-    pool = sorted(scored, key=lambda item: (-item[0], item[1]))
-    picked: list[tuple[float, int, str]] = []
-    taken: dict[str, int] = {}
+    pool = sorted(pool, key=lambda c: (-c.score, c.chunk_id))
+    picked: list[Candidate] = []
+    spans: dict[str, list[tuple[int, int]]] = {}
+
+    def decay(c: Candidate) -> float:
+        taken = spans.get(c.uri)
+        if not taken:
+            return 1.0
+        if SAME_FILE_EXEMPT_NAMED and c.uri in named:
+            return 1.0
+        if SAME_FILE_EXEMPT_ADJACENT:
+            start, end = int(chunks.start_lines[c.row]), int(chunks.end_lines[c.row])
+            if any(start - e <= 1 and s - end <= 1 for s, e in taken):
+                return 1.0
+        return SAME_FILE_DECAY ** len(taken)
+
     while pool and len(picked) < k:
-        best = max(
-            range(len(pool)),
-            key=lambda i: (pool[i][0] * SAME_FILE_DECAY ** taken.get(pool[i][2], 0), -pool[i][1]),
+        best = max(range(len(pool)), key=lambda i: (pool[i].score * decay(pool[i]), -pool[i].chunk_id))
+        candidate = pool.pop(best)
+        factor = decay(candidate)
+        if factor != 1.0:
+            candidate.scale("same_file", factor)
+        picked.append(candidate)
+        spans.setdefault(candidate.uri, []).append(
+            (int(chunks.start_lines[candidate.row]), int(chunks.end_lines[candidate.row]))
         )
-        score, chunk_id, uri = pool.pop(best)
-        picked.append((score * SAME_FILE_DECAY ** taken.get(uri, 0), chunk_id, uri))
-        taken[uri] = taken.get(uri, 0) + 1
     return picked
 
 
@@ -389,9 +481,9 @@ def _min_max(scores: np.ndarray) -> np.ndarray:
     return (scores - low) / (high - low) if high > low else np.ones_like(scores)
 
 
-def _single(channel: str, scores: np.ndarray, ids: np.ndarray) -> list[tuple[int, float, dict[str, dict[str, float]]]]:
+def _single(channel: str, scores: np.ndarray, ids: np.ndarray) -> list[Ranked]:
     return [
-        (int(i), float(s), {channel: {"rank": rank, "score": round(float(s), 6)}})
+        Ranked(int(i), float(s), {channel: {"rank": rank, "score": round(float(s), 6)}}, [])
         for rank, (s, i) in enumerate(zip(scores, ids, strict=True), start=1)
         if i != -1
     ]
