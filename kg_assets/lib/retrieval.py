@@ -24,6 +24,7 @@ import numpy as np
 
 from kg_assets.lib import catalog, faiss_index, tuning
 from kg_assets.lib.channels import ann_search
+from kg_assets.lib.copies import FileCopies
 from kg_assets.lib.embedding import Embedder, searchable_embedder
 from kg_assets.lib.errors import UsageError, ValidationError
 from kg_assets.lib.languages import is_code
@@ -59,6 +60,7 @@ FILE_BOOST = (
 # Each earlier pick from the same file scales a chunk's score by this when filling the top k, so near-duplicates of
 # one file make room for other files (0.75-1.0 flat on the Python repositories of the set; 0.5 cost 0.01).
 SAME_FILE_DECAY = 0.9
+COPY_WEIGHT = 0.5
 SAME_FILE_EXEMPT_ADJACENT = False
 SAME_FILE_EXEMPT_NAMED = False
 NAME_BOOST = 0.0
@@ -217,11 +219,13 @@ class VersionHandle:
         symbols: SymbolTable | None,
         rerank_factor: float,
         notes: list[str],
+        copies: FileCopies | None = None,
     ) -> None:
         self.version, self.catalog_path, self.embedder, self.index = version, catalog_path, embedder, index
         self.chunks, self.lexical, self.symbols = chunks, lexical, symbols
         self.rerank_factor = rerank_factor
         self.notes = notes
+        self.copies = copies or FileCopies([])
         self._con = con
 
     @classmethod
@@ -255,6 +259,7 @@ class VersionHandle:
             columns = {r[0] for r in con.execute("DESCRIBE chunks").fetchall()}
             symbols = SymbolTable.from_catalog(con) if "symbols" in columns else None
             chunks = ChunkTable.from_catalog(con)
+            copies = FileCopies.from_catalog(con)
         except BaseException:
             con.close()
             raise
@@ -269,6 +274,7 @@ class VersionHandle:
             symbols,
             faiss_index.rerank_factor(index, knobs.get("k_factor")),
             notes,
+            copies,
         )
 
     def close(self) -> None:
@@ -375,6 +381,8 @@ class VersionHandle:
                 candidate.scale("non_code", NON_CODE_WEIGHT[kind])
             if not asks_tests and is_test_path(candidate.uri):
                 candidate.scale("test_file", TEST_WEIGHT)
+            if self.copies.preferred(candidate.uri, words) != candidate.uri:
+                candidate.scale("other_copy", COPY_WEIGHT)
             matched = min(len(words & self.chunks.path_tokens(candidate.uri)), 2)
             if matched:
                 candidate.scale("path_words", 1 + PATH_BOOST * matched)
