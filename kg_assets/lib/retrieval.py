@@ -61,7 +61,12 @@ FILE_BOOST = (
 # one file make room for other files (0.75-1.0 flat on the Python repositories of the set; 0.5 cost 0.01).
 SAME_FILE_DECAY = 0.9
 COPY_WEIGHT = 0.5
+EXAMPLE_WEIGHT = 1.0
+_EXAMPLE_PATH = re.compile(r"(^|/)_?(examples?|samples?|demos?|docs?_src|benchmarks?)/")
 SAME_FILE_EXEMPT_ADJACENT = False
+SAME_FILE_EXEMPT_TOP = 0
+SAME_FILE_FREE = 0
+SAME_FILE_EXEMPT_CLOSE = 0.0
 SAME_FILE_EXEMPT_NAMED = False
 NAME_BOOST = 0.0
 NAME_BOOST_KINDS = ("natural", "identifier")
@@ -381,6 +386,8 @@ class VersionHandle:
                 candidate.scale("non_code", NON_CODE_WEIGHT[kind])
             if not asks_tests and is_test_path(candidate.uri):
                 candidate.scale("test_file", TEST_WEIGHT)
+            if EXAMPLE_WEIGHT != 1.0 and _EXAMPLE_PATH.search(candidate.uri):
+                candidate.scale("example", EXAMPLE_WEIGHT)
             if self.copies.preferred(candidate.uri, words) != candidate.uri:
                 candidate.scale("other_copy", COPY_WEIGHT)
             matched = min(len(words & self.chunks.path_tokens(candidate.uri)), 2)
@@ -455,6 +462,9 @@ def _diversified(pool: list[Candidate], k: int, chunks: ChunkTable, named: set[s
     pool = sorted(pool, key=lambda c: (-c.score, c.chunk_id))
     picked: list[Candidate] = []
     spans: dict[str, list[tuple[int, int]]] = {}
+    best_of: dict[str, float] = {}
+    for c in pool:
+        best_of[c.uri] = max(best_of.get(c.uri, 0.0), c.score)
 
     def decay(c: Candidate) -> float:
         taken = spans.get(c.uri)
@@ -462,11 +472,17 @@ def _diversified(pool: list[Candidate], k: int, chunks: ChunkTable, named: set[s
             return 1.0
         if SAME_FILE_EXEMPT_NAMED and c.uri in named:
             return 1.0
+        if SAME_FILE_EXEMPT_TOP and any(
+            ch["rank"] <= SAME_FILE_EXEMPT_TOP for n, ch in c.channels.items() if n != "symbol"
+        ):
+            return 1.0
+        if SAME_FILE_EXEMPT_CLOSE and c.score >= SAME_FILE_EXEMPT_CLOSE * best_of[c.uri]:
+            return 1.0
         if SAME_FILE_EXEMPT_ADJACENT:
             start, end = int(chunks.start_lines[c.row]), int(chunks.end_lines[c.row])
             if any(start - e <= 1 and s - end <= 1 for s, e in taken):
                 return 1.0
-        return SAME_FILE_DECAY ** len(taken)
+        return SAME_FILE_DECAY ** max(len(taken) - SAME_FILE_FREE, 0)
 
     while pool and len(picked) < k:
         best = max(range(len(pool)), key=lambda i: (pool[i].score * decay(pool[i]), -pool[i].chunk_id))
