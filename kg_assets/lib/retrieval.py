@@ -57,19 +57,18 @@ PATH_BOOST = 0.1  # per query word naming a directory or the file (`routing` -> 
 FILE_BOOST = (
     0.2  # x the fused score of the file's next best candidate: several good chunks lift their file (0-0.4 flat)
 )
-# Each earlier pick from the same file scales a chunk's score by this when filling the top k, so near-duplicates of
-# one file make room for other files (0.75-1.0 flat on the Python repositories of the set; 0.5 cost 0.01).
+# Diversity, for a top k that serves both kinds of labels seen: a file wanted once (every file-level benchmark,
+# where a second chunk of a found file adds nothing) and several spans of one file wanted (43 of our set's 276).
+# The first HEAD_FILES places go to different files unless a chunk beats every other file's by 1 / HEAD_DECAY (each
+# earlier pick of its file scales it by HEAD_DECAY there); after them each earlier pick scales by SAME_FILE_DECAY.
+HEAD_FILES = 3
+HEAD_DECAY = 0.5
 SAME_FILE_DECAY = 0.9
 COPY_WEIGHT = 0.5
-EXAMPLE_WEIGHT = 1.0
+EXAMPLE_WEIGHT = 0.5
 _EXAMPLE_PATH = re.compile(r"(^|/)_?(examples?|samples?|demos?|docs?_src|benchmarks?)/")
-SAME_FILE_EXEMPT_ADJACENT = False
-SAME_FILE_EXEMPT_TOP = 0
-SAME_FILE_FREE = 0
-SAME_FILE_EXEMPT_CLOSE = 0.0
-SAME_FILE_EXEMPT_NAMED = False
-NAME_BOOST = 0.0
-NAME_BOOST_KINDS = ("natural", "identifier")
+NAME_BOOST = 0.2
+NAME_BOOST_KINDS = ("natural",)
 NAME_PREFIX_MIN = 4
 
 _TEST_PATH = re.compile(r"(^|/)(tests?|testing|spec|__tests__)/|(^|/)test_[^/]*$|_test\.\w+$|\.(test|spec)\.\w+$")
@@ -386,7 +385,7 @@ class VersionHandle:
                 candidate.scale("non_code", NON_CODE_WEIGHT[kind])
             if not asks_tests and is_test_path(candidate.uri):
                 candidate.scale("test_file", TEST_WEIGHT)
-            if EXAMPLE_WEIGHT != 1.0 and _EXAMPLE_PATH.search(candidate.uri):
+            if _EXAMPLE_PATH.search(candidate.uri):
                 candidate.scale("example", EXAMPLE_WEIGHT)
             if self.copies.preferred(candidate.uri, words) != candidate.uri:
                 candidate.scale("other_copy", COPY_WEIGHT)
@@ -404,17 +403,13 @@ class VersionHandle:
                 runner_up = others[1] if others[0] == candidate.score else others[0]
                 candidate.add("file_evidence", FILE_BOOST * runner_up)
         keywords = set(code_tokens(text))
-        named: set[str] = set()
         if NAME_BOOST and keywords and kind in NAME_BOOST_KINDS:
             for candidate in pool.values():
                 file_words, folder_words = self.chunks.name_tokens(candidate.uri)
-                in_file = {w for w in keywords if _names(w, file_words)}
-                matched = in_file | {w for w in keywords if _names(w, folder_words)}
-                if in_file:
-                    named.add(candidate.uri)
+                matched = {w for w in keywords if _names(w, file_words) or _names(w, folder_words)}
                 if matched:
                     candidate.add("name_match", NAME_BOOST * len(matched) / len(keywords))
-        picked = _diversified(list(pool.values()), k, self.chunks, named)
+        picked = _diversified(list(pool.values()), k)
         return [Ranked(c.chunk_id, c.score, c.channels, c.explain()) for c in picked]
 
     def chunk(self, chunk_id: int) -> dict[str, Any] | None:
@@ -457,43 +452,23 @@ def _names(word: str, tokens: frozenset[str]) -> bool:
     )
 
 
-def _diversified(pool: list[Candidate], k: int, chunks: ChunkTable, named: set[str]) -> list[Candidate]:
-    """The top k by score, where each chunk's score is scaled by SAME_FILE_DECAY per earlier pick of its file."""
+def _diversified(pool: list[Candidate], k: int) -> list[Candidate]:
+    """The top k by score, each chunk scaled per earlier pick of its file: by HEAD_DECAY while the first HEAD_FILES
+    places are filled, by SAME_FILE_DECAY after."""
     pool = sorted(pool, key=lambda c: (-c.score, c.chunk_id))
     picked: list[Candidate] = []
-    spans: dict[str, list[tuple[int, int]]] = {}
-    best_of: dict[str, float] = {}
-    for c in pool:
-        best_of[c.uri] = max(best_of.get(c.uri, 0.0), c.score)
+    taken: dict[str, int] = {}
 
-    def decay(c: Candidate) -> float:
-        taken = spans.get(c.uri)
-        if not taken:
-            return 1.0
-        if SAME_FILE_EXEMPT_NAMED and c.uri in named:
-            return 1.0
-        if SAME_FILE_EXEMPT_TOP and any(
-            ch["rank"] <= SAME_FILE_EXEMPT_TOP for n, ch in c.channels.items() if n != "symbol"
-        ):
-            return 1.0
-        if SAME_FILE_EXEMPT_CLOSE and c.score >= SAME_FILE_EXEMPT_CLOSE * best_of[c.uri]:
-            return 1.0
-        if SAME_FILE_EXEMPT_ADJACENT:
-            start, end = int(chunks.start_lines[c.row]), int(chunks.end_lines[c.row])
-            if any(start - e <= 1 and s - end <= 1 for s, e in taken):
-                return 1.0
-        return SAME_FILE_DECAY ** max(len(taken) - SAME_FILE_FREE, 0)
+    def factor(c: Candidate) -> float:
+        return (HEAD_DECAY if len(picked) < HEAD_FILES else SAME_FILE_DECAY) ** taken.get(c.uri, 0)
 
     while pool and len(picked) < k:
-        best = max(range(len(pool)), key=lambda i: (pool[i].score * decay(pool[i]), -pool[i].chunk_id))
+        best = max(range(len(pool)), key=lambda i: (pool[i].score * factor(pool[i]), -pool[i].chunk_id))
         candidate = pool.pop(best)
-        factor = decay(candidate)
-        if factor != 1.0:
-            candidate.scale("same_file", factor)
+        if taken.get(candidate.uri):
+            candidate.scale("same_file", factor(candidate))
         picked.append(candidate)
-        spans.setdefault(candidate.uri, []).append(
-            (int(chunks.start_lines[candidate.row]), int(chunks.end_lines[candidate.row]))
-        )
+        taken[candidate.uri] = taken.get(candidate.uri, 0) + 1
     return picked
 
 
