@@ -12,7 +12,7 @@ import importlib
 import re
 from dataclasses import dataclass
 
-from tree_sitter import Language, Node, Parser, Query, QueryCursor
+from tree_sitter import Language, Node, Parser, Query, QueryCursor, Tree
 
 from kg_assets.lib.languages import GRAMMARS, Grammar
 
@@ -70,13 +70,11 @@ def definitions(data: bytes, language: str) -> list[Definition] | None:
 
     Definitions nested inside a function belong to it; a parse error only loses the definitions it breaks.
     """
-    loaded = _loaded(language)
-    if loaded is None:
+    parsed = _parse(data, language)
+    if parsed is None:
         return None
-    lang, query, blank, grammar = loaded
-    if blank is not None:
-        data = blank.sub(lambda m: b" " * len(m.group()), data)
-    captures = QueryCursor(query).captures(Parser(lang).parse(data).root_node)  # a parser per call: ~1 µs
+    tree, (_, query, _, grammar) = parsed
+    captures = QueryCursor(query).captures(tree.root_node)
     found = [(node, True) for node in captures.get("scope", [])]
     found += [(node, False) for node in captures.get("function", [])]
     found.sort(key=lambda item: (item[0].start_byte, -item[0].end_byte, not item[1]))
@@ -96,6 +94,17 @@ def definitions(data: bytes, language: str) -> list[Definition] | None:
         (stack[-1].members if stack else roots).append(entry)
         stack.append(entry)
     return [_definition(entry, grammar, spans) for entry in roots]
+
+
+def _parse(data: bytes, language: str) -> tuple[Tree, tuple[Language, Query, re.Pattern[bytes] | None, Grammar]] | None:
+    """A file's syntax tree (macros the grammar cannot parse blanked first) and its language's loaded grammar."""
+    loaded = _loaded(language)
+    if loaded is None:
+        return None
+    lang, _, blank, _ = loaded
+    if blank is not None:
+        data = blank.sub(lambda m: b" " * len(m.group()), data)
+    return Parser(lang).parse(data), loaded  # a parser per call: ~1 µs
 
 
 def _definition(entry: _Found, grammar: Grammar, spans: set[tuple[int, int]]) -> Definition:
@@ -236,12 +245,9 @@ def references(data: bytes, language: str) -> list[tuple[str, int]] | None:
     """(name, 0-based row) of every name in a call, type, import or qualified-access position, definitions' own
     names excluded; None if the grammar is missing. Names are not resolved here: `symbols` ties them to the
     definitions of the same version."""
-    loaded = _loaded(language)
-    if loaded is None:
+    parsed = _parse(data, language)
+    if parsed is None:
         return None
-    lang, _, blank, _ = loaded
-    if blank is not None:
-        data = blank.sub(lambda m: b" " * len(m.group()), data)
     heads = set()
     stack = list(definitions(data, language) or [])
     while stack:
@@ -249,7 +255,7 @@ def references(data: bytes, language: str) -> list[tuple[str, int]] | None:
         heads.add((found.head if found.head is not None else found.start, found.name.rsplit(".", 1)[-1]))
         stack += found.members or ()
     found_refs = []
-    cursor = Parser(lang).parse(data).walk()
+    cursor = parsed[0].walk()
     visited_children = False
     while True:
         node = cursor.node
