@@ -314,6 +314,8 @@ def _failure(result: Any) -> Exception:
     for event in failures:
         error, chain = event.event_specific_data.error, []
         while error is not None:
+            if error.cls_name == "DagsterExecutionInterruptedError":  # Dagster's form of our SIGINT/SIGTERM
+                return errors.Interrupted(f"a signal stopped {event.step_key or 'the run'}")
             if error.cls_name in _ENGINE_ERRORS:
                 message = error.message.strip().split(": ", 1)[-1]
                 return _ENGINE_ERRORS[error.cls_name](message)

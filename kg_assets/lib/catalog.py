@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 
 from kg_assets.lib.errors import ConflictError, NotFoundError, ValidationError
 from kg_assets.lib.fsutil import atomic_write_npy, fsync_dir, sha256_file, temp_sibling
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ def write_catalog(
                 dim = con.execute(f"SELECT len(embedding) FROM {source} LIMIT 1").fetchone()[0]
             else:
                 dim = embeddings.shape[1]
+                import pyarrow as pa  # only a build writes vectors; readers never load pyarrow for it
+
                 vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), type=pa.float32()), dim)
                 con.register("chunk_rows", chunks.append_column("embedding", vectors))
                 source = "chunk_rows"

@@ -159,13 +159,13 @@ class ChunkTable:
     @classmethod
     def from_catalog(cls, con: duckdb.DuckDBPyConnection) -> ChunkTable:
         query = "SELECT chunk_id, uri, language, start_line, end_line FROM chunks ORDER BY chunk_id"
-        table = con.sql(query).to_arrow_table()
+        columns = con.sql(query).fetchnumpy()  # numpy, not Arrow: a server need not load pyarrow (~25 MiB)
         return cls(
-            table.column("chunk_id").to_numpy(),
-            table.column("uri").to_pylist(),
-            table.column("language").to_pylist(),
-            table.column("start_line").to_numpy(),
-            table.column("end_line").to_numpy(),
+            np.asarray(columns["chunk_id"]),
+            list(columns["uri"]),
+            list(columns["language"]),
+            np.asarray(columns["start_line"]),
+            np.asarray(columns["end_line"]),
         )
 
     def row(self, chunk_id: int) -> int:
@@ -508,7 +508,7 @@ def _single(channel: str, scores: np.ndarray, ids: np.ndarray) -> list[Ranked]:
 def check_query(text: str, k: int, mode: str) -> str:
     """The query as searched (cut to MAX_QUERY_CHARS); UsageError for an empty one, a bad k or an unknown mode."""
     if mode not in MODES:
-        raise UsageError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise UsageError(f"unknown mode {mode[:40]!r}: choose one of {', '.join(MODES)}")
     if not 1 <= k <= MAX_K:
         raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
     text = text.strip()
@@ -517,3 +517,10 @@ def check_query(text: str, k: int, mode: str) -> str:
     if not any(char.isalnum() for char in text):
         raise UsageError("the query has no letters or digits to search for")
     return text[:MAX_QUERY_CHARS]
+
+
+def check_chunk_id(chunk_id: int) -> int:
+    """`chunk_id` if it can be a chunk id (a signed 64-bit integer); UsageError otherwise."""
+    if not -(2**63) <= chunk_id < 2**63:
+        raise UsageError(f"chunk id {chunk_id} is not a signed 64-bit integer")
+    return chunk_id

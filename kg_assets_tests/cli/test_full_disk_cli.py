@@ -70,3 +70,33 @@ def test_rollback_and_gc_work_on_a_full_disk(small_disk: Path, cli_env: dict[str
     assert done.returncode == 0, done.stderr
     assert "removed versions: v1" in done.stdout and "ran gc without recording" in done.stderr
     assert root.list_versions() == ["v2", "v3"]
+
+
+def test_gc_recreates_the_reserve_so_a_later_flip_on_a_full_disk_works(
+    small_disk: Path, cli_env: dict[str, str], samples: dict
+) -> None:
+    """Issue 20 item 14: the rollback reserve a flip used on a full disk comes back when gc frees space (before:
+    the next flip on a full disk failed with a raw OSError); with no reserve, a flip's error names the root."""
+    env = {**cli_env, "KG_INDEXES_DIR": str(small_disk / "indexes")}
+    root = LifecycleRoot(small_disk / "indexes")
+    for version, sample in (("v1", "a"), ("v2", "b"), ("v3", "a"), ("v4", "b")):
+        assert indexctl(env, *stage_args(version, samples[sample])).returncode == 0
+    for version in ("v1", "v2", "v3"):
+        assert indexctl(env, "publish", version).returncode == 0
+    _fill(small_disk)
+    assert indexctl(env, "rollback", "v2").returncode == 0  # took the reserve
+    assert not (root.root / ".reserve").exists()
+    done = indexctl(env, "gc", "--keep", "0")
+    assert done.returncode == 0 and "removed versions: v4, v1" in done.stdout, (done.stdout, done.stderr)
+    assert (root.root / ".reserve").stat().st_size == 1 << 20
+    _fill(small_disk)
+    done = indexctl(env, "rollback", "v3")
+    assert done.returncode == 0, done.stderr
+    assert root.current() == "v3" and root.history()[-1]["to"] == "v3"
+    _fill(small_disk)
+    before = published_state(root)
+    done = indexctl(env, "rollback", "v2")
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith(
+        f"indexctl: error: rollback v2: no space left on the disk of {root.root} to write "
+    ), done.stderr
+    assert published_state(root) == before

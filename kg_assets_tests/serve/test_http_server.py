@@ -16,6 +16,7 @@ import duckdb
 from kg_assets.lib.fsutil import atomic_write_json
 from kg_assets.lib.lifecycle import CATALOG_FILE, LifecycleRoot
 from kg_assets.lib.tuning import TUNING_FILE
+from kg_assets.serve.http_server import exposure_warning, url_of
 from kg_assets_tests.conftest import INDEXCTL, published_state, stage_sample
 from kg_assets_tests.serve.conftest import Server
 
@@ -71,6 +72,12 @@ BAD_REQUESTS = [
     ("POST", b'{"query": "x", "k": true}', "k must be an integer, got true"),
     ("POST", b'{"query": "x", "k": 5000}', "k must be between 1 and 1000, got 5000"),
     ("POST", b'{"query": "x", "mode": 3}', "mode must be a string"),
+    ("POST", b'{"query": "x", "k": ' + b"9" * 5000 + b"}", "the body has a number of 5000 digits"),
+    ("POST", b"[" * 100_000 + b"]" * 100_000, "the body is JSON nested too deeply"),
+    ("POST", '{"query": "x", "k": "\u0663"}'.encode(), "k must be an integer, got '\u0663'"),  # ARABIC-INDIC THREE
+    ("GET", "/search?q=x&k=%D9%A3", "k must be an integer, got '\u0663'"),
+    ("POST", b'{"query": "x", "k": NaN}', "the body is not strict JSON: NaN is not a number"),
+    ("POST", b"\xff\xfe", "the body is not JSON"),
     ("GET", "/chunks/abc", "chunk id must be an integer, got 'abc'"),
     ("GET", "/chunks/99999999999999999999", "is not a signed 64-bit integer"),
 ]
@@ -256,3 +263,37 @@ def test_serve_does_not_import_dagster(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "cannot listen on 256.0.0.1:8765" in done.stderr
+
+
+def test_health_names_a_bad_current_by_its_path_never_its_contents(
+    root: LifecycleRoot, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    secret = tmp_path / "private.txt"
+    secret.write_text("TOPSECRET:x:0:0:a line of a private file\n")
+    root.root.mkdir(parents=True)
+    root.current_file.symlink_to(secret)
+    running = Server(cli_env)
+    try:
+        status, state = running.get("/health")
+    finally:
+        assert running.stop() == 0
+    assert status == 503 and state["load_error"]["version"] == "CURRENT"
+    assert str(root.current_file) in state["error"] and "TOPS" not in json.dumps(state), state
+
+
+def test_a_body_over_1_mib_is_refused_with_413_unread(root: LifecycleRoot, cli_env: dict[str, str]) -> None:
+    running = Server(cli_env)
+    try:
+        huge = b'{"query": "' + b"x" * (2 << 20) + b'"}'
+        status, body = running.post("/search", huge)
+        assert status == 413 and body["error"] == "the body is larger than 1048576 bytes"
+        assert running.get("/search?q=x&k=0")[0] == 400  # the server still answers
+    finally:
+        assert running.stop() == 0
+
+
+def test_a_bind_other_machines_can_reach_is_warned_and_ipv6_is_bracketed() -> None:
+    assert exposure_warning("127.0.0.1") is None and exposure_warning("::1") is None
+    for address in ("0.0.0.0", "::", "192.0.2.7"):
+        assert exposure_warning(address).startswith(f"warning: listening on {address}, which other machines can reach")
+    assert url_of("::1", 8765) == "http://[::1]:8765" and url_of("127.0.0.1", 80) == "http://127.0.0.1:80"
