@@ -230,6 +230,8 @@ def print_pack(rows: list[dict]) -> dict:
         )
     for category in CATEGORIES:
         members = [r for r in rows if r["category"] == category]
+        if not members:
+            continue
         theirs = {}
         for m in methods:  # query-weighted over the repositories' per-category figures
             known = [(figure(r, m, category), sum(1 for x in by_repo[r] if x["category"] == category)) for r in by_repo]
