@@ -473,9 +473,12 @@ def _print_build(summary: dict[str, Any], as_json: bool, *, lines: bool = False)
     help="hybrid (dense + lexical + symbol, re-ranked), dense, lexical or symbol.",
 )
 @click.option("--version", "version", help="Search this version instead of the current one.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (each hit with the channels that found it).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (each hit with its channels and the terms of its score)."
+)
+@click.option("--explain", is_flag=True, help="Under each hit, the terms its score sums: channels, priors, boosts.")
 @pass_ctx
-def search(ctx: _Context, text: str, k: int, mode: str, version: str | None, as_json: bool) -> None:
+def search(ctx: _Context, text: str, k: int, mode: str, version: str | None, as_json: bool, explain: bool) -> None:
     """Search the published (or given) version for TEXT."""
     from kg_assets.lib.search import search_version
 
@@ -489,6 +492,10 @@ def search(ctx: _Context, text: str, k: int, mode: str, version: str | None, as_
     for hit in hits:
         where = _printable(f"{hit.uri}:{hit.start_line}-{hit.end_line}")
         click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {where}  {_printable(hit.first_line[:80])}")
+        if explain:
+            for term in hit.explain or [{"term": f"{mode} score", "value": hit.score}]:
+                factor = f" (x{term['factor']:.3g})" if "factor" in term else ""
+                click.echo(f"{'':>5}{term['value']:+.3f}  {term['term']}{factor}")
 
 
 @cli.command()

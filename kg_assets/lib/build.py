@@ -29,7 +29,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from kg_assets.lib import catalog, chunking, faiss_index, idmap, lexical, scip, workdir
+from kg_assets.lib import catalog, chunking, copies, faiss_index, idmap, lexical, scip, treesitter, workdir
 from kg_assets.lib.embedding import Embedder, Progress, embedding_text
 from kg_assets.lib.errors import KgError, UsageError, ValidationError
 from kg_assets.lib.fsutil import atomic_write_bytes
@@ -96,13 +96,8 @@ def build_chunks(
         shutil.rmtree(staging, ignore_errors=True)
         reasons = ", ".join(sorted(set(result.skipped.values()))) or "none"
         raise ValidationError(f"no indexable files in {repo} ({len(result.skipped)} skipped; reasons: {reasons})")
-    columns: dict[str, list[Any]] = {name: [] for name in CHUNK_SCHEMA.names}
-    for chunk in result.chunks:
-        for name in CHUNK_SCHEMA.names:
-            value = getattr(chunk, name)
-            columns[name].append(list(value) if name == "symbols" else value)
     workdir.ensure_dir(work)
-    workdir.write_table(work / CHUNKS_FILE, pa.table(columns, schema=CHUNK_SCHEMA))
+    workdir.write_table(work / CHUNKS_FILE, chunk_table(result.chunks))
     languages: dict[str, int] = {}
     for chunk in result.chunks:
         languages[chunk.language] = languages.get(chunk.language, 0) + 1
@@ -114,6 +109,16 @@ def build_chunks(
         time.perf_counter() - t0,
         tuple(sorted(result.fallback_languages)),
     )
+
+
+def chunk_table(chunks: Sequence[chunking.Chunk]) -> pa.Table:
+    """Chunks as the rows of `CHUNK_SCHEMA`."""
+    columns: dict[str, list[Any]] = {name: [] for name in CHUNK_SCHEMA.names}
+    for chunk in chunks:
+        for name in CHUNK_SCHEMA.names:
+            value = getattr(chunk, name)
+            columns[name].append(list(value) if name == "symbols" else value)
+    return pa.table(columns, schema=CHUNK_SCHEMA)
 
 
 def read_chunks(work: WorkPath) -> pa.Table:
@@ -510,10 +515,51 @@ def build_catalog(staging: Path, work: WorkPath, meta: dict[str, str]) -> int:
     sources = json.loads((work / SCIP_SOURCES_FILE).read_bytes())
     meta = {**meta, "scip_indexers": json.dumps(sources["indexers"]), "scip_project": sources["project"]}
     meta["scip_failed"] = json.dumps(sources.get("failed", {}))  # indexers found on the PATH that failed
-    modules = _modules(read_chunks(work).select(["uri", "language"]))
+    chunks = read_chunks(work)
+    modules = _modules(chunks.select(["uri", "language"]))
     scip_tables = scip.tables(scip.read_index(staging / SCIP_FILE))
+    files = file_texts(chunks)
+    scip_documents = set(scip_tables["scip_occurrences"].column("path").to_pylist())
+    tables = {
+        "file_copies": copies.find_copies({uri: text for uri, (_, text, _) in files.items()}),
+        "ts_references": tree_sitter_references(files, scip_documents),
+    }
     rows = catalog.ParquetRows(str(work / SHARDS_DIR / "*.parquet"), None if workdir.is_local(work) else work.fs)
-    return catalog.write_catalog(staging / CATALOG_FILE, rows, None, modules, scip_tables, staging / IDMAP_FILE, meta)
+    return catalog.write_catalog(
+        staging / CATALOG_FILE, rows, None, modules, scip_tables, staging / IDMAP_FILE, meta, tables
+    )
+
+
+def file_texts(chunks: pa.Table) -> dict[str, tuple[str, str, list[tuple[int, int, int]]]]:
+    """Per file: its language, its text (its chunks in order: they partition it) and its chunks' (first line, last
+    line, chunk id)."""
+    columns = ("uri", "language", "start_byte", "text", "start_line", "end_line", "chunk_id")
+    parts: dict[str, list[tuple]] = {}
+    for uri, language, start, text, first, last, chunk_id in zip(
+        *(chunks.column(c).to_pylist() for c in columns), strict=True
+    ):
+        parts.setdefault(uri, []).append((start, language, text, (first, last, chunk_id)))
+    files = {}
+    for uri, pieces in parts.items():
+        pieces.sort()
+        files[uri] = (pieces[0][1], "".join(p[2] for p in pieces), [p[3] for p in pieces])
+    return files
+
+
+def tree_sitter_references(files: dict[str, tuple[str, str, list[tuple[int, int, int]]]], skip: set[str]) -> pa.Table:
+    """`ts_references` rows (chunk id, name, 1-based line): the names in call, type and import positions of every
+    file with a grammar that no SCIP indexer covered (`skip`: the paths SCIP indexed)."""
+    rows: dict[str, list] = {"chunk_id": [], "name": [], "line": []}
+    for uri, (language, text, spans) in files.items():
+        if uri in skip or not treesitter.has_grammar(language):
+            continue
+        for name, row in treesitter.references(text.encode("utf-8"), language) or ():
+            chunk_id = next((c for first, last, c in spans if first <= row + 1 <= last), None)
+            if chunk_id is not None:
+                rows["chunk_id"].append(chunk_id)
+                rows["name"].append(name)
+                rows["line"].append(row + 1)
+    return pa.table(rows, schema=pa.schema([("chunk_id", pa.int64()), ("name", pa.string()), ("line", pa.int32())]))
 
 
 def _modules(chunks: pa.Table) -> pa.Table:

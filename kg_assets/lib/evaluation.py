@@ -353,8 +353,8 @@ def _served(stack: VersionHandle, qs: QuerySet, k: int) -> tuple[np.ndarray, np.
     scores = np.zeros((len(qs.qids), k), dtype=np.float32)
     ids = np.full((len(qs.qids), k), -1, dtype=np.int64)
     for row, (text, vector) in enumerate(zip(qs.texts, qs.vectors, strict=True)):
-        for rank, (chunk_id, score, _) in enumerate(stack.rank(text, vector[None, :], k)):
-            scores[row, rank], ids[row, rank] = score, chunk_id
+        for rank, hit in enumerate(stack.rank(text, vector[None, :], k)):
+            scores[row, rank], ids[row, rank] = hit.score, hit.chunk_id
     return scores, ids
 
 
