@@ -47,7 +47,6 @@ def test_built_version_passes_every_check_including_the_views(built_pair: Lifecy
         "searchable": OK,
         "lexical_index_fits": OK,
         "scip_indexers_complete": OK,
-        "scip_matches_catalog": OK,
         "pointer_consistent": SKIPPED,  # nothing published in this root
     }
     detail = {c.name: c.detail for c in report.checks}
