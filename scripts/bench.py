@@ -7,6 +7,7 @@
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench.py serve   [bench_serve.py options]
     .venv/bin/python scripts/bench.py chunking [bench_chunking.py options]
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/bench.py scale   [bench_scale.py options]
+    .venv/bin/python scripts/bench.py static [bench_static.py options]
 
 `build`: `indexctl build` vs the embedder + FAISS train/add on the same inputs, peak memory, no-change rebuild.
 `tuning`: `tune --quick/--full` vs a restricted `ParameterSpace.explore` on a 1M-vector IVF-PQ index.
@@ -17,6 +18,8 @@
 `chunking`: chunks per CPU-second on one core for every language, on real source files (goal >= 1,000).
 `scale`: the sharded build's train / encode / merge steps (a process each) for 1, 2, 4 shards vs one raw FAISS
 train + add of the same precomputed vectors: time and peak memory per process, as ratios.
+`static`: the static embedder's chunks/s against MiniLM's on the same chunks, the time until a progressive build's
+fast version answers `indexctl search`, and the memory of a server holding it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ BENCHES = {
     "serve": "bench_serve.py",
     "chunking": "bench_chunking.py",
     "scale": "bench_scale.py",
+    "static": "bench_static.py",
 }
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from click.core import ParameterSource
 from kg_assets.cli.options import knob_options, settings_options
 from kg_assets.cli.runs import POOL_WAIT_S
 from kg_assets.lib import progress
-from kg_assets.lib.errors import KgError, NotFoundError, UsageError, ValidationError
+from kg_assets.lib.errors import ConflictError, Interrupted, KgError, NotFoundError, UsageError, ValidationError
 from kg_assets.lib.evaluation import EvalSettings
 from kg_assets.lib.lifecycle import (
     CATALOG_FILE,
@@ -34,6 +34,7 @@ from kg_assets.lib.lifecycle import (
     check_version_id,
     stage_sources,
 )
+from kg_assets.lib.progressive import FAST_EMBEDDER, check_progressive, full_version_state, version_kind
 from kg_assets.lib.settings import check_bounds, from_values, to_values
 from kg_assets.lib.static_training import TrainSettings
 from kg_assets.lib.tuning import KNOBS
@@ -166,6 +167,8 @@ def _flip(ctx: _Context, action: str, version: str, expect_current: str | None, 
         expect_current = ctx.lifecycle.current() or ""
     elif expect_current.lower() == "none":
         expect_current = ""
+    else:
+        check_version_id(expect_current)  # `../x` is a usage error, not a stale expectation
     config: dict[str, Any] = {"version": version, "expect_current": expect_current}
     if force:
         config["force"] = True
@@ -214,19 +217,29 @@ def status(ctx: _Context, as_json: bool) -> None:
     """Show the current version and every version with its state, creation time and size."""
     infos = ctx.lifecycle.status()
     current = ctx.lifecycle.current()
+    try:
+        kind, full = version_kind(ctx.lifecycle, current) if current else (None, None)
+    except KgError:  # a current version that cannot be read shows as such in the table below
+        kind, full = None, None
+    pending = full_version_state(ctx.lifecycle, full) if kind == "fast" and full else None
     if as_json:
-        payload = {"root": str(ctx.lifecycle.root), "current": current, "versions": [asdict(i) for i in infos]}
+        payload = {
+            "root": str(ctx.lifecycle.root),
+            "current": current,
+            "current_kind": kind,
+            "full_version": pending,
+            "versions": [asdict(i) for i in infos],
+        }
         click.echo(json.dumps(payload, indent=2))
-        return
-    click.echo(f"current: {current or '<none>'}")
-    click.echo(f"root: {ctx.lifecycle.root}")
-    if not infos:
-        click.echo("no versions")
-        return
-    rows = [("VERSION", "STATE", "CREATED", "SIZE")]
-    rows += [(i.version, i.state, i.created, _size(i.size_bytes)) for i in infos]
-    for line, info in zip(_table(rows), [None, *infos], strict=True):
-        click.echo(line + (f"  ({info.problem})" if info and info.problem else ""))
+    else:
+        click.echo(f"current: {current or '<none>'}" + (f" (fast: {pending})" if pending else ""))
+        click.echo(f"root: {ctx.lifecycle.root}")
+        rows = [("VERSION", "STATE", "CREATED", "SIZE")]
+        rows += [(i.version, i.state, i.created, _size(i.size_bytes)) for i in infos]
+        for line, info in zip(_table(rows) if infos else ["no versions"], [None, *infos], strict=False):
+            note = (info.problem or ("fast" if info.kind == "fast" else None)) if info else None
+            click.echo(line + (f"  ({note})" if note else ""))
+    ctx.lifecycle.trusted_current()  # a pointer that cannot be trusted fails the command, after the listing
 
 
 @cli.command(name="ls")
@@ -315,6 +328,12 @@ def gc(ctx: _Context, keep: int, staging_max_age: float, dry_run: bool, as_json:
     is_flag=True,
     help="Re-run only the steps VERSION's failed build run did not finish (one new run, with that run's settings).",
 )
+@click.option(
+    "--progressive",
+    is_flag=True,
+    help="With --publish: first build and publish VERSION-fast (static embedder, lexical index, definitions; "
+    "searchable in seconds), then build VERSION (the transformer and SCIP) and publish it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_ctx
 def build(
@@ -329,13 +348,16 @@ def build(
     shards: int,
     work_dir: str,
     resume: bool,
+    progressive: bool,
     as_json: bool,
 ) -> None:
     """Build VERSION from a repository (one Dagster run of the build assets), optionally publishing it.
 
     Vendored, build and environment directories, lock files, minified and generated code are skipped by default
     (the `chunks` asset lists what and why); GLOBs match repo-relative paths, `*` also matches `/`. --resume
-    re-executes the version's failed build run from its failure (a killed shard step, a lost embedding server)."""
+    re-executes the version's failed build run from its failure (a killed shard step, a lost embedding server).
+    --progressive publishes VERSION-fast first and VERSION after it, one build run each; if the full build fails,
+    VERSION-fast stays published and `indexctl status` says so."""
     from kg_assets.lib.embedding import load_embedder
     from kg_assets.lib.faiss_index import check_factory
 
@@ -343,8 +365,11 @@ def build(
         progress.silence()
 
     check_version_id(version)
+    if resume and ctx.lifecycle.version_dir(version).exists():
+        raise ConflictError(f"version {version} is already built and sealed: there is no failed build of it to resume")
     ctx.lifecycle.check_new_version(version)
     ctx.lifecycle.check_not_staging(version)
+    fast: str | None = None  # the fast version a progressive build publishes first
     if resume:
         click_ctx = click.get_current_context()
         given = [
@@ -357,32 +382,70 @@ def build(
             raise UsageError(f"--resume re-runs the failed run with its own settings; drop {', '.join(given)}")
         summary = ctx.build(version, None, resume=True)
     else:
+        fast = check_progressive(version, publish_after, embedder) if progressive else None
+        if fast is not None:
+            ctx.lifecycle.check_new_version(fast)
+            ctx.lifecycle.check_not_staging(fast)
         # --publish is a compare-and-swap against CURRENT as the build found it (exit 5 if someone moved it meanwhile)
         seen = ctx.lifecycle.current() or ""
+        if not repo.is_dir():
+            raise UsageError(f"--repo {repo} is not a directory")
         dim = load_embedder(embedder).dim
         if factory != "auto":
             check_factory(factory, dim)
-        if work_dir:
-            from kg_assets.lib.workdir import location
+        if work_dir:  # a location a build may not own, or a protocol fsspec does not know: exit 2 before any run
+            from kg_assets.lib.build import check_work_path
+            from kg_assets.lib.workdir import is_local, location
 
-            location(work_dir)  # a protocol fsspec does not know is a usage error (exit 2) before any run
-        summary = ctx.build(
-            version,
-            repo.absolute(),
-            embedder=embedder,
-            factory=factory,
-            publish=publish_after,
-            expect_current=seen if publish_after else None,
-            include=list(include),
-            exclude=list(exclude),
-            shards=shards,
-            work_dir=work_dir,
-        )
+            place = location(work_dir)
+            if is_local(place) and place.exists() and not place.is_dir():
+                raise UsageError(f"--work-dir {place} is not a directory")
+            for built in filter(None, (fast, version)):
+                check_work_path(ctx.lifecycle, repo.absolute(), built, place / built)
+        settings = {
+            "factory": factory,
+            "publish": publish_after,
+            "include": list(include),
+            "exclude": list(exclude),
+            "shards": shards,
+            "work_dir": work_dir,
+        }
+        if fast is not None:
+            summary = ctx.build(
+                fast,
+                repo.absolute(),
+                embedder=FAST_EMBEDDER,
+                expect_current=seen,
+                kind="fast",
+                full_version=version,
+                **settings,
+            )
+            _print_build(summary, as_json, lines=True)
+            if not as_json:
+                click.echo(f"{fast} answers searches now; building {version} ({embedder}, SCIP) to publish after it")
+            seen = fast
+        try:
+            summary = ctx.build(
+                version, repo.absolute(), embedder=embedder, expect_current=seen if publish_after else None, **settings
+            )
+        except KgError as exc:
+            if fast is None:
+                raise
+            raise type(exc)(f"{exc} ({fast} stays published)") from exc
+    _print_build(summary, as_json, lines=fast is not None)
+
+
+def _print_build(summary: dict[str, Any], as_json: bool, *, lines: bool = False) -> None:
+    """What `build` prints of one build run's summary; `lines`: JSON on one line (a progressive build prints
+    one line per version, each as soon as it is published)."""
+    version = summary["version"]
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json.dumps(summary) if lines else json.dumps(summary, indent=2))
         return
     attrs = summary["attrs"]
     click.echo(f"Built {version} -> {summary['path']}")
+    if attrs.get("kind") == "fast":
+        click.echo(f"  fast version: static embedder, no SCIP; the full version {attrs.get('full_version')} follows")
     click.echo(
         f"  {summary['chunks']} chunks from {summary['files']} files; dim {attrs['faiss_dim']}; "
         f"factory {attrs['faiss_factory']}; {_size(summary['bytes'])}"
@@ -411,9 +474,12 @@ def build(
     help="hybrid (dense + lexical + symbol, re-ranked), dense, lexical or symbol.",
 )
 @click.option("--version", "version", help="Search this version instead of the current one.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (each hit with the channels that found it).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (each hit with its channels and the terms of its score)."
+)
+@click.option("--explain", is_flag=True, help="Under each hit, the terms its score sums: channels, priors, boosts.")
 @pass_ctx
-def search(ctx: _Context, text: str, k: int, mode: str, version: str | None, as_json: bool) -> None:
+def search(ctx: _Context, text: str, k: int, mode: str, version: str | None, as_json: bool, explain: bool) -> None:
     """Search the published (or given) version for TEXT."""
     from kg_assets.lib.search import search_version
 
@@ -427,6 +493,10 @@ def search(ctx: _Context, text: str, k: int, mode: str, version: str | None, as_
     for hit in hits:
         where = _printable(f"{hit.uri}:{hit.start_line}-{hit.end_line}")
         click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {where}  {_printable(hit.first_line[:80])}")
+        if explain:
+            for term in hit.explain or [{"term": f"{mode} score", "value": hit.score}]:
+                factor = f" (x{term['factor']:.3g})" if "factor" in term else ""
+                click.echo(f"{'':>5}{term['value']:+.3f}  {term['term']}{factor}")
 
 
 @cli.command()
@@ -531,6 +601,7 @@ def tune(
         settings = dataclasses.replace(settings, generated_queries=False)
     if settings.target_recall <= 0:
         raise UsageError("--target-recall must be in (0, 1]")
+    _check_queries(settings.queries_file)
     version = ctx.lifecycle.resolve_version(version)
     target_recall, k = settings.target_recall, settings.k
     config = {**to_values(settings), **overrides}
@@ -557,6 +628,15 @@ def tune(
         click.echo(f"Saved tuning profile -> {vdir / 'tuning.json'}")
         if report["recall_at_k"] is not None and report["recall_at_k"] < target_recall:
             click.echo(f"warning: no point reached recall@{k} {target_recall}; kept the most accurate one", err=True)
+
+
+def _check_queries(path: Path | None) -> None:
+    """A `--queries` file that does not exist or is not a regular file (a FIFO would block the run) fails before
+    any run starts."""
+    if path is not None:
+        from kg_assets.lib.query_sets import check_queries_file
+
+        check_queries_file(path)
 
 
 @cli.group()
@@ -630,6 +710,7 @@ def evaluate(ctx: _Context, version: str | None, no_docstring_queries: bool, as_
     settings = from_values(EvalSettings, values)
     if no_docstring_queries:
         settings = dataclasses.replace(settings, generated_queries=False)
+    _check_queries(settings.queries_file)
     version = ctx.lifecycle.resolve_version(version)
     config = to_values(settings)
     from kg_assets.cli.runs import run_job
@@ -816,34 +897,45 @@ def _one_line(exc: BaseException) -> str:
     return _printable(lines[0]) if lines else type(exc).__name__
 
 
+_signalled: list[str] = []  # the signal that interrupted this process, once one has
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    """SIGINT and SIGTERM: remember which, then interrupt as SIGINT does. A Dagster step turns the
+    KeyboardInterrupt into a failed run, so `main` exits 130 by what was received, not by what came back."""
+    _signalled.append(signal.Signals(signum).name)
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn errors into one line and an exit code (SIGTERM ends it as
-    SIGINT does)."""
+    SIGINT does: exit 130, whatever the interrupted run reported)."""
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         cli.main(args=argv, prog_name="indexctl", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("indexctl: aborted", err=True)
-        sys.exit(130)
-    except click.UsageError as exc:
+    except (click.exceptions.Abort, KeyboardInterrupt, Exception) as exc:
+        if _signalled or isinstance(exc, click.exceptions.Abort | KeyboardInterrupt | Interrupted):
+            cause = _signalled[0] if _signalled else _one_line(exc) if isinstance(exc, Interrupted) else "SIGINT"
+            click.echo(f"indexctl: interrupted ({cause})", err=True)
+            sys.exit(Interrupted.exit_code)
+        code, line = _failure(exc)
+        click.echo(line, err=True)
+        sys.exit(code)
+
+
+def _failure(exc: Exception) -> tuple[int, str]:
+    """The exit code and the one line a failure prints."""
+    if isinstance(exc, click.UsageError):
         command = exc.ctx.command_path if exc.ctx else "indexctl"
-        click.echo(f"indexctl: error: {exc.format_message()} (see '{command} --help')", err=True)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        click.echo(f"indexctl: error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except KgError as exc:
-        click.echo(f"indexctl: error: {_one_line(exc)}", err=True)
-        sys.exit(exc.exit_code)
-    except Exception as exc:
-        if os.environ.get("KG_DEBUG") or "-v" in sys.argv or "--verbose" in sys.argv:
-            traceback.print_exc()
-        click.echo(f"indexctl: unexpected error: {type(exc).__name__}: {_one_line(exc)} (see -v)", err=True)
-        sys.exit(1)
+        return exc.exit_code, f"indexctl: error: {exc.format_message()} (see '{command} --help')"
+    if isinstance(exc, click.ClickException):
+        return exc.exit_code, f"indexctl: error: {exc.format_message()}"
+    if isinstance(exc, KgError):
+        return exc.exit_code, f"indexctl: error: {_one_line(exc)}"
+    if os.environ.get("KG_DEBUG") or "-v" in sys.argv or "--verbose" in sys.argv:
+        traceback.print_exception(exc)
+    return 1, f"indexctl: unexpected error: {type(exc).__name__}: {_one_line(exc)} (see -v)"
 
 
 if __name__ == "__main__":

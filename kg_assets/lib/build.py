@@ -29,9 +29,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from kg_assets.lib import catalog, chunking, faiss_index, idmap, lexical, scip, workdir
+from kg_assets.lib import catalog, chunking, copies, faiss_index, idmap, lexical, scip, treesitter, workdir
 from kg_assets.lib.embedding import Embedder, Progress, embedding_text
-from kg_assets.lib.errors import KgError, ValidationError
+from kg_assets.lib.errors import KgError, UsageError, ValidationError
 from kg_assets.lib.fsutil import atomic_write_bytes
 from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, IDMAP_FILE, SCIP_FILE, LifecycleRoot
 from kg_assets.lib.workdir import WorkPath
@@ -104,13 +104,8 @@ def build_chunks(
         shutil.rmtree(staging, ignore_errors=True)
         reasons = ", ".join(sorted(set(result.skipped.values()))) or "none"
         raise ValidationError(f"no indexable files in {repo} ({len(result.skipped)} skipped; reasons: {reasons})")
-    columns: dict[str, list[Any]] = {name: [] for name in CHUNK_SCHEMA.names}
-    for chunk in result.chunks:
-        for name in CHUNK_SCHEMA.names:
-            value = getattr(chunk, name)
-            columns[name].append(list(value) if name == "symbols" else value)
     workdir.ensure_dir(work)
-    workdir.write_table(work / CHUNKS_FILE, pa.table(columns, schema=CHUNK_SCHEMA))
+    workdir.write_table(work / CHUNKS_FILE, chunk_table(result.chunks))
     languages: dict[str, int] = {}
     for chunk in result.chunks:
         languages[chunk.language] = languages.get(chunk.language, 0) + 1
@@ -122,6 +117,16 @@ def build_chunks(
         time.perf_counter() - t0,
         tuple(sorted(result.fallback_languages)),
     )
+
+
+def chunk_table(chunks: Sequence[chunking.Chunk]) -> pa.Table:
+    """Chunks as the rows of `CHUNK_SCHEMA`."""
+    columns: dict[str, list[Any]] = {name: [] for name in CHUNK_SCHEMA.names}
+    for chunk in chunks:
+        for name in CHUNK_SCHEMA.names:
+            value = getattr(chunk, name)
+            columns[name].append(list(value) if name == "symbols" else value)
+    return pa.table(columns, schema=CHUNK_SCHEMA)
 
 
 def read_chunks(work: WorkPath) -> pa.Table:
@@ -212,9 +217,11 @@ def previous_vectors(
         vectors = table.column("embedding").combine_chunks().flatten().to_numpy().astype(np.float32)
         vectors = vectors.reshape(table.num_rows, -1)
         found = zip(table.column("uri").to_pylist(), table.column("content_hash").to_pylist(), strict=True)
+        usable = np.isfinite(vectors).all(axis=1) & vectors.any(axis=1)  # not a zero vector an old server gave
         for i, key in enumerate(found):
-            known[key] = vectors[i]
-            missing.discard(key)
+            if usable[i]:
+                known[key] = vectors[i]
+                missing.discard(key)
         sources.append(version)
     return ", ".join(sources) or None, known
 
@@ -329,40 +336,44 @@ def build_idmap(staging: Path) -> int:
 SCIP_SOURCES_FILE = "scip_sources.json"
 
 
-def indexer_sources(repo: Path, indexer: scip.Indexer) -> list[str]:
-    """The files of `indexer`'s languages as the chunker lists them (no symlinks) whose real path is inside `repo`,
-    whose name is UTF-8 and that can be read (the chunker skips the others too)."""
-    inside = Path(repo).resolve()
-    return [
-        uri
-        for uri in chunking.list_files(repo)
-        if chunking.LANGUAGES.get(Path(uri).suffix.lower()) in indexer.languages
-        and chunking.is_utf8_name(uri)
-        and (repo / uri).resolve().is_relative_to(inside)
-        and os.access(repo / uri, os.R_OK)
-    ]
+def accepted_files(work: WorkPath) -> dict[str, tuple[str, bytes]]:
+    """Every file the chunker accepted, by path: its language and its bytes as the chunks hold them (their texts
+    joined in byte order, UTF-8). This is all the SCIP indexers are given, so a file the chunker left out
+    (excluded, larger than 1 MiB, binary, minified, reached through a symlink) never reaches an indexer."""
+    table = read_chunks(work).select(["uri", "language", "start_byte", "text"])
+    table = table.sort_by([("uri", "ascending"), ("start_byte", "ascending")])
+    files: dict[str, tuple[str, list[str]]] = {}
+    for uri, language, text in zip(*(table.column(c).to_pylist() for c in ("uri", "language", "text")), strict=True):
+        files.setdefault(uri, (language, []))[1].append(text)
+    return {uri: (language, "".join(texts).encode("utf-8")) for uri, (language, texts) in files.items()}
 
 
-def indexer_configs(repo: Path, indexer: scip.Indexer) -> list[str]:
-    """The configuration files `indexer` needs beside its sources that `repo` has (regular files, no symlinks)."""
-    return [name for name in indexer.config_files if (repo / name).is_file() and not (repo / name).is_symlink()]
+def indexer_sources(files: dict[str, tuple[str, bytes]], indexer: scip.Indexer) -> list[str]:
+    """The accepted files of `indexer`'s languages, sorted."""
+    return sorted(uri for uri, (language, _) in files.items() if language in indexer.languages)
 
 
-def sources_digest(repo: Path, uris: Sequence[str]) -> str:
+def indexer_configs(files: dict[str, tuple[str, bytes]], indexer: scip.Indexer) -> list[str]:
+    """The configuration files `indexer` needs beside its sources (`go.mod`, `Cargo.toml`, ...) that the chunker
+    accepted at the repository's top."""
+    return [name for name in indexer.config_files if name in files]
+
+
+def sources_digest(files: dict[str, tuple[str, bytes]], uris: Sequence[str]) -> str:
     """sha256 over the (path, content) of `uris`: what an indexer's output depends on."""
     digest = hashlib.sha256()
     for uri in uris:
         digest.update(os.fsencode(uri) + b"\0")
-        digest.update(hashlib.sha256((repo / uri).read_bytes()).digest())
+        digest.update(hashlib.sha256(files[uri][1]).digest())
     return digest.hexdigest()
 
 
-def materialize_sources(repo: Path, uris: Sequence[str], dest: Path) -> None:
-    """Copy `uris` of `repo` into `dest` at the same relative paths: the tree an indexer indexes, so it never
-    follows a symlink out of the repository nor reads a file the chunker left out."""
+def materialize_sources(files: dict[str, tuple[str, bytes]], uris: Sequence[str], dest: Path) -> None:
+    """Write `uris` into `dest` at the same relative paths, with the bytes the chunker read: the tree an indexer
+    indexes (it never reads the repository itself)."""
     for uri in uris:
         (dest / uri).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(repo / uri, dest / uri)
+        (dest / uri).write_bytes(files[uri][1])
 
 
 @dataclass(frozen=True)
@@ -415,29 +426,36 @@ def _earlier_part(
 
 @contextmanager
 def scip_started(
-    root: LifecycleRoot, repo: Path, staging: Path, work: WorkPath, project_name: str
+    root: LifecycleRoot,
+    staging: Path,
+    work: WorkPath,
+    project_name: str,
+    indexers: Sequence[scip.Indexer] = scip.INDEXERS,
 ) -> Iterator[Callable[[], ScipStats]]:
     """Start the SCIP step and yield `finish`, which waits for it and writes `index.scip`; the caller can embed
     meanwhile (each indexer is a child process, mostly one core). Leaving the block unfinished kills them.
 
-    Every indexer of `scip.INDEXERS` that is installed and has files of its languages in the repository indexes
-    a copy of those files (`materialize_sources`) in a scratch directory under the lifecycle root, removed at the
-    end, or by `gc` after a crash; all run at once. An indexer whose inputs are identical to an earlier version's
+    Every indexer of `scip.INDEXERS` that is installed and has files of its languages among those the chunker
+    accepted (`accepted_files`, from the step outputs in `work`) indexes a copy of them (`materialize_sources`)
+    in a scratch directory under the lifecycle root, removed at the end, or by `gc` after a crash; all run at
+    once. An indexer whose inputs are identical to an earlier version's
     (same sources digest, same project) is not run: that version's part of index.scip is taken instead (the
     project version passed to the indexers is the digest, so symbols only change with the code). The parts are
-    merged in `INDEXERS` order (see `scip.merge`); with none, index.scip holds no documents.
+    merged in `INDEXERS` order (see `scip.merge`); with none (or `indexers` empty: a fast version, whose SCIP
+    data the full version brings), index.scip holds no documents.
     """
     t0 = time.perf_counter()
     done: list[tuple[IndexerResult, Any]] = []
     running: list[tuple[scip.Indexer, str, scip.IndexerRun]] = []
+    files = accepted_files(work)
     with root.scratch("scip") as scratch, ExitStack() as stack:
-        for indexer in scip.INDEXERS:
-            sources = indexer_sources(repo, indexer)
+        for indexer in indexers:
+            sources = indexer_sources(files, indexer)
             command = scip.indexer_command(indexer) if sources else None
             if command is None:
                 continue
-            inputs = [*sources, *indexer_configs(repo, indexer)]
-            digest = sources_digest(repo, inputs)
+            inputs = [*sources, *indexer_configs(files, indexer)]
+            digest = sources_digest(files, inputs)
             earlier = _earlier_part(root, indexer, digest, project_name)
             if earlier is not None:
                 done.append(earlier)
@@ -450,7 +468,7 @@ def scip_started(
                 digest[:12],
                 scratch / indexer.name,
             )
-            materialize_sources(repo, inputs, job.src)
+            materialize_sources(files, inputs, job.src)
             running.append((indexer, digest, stack.enter_context(scip.IndexerRun(indexer, command, job))))
 
         def finish() -> ScipStats:
@@ -478,6 +496,7 @@ def scip_started(
             record = {
                 "project": project_name,
                 "indexers": {r.name: r.record() for r in results if r.error is None},
+                "failed": {r.name: r.error for r in results if r.error is not None},
                 "stats": asdict(stats),
             }
             workdir.ensure_dir(work)
@@ -503,10 +522,52 @@ def build_catalog(staging: Path, work: WorkPath, meta: dict[str, str]) -> int:
     modules, SCIP symbols and occurrences, ID-map join."""
     sources = json.loads((work / SCIP_SOURCES_FILE).read_bytes())
     meta = {**meta, "scip_indexers": json.dumps(sources["indexers"]), "scip_project": sources["project"]}
-    modules = _modules(read_chunks(work).select(["uri", "language"]))
+    meta["scip_failed"] = json.dumps(sources.get("failed", {}))  # indexers found on the PATH that failed
+    chunks = read_chunks(work)
+    modules = _modules(chunks.select(["uri", "language"]))
     scip_tables = scip.tables(scip.read_index(staging / SCIP_FILE))
+    files = file_texts(chunks)
+    scip_documents = set(scip_tables["scip_occurrences"].column("path").to_pylist())
+    tables = {
+        "file_copies": copies.find_copies({uri: text for uri, (_, text, _) in files.items()}),
+        "ts_references": tree_sitter_references(files, scip_documents),
+    }
     rows = catalog.ParquetRows(str(work / SHARDS_DIR / "*.parquet"), None if workdir.is_local(work) else work.fs)
-    return catalog.write_catalog(staging / CATALOG_FILE, rows, None, modules, scip_tables, staging / IDMAP_FILE, meta)
+    return catalog.write_catalog(
+        staging / CATALOG_FILE, rows, None, modules, scip_tables, staging / IDMAP_FILE, meta, tables
+    )
+
+
+def file_texts(chunks: pa.Table) -> dict[str, tuple[str, str, list[tuple[int, int, int]]]]:
+    """Per file: its language, its text (its chunks in order: they partition it) and its chunks' (first line, last
+    line, chunk id)."""
+    columns = ("uri", "language", "start_byte", "text", "start_line", "end_line", "chunk_id")
+    parts: dict[str, list[tuple]] = {}
+    for uri, language, start, text, first, last, chunk_id in zip(
+        *(chunks.column(c).to_pylist() for c in columns), strict=True
+    ):
+        parts.setdefault(uri, []).append((start, language, text, (first, last, chunk_id)))
+    files = {}
+    for uri, pieces in parts.items():
+        pieces.sort()
+        files[uri] = (pieces[0][1], "".join(p[2] for p in pieces), [p[3] for p in pieces])
+    return files
+
+
+def tree_sitter_references(files: dict[str, tuple[str, str, list[tuple[int, int, int]]]], skip: set[str]) -> pa.Table:
+    """`ts_references` rows (chunk id, name, 1-based line): the names in call, type and import positions of every
+    file with a grammar that no SCIP indexer covered (`skip`: the paths SCIP indexed)."""
+    rows: dict[str, list] = {"chunk_id": [], "name": [], "line": []}
+    for uri, (language, text, spans) in files.items():
+        if uri in skip or not treesitter.has_grammar(language):
+            continue
+        for name, row in treesitter.references(text.encode("utf-8"), language) or ():
+            chunk_id = next((c for first, last, c in spans if first <= row + 1 <= last), None)
+            if chunk_id is not None:
+                rows["chunk_id"].append(chunk_id)
+                rows["name"].append(name)
+                rows["line"].append(row + 1)
+    return pa.table(rows, schema=pa.schema([("chunk_id", pa.int64()), ("name", pa.string()), ("line", pa.int32())]))
 
 
 def _modules(chunks: pa.Table) -> pa.Table:
@@ -576,10 +637,40 @@ def check_staging(staging: Path, work: WorkPath, expected_dim: int) -> list[Chec
 def finalize(
     root: LifecycleRoot, version: str, staging: Path, work: WorkPath, expected_dim: int, attrs: dict[str, Any]
 ) -> Path:
-    """Re-run the gate checks, drop the step outputs, then seal the staging dir into `versions/<version>`."""
+    """Re-run the gate checks, drop the step outputs (the location this build owns), then seal the staging dir
+    into `versions/<version>`."""
     raise_unless_passed(check_staging(staging, work, expected_dim))
-    workdir.remove_tree(work)
+    finalize_outputs(root, version, work)
     return root.finalize(version, staging, attrs)
+
+
+def finalize_outputs(root: LifecycleRoot, version: str, work: WorkPath) -> None:
+    """Drop the step outputs of `version`'s build before sealing: its own location only (`workdir.remove_owned`)."""
+    workdir.remove_owned(work, workdir.owner_tag(root.root, version))
+
+
+def check_work_path(root: LifecycleRoot, repo: Path, version: str, work: WorkPath) -> None:
+    """UsageError unless `work`, a step-output location given outside the staging directory (`--work-dir`), is
+    one a build of `version` may create, write and remove: not inside the root's versions, not holding the root,
+    not overlapping the repository, and absent, empty or this build's own (`workdir.check_claimable`)."""
+    if workdir.is_local(work):
+        resolved = Path(work).resolve()
+        for what, path in (("the lifecycle root's versions", root.versions_dir), ("the repository", repo)):
+            path = path.resolve()
+            if resolved.is_relative_to(path) or path.is_relative_to(resolved):
+                raise UsageError(f"step output location {work} overlaps {what} ({path}); pass another --work-dir")
+        for parent in resolved.parents:
+            if parent.exists() and not parent.is_dir():
+                raise UsageError(f"--work-dir: {parent} is not a directory; pass a directory")
+    workdir.check_claimable(work, workdir.owner_tag(root.root, version))
+
+
+def claim_work_path(root: LifecycleRoot, repo: Path, version: str, work: WorkPath, *, outside: bool) -> None:
+    """Make `work` the new build's own empty step-output location (`workdir.claim`), after `check_work_path` when
+    it is `outside` the staging directory."""
+    if outside:
+        check_work_path(root, repo, version, work)
+    workdir.claim(work, workdir.owner_tag(root.root, version))
 
 
 def raise_unless_passed(results: list[CheckResult]) -> None:

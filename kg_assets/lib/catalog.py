@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 
 from kg_assets.lib.errors import ConflictError, NotFoundError, ValidationError
 from kg_assets.lib.fsutil import atomic_write_npy, fsync_dir, sha256_file, temp_sibling
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -111,14 +113,16 @@ def write_catalog(
     scip_tables: dict[str, pa.Table],
     idmap_path: Path,
     meta: dict[str, str],
+    tables: dict[str, pa.Table] | None = None,
 ) -> int:
     """Create a hermetic catalog at `path` (built beside it, then renamed); returns its chunk count.
 
     `chunks` is a table whose rows `embeddings` (then given) holds the vectors of, or Parquet files already
     carrying an `embedding` column, read in one DuckDB `read_parquet` over their glob.
     Tables: `chunks` (with the `embedding FLOAT[d]` column), `modules`, `scip_symbols`, `scip_occurrences`,
-    `kg_meta`, and the ID-map objects `faiss_idmap_mat` (+ `_meta`), `faiss_idmap`, `v_faiss_join`;
-    view `v_chunk_symbols` maps chunks to the SCIP symbols defined inside them.
+    `kg_meta`, any further `tables` as given (the build's `file_copies`, `ts_references`), and the ID-map objects
+    `faiss_idmap_mat` (+ `_meta`), `faiss_idmap`, `v_faiss_join`; view `v_chunk_symbols` maps chunks to the SCIP
+    symbols defined inside them.
     """
     path = Path(path)
     tmp = temp_sibling(path)
@@ -132,6 +136,8 @@ def write_catalog(
                 dim = con.execute(f"SELECT len(embedding) FROM {source} LIMIT 1").fetchone()[0]
             else:
                 dim = embeddings.shape[1]
+                import pyarrow as pa  # only a build writes vectors; readers never load pyarrow for it
+
                 vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), type=pa.float32()), dim)
                 con.register("chunk_rows", chunks.append_column("embedding", vectors))
                 source = "chunk_rows"
@@ -140,7 +146,7 @@ def write_catalog(
                 f"FROM {source} ORDER BY chunk_id"
             )
             con.execute("ALTER TABLE chunks ADD PRIMARY KEY (chunk_id)")
-            for name, table in {"modules": modules, **scip_tables}.items():
+            for name, table in {"modules": modules, **scip_tables, **(tables or {})}.items():
                 con.register("_incoming", table)
                 con.execute(f"CREATE TABLE {name} AS SELECT * FROM _incoming")
                 con.unregister("_incoming")
@@ -155,6 +161,9 @@ def write_catalog(
             )
             refresh_idmap(con, idmap_path, source_name=idmap_path.name)
             count = con.execute("SELECT count(*) FROM chunks").fetchone()[0]
+            # Written into the file here, where a failure (a full disk) raises naming it: the checkpoint at close
+            # fails silently, leaving the tables in a WAL that the rename below would leave behind.
+            con.execute("CHECKPOINT")
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

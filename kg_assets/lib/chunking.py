@@ -13,6 +13,7 @@ share the per-file contract above; the per-language parsing is in `treesitter` a
 from __future__ import annotations
 
 import ast
+import errno
 import fnmatch
 import hashlib
 import os
@@ -22,7 +23,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kg_assets.lib import treesitter
+from kg_assets.lib import gitsafe, treesitter
+from kg_assets.lib.fsutil import open_beneath
 from kg_assets.lib.treesitter import Definition
 
 # Directory names never indexed (vendored, generated, environments, VCS).
@@ -184,18 +186,17 @@ def _candidates(repo: Path) -> list[str]:
 def _git_files(repo: Path) -> list[str] | None:
     """`git ls-files` of the repository (tracked and untracked, .gitignore honoured), or None when git cannot
     list it: not a work tree, or a directory that an enclosing repository ignores (a checkout under its build/),
-    where git would list nothing although the files are the user's content."""
+    where git would list nothing although the files are the user's content. Git runs with the repository's own
+    configuration neutralized (`gitsafe.run_git`): listing an untrusted repository runs nothing of it."""
     try:
-        if subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", "."], capture_output=True).returncode == 0:
+        if gitsafe.run_git(repo, "check-ignore", "-q", ".").returncode == 0:
             return None
-        out = subprocess.run(
-            ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            capture_output=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
+        listed = gitsafe.run_git(repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    except (OSError, subprocess.TimeoutExpired):
         return None
-    return [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
+    if listed.returncode != 0:
+        return None
+    return [p for p in listed.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
 
 
 def _skipped_dir(uri: str) -> str | None:
@@ -231,8 +232,8 @@ def matches(uri: str, globs: Sequence[str]) -> bool:
 
 def _gitignore_patterns(repo: Path) -> list[str]:
     try:
-        lines = (repo / ".gitignore").read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
+        lines = (read_file(repo, ".gitignore") or b"").decode("utf-8", errors="replace").splitlines()
+    except OSError:
         return []
     return [line.strip().rstrip("/") for line in lines if line.strip() and not line.startswith(("#", "!"))]
 
@@ -251,6 +252,23 @@ def _walk(repo: Path, ignore: list[str]) -> Iterator[str]:
         for name in filenames:
             if not ignored(rel_dir + name):
                 yield rel_dir + name
+
+
+def read_file(repo: Path, uri: str) -> bytes | None:
+    """The bytes of the repository file `uri`, None when it is larger than `MAX_FILE_BYTES`. The file must be a
+    regular file inside `repo` (no symlink on its path, whatever git lists; see `fsutil.open_beneath`): OSError
+    otherwise."""
+    with open_beneath(repo, uri) as fh:
+        if os.fstat(fh.fileno()).st_size > MAX_FILE_BYTES:
+            return None
+        data = fh.read(MAX_FILE_BYTES + 1)
+    return None if len(data) > MAX_FILE_BYTES else data
+
+
+def _unread_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symlink on its path (never followed, it could leave the repository)"
+    return f"unreadable ({exc.strerror or type(exc).__name__})"
 
 
 def is_text(data: bytes) -> bool:
@@ -465,14 +483,13 @@ def chunk_repository(
         if not included and (reason := default_skip_reason(uri)) is not None:
             result.skipped[uri] = reason
             continue
-        path = repo / uri
         try:
-            if path.stat().st_size > MAX_FILE_BYTES:
-                result.skipped[uri] = f"larger than {MAX_FILE_BYTES} bytes"
-                continue
-            data = path.read_bytes()
+            data = read_file(repo, uri)
         except OSError as exc:  # one unreadable file must not stop the build of the rest
-            result.skipped[uri] = f"unreadable ({exc.strerror or type(exc).__name__})"
+            result.skipped[uri] = _unread_reason(exc)
+            continue
+        if data is None:
+            result.skipped[uri] = f"larger than {MAX_FILE_BYTES} bytes"
             continue
         if not is_text(data):
             result.skipped[uri] = "binary"

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kg_assets.lib import gitsafe
 from kg_assets.lib.errors import NotFoundError, UsageError
 from kg_assets.lib.lifecycle import check_version_id
-
-GIT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -29,19 +28,15 @@ def head_commit(repo: Path) -> Commit:
     if not repo.is_dir():
         raise NotFoundError(f"watched repository not found: {repo}")
     try:
-        done = subprocess.run(
-            ["git", "-C", str(repo), "log", "-1", "--format=%H %ct", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=GIT_TIMEOUT_S,
-            check=False,
-        )
+        done = gitsafe.run_git(repo, "log", "-1", "--format=%H %ct", "HEAD")
     except FileNotFoundError:
         raise UsageError("git is not installed; the commit watcher needs it") from None
+    except subprocess.TimeoutExpired:
+        raise NotFoundError(f"git did not answer within {gitsafe.GIT_TIMEOUT_S:.0f}s in {repo}") from None
     if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        reason = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
         raise NotFoundError(f"{repo} has no HEAD commit ({reason})")
-    sha, seconds = done.stdout.split()
+    sha, seconds = done.stdout.decode().split()
     return Commit(sha, datetime.fromtimestamp(int(seconds), UTC))
 
 

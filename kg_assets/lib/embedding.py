@@ -7,13 +7,16 @@ the attention mask, then L2 normalization, 384 dimensions, 256 tokens. Nothing i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import importlib.util
 import json
 import os
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from functools import cached_property
@@ -178,12 +181,32 @@ class MiniLMOnnx:
         return self._session.run(None, feeds)[0]
 
 
+class _Retryable(Exception):
+    """One request to an embedding endpoint failed in a way worth retrying (connection, deadline, 429, 5xx)."""
+
+    def __init__(self, reason: str, retry_after: str = "") -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def _shut(held: list[socket.socket], fired: threading.Event) -> None:
+    """Cut a request at its deadline: shutting its socket down wakes the thread blocked reading it."""
+    fired.set()
+    for sock in held:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 class OpenAICompatible:
     """An OpenAI-compatible `/v1/embeddings` endpoint (vLLM, TEI, ...). Tokens are estimated at 4 chars each.
 
-    Texts go in batches of `batch_size`, at most `concurrency` requests in flight; a 429, a 5xx or a connection
-    error is retried with exponential backoff (`Retry-After` honoured) up to `attempts` times, after which
-    `embed` raises ValidationError: the shard embedding them fails and a re-run redoes only that shard."""
+    Texts go in batches of `batch_size`, at most `concurrency` requests in flight. Each request has a total
+    deadline, `request_timeout_s` for the whole answer (a server that trickles bytes is cut off there), and a
+    batch has `batch_budget_s` for all its attempts. A 429, a 5xx, a connection error or a missed deadline is
+    retried with exponential backoff (`Retry-After` honoured) up to `attempts` times within the budget, after which
+    `embed` raises ValidationError naming the endpoint: the shard embedding them fails and a re-run redoes only
+    that shard. An answer is checked before any of its vectors is used (`_vectors`): JSON with one item per input,
+    each input's index exactly once, `dim` finite numbers per vector, no zero vector."""
 
     max_tokens = 512
     batch_size = 64
@@ -191,11 +214,24 @@ class OpenAICompatible:
     attempts = 6
     backoff_s = 0.5  # first pause; doubles per attempt, capped at `max_backoff_s`
     max_backoff_s = 8.0
-    timeout_s = 120.0
+    request_timeout_s = 60.0
+    batch_budget_s = 180.0
+    max_dim = 65536
 
     def __init__(self, url: str, model: str, dim: int) -> None:
         self.url, self.model, self.dim = url.rstrip("/"), model, dim
         self.name = f"http:{model}"
+        self.endpoint = f"{self.url}/v1/embeddings"
+        parts = urllib.parse.urlsplit(self.endpoint)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 or parts.query:
+            raise UsageError(f"embedder URL {url!r} is not http(s)://host[:port][/path]")
+        if not 1 <= dim <= self.max_dim:
+            raise UsageError(f"embedder dimension {dim} for {url} is out of range: use 1 to {self.max_dim}")
+        self._parts = parts
 
     @property
     def fingerprint(self) -> str:
@@ -221,37 +257,99 @@ class OpenAICompatible:
         return normalize(out)
 
     def _request(self, batch: list[str]) -> np.ndarray:
-        """One batch's vectors, retried on 429, 5xx and connection errors; ValidationError when it gives up."""
+        """One batch's vectors, retried on 429, 5xx, connection errors and missed deadlines within the batch's
+        budget; ValidationError naming the endpoint when it gives up or the answer is wrong."""
         body = json.dumps({"model": self.model, "input": batch}).encode()
-        pause, last = self.backoff_s, ""
-        for attempt in range(self.attempts):
-            if attempt:
+        budget_end = time.monotonic() + self.batch_budget_s
+        pause, last, tries = self.backoff_s, "", 0
+        while tries < self.attempts:
+            if tries:
+                if time.monotonic() + pause >= budget_end:
+                    break
                 time.sleep(pause)
                 pause = min(pause * 2, self.max_backoff_s)
-            request = urllib.request.Request(
-                f"{self.url}/v1/embeddings", data=body, headers={"Content-Type": "application/json"}
-            )
+            seconds = min(self.request_timeout_s, budget_end - time.monotonic())
+            if seconds <= 0:
+                break
+            tries += 1
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    payload = json.load(response)
-            except urllib.error.HTTPError as exc:
-                if exc.code != 429 and exc.code < 500:
-                    raise ValidationError(f"embedding endpoint {self.url} refused a batch: HTTP {exc.code}") from None
-                last = f"HTTP {exc.code}"
-                retry_after = exc.headers.get("Retry-After", "")
-                if retry_after.isdigit():
-                    pause = min(float(retry_after), self.max_backoff_s)
-                continue
-            except (urllib.error.URLError, OSError) as exc:
-                last = str(getattr(exc, "reason", exc))
-                continue
-            rows = np.array([item["embedding"] for item in sorted(payload["data"], key=lambda d: d["index"])])
-            if rows.shape != (len(batch), self.dim):
-                raise ValidationError(
-                    f"endpoint returned vectors of shape {rows.shape}, expected {(len(batch), self.dim)}"
-                )
-            return rows.astype(np.float32)
-        raise ValidationError(f"embedding endpoint {self.url} failed {self.attempts} times (last: {last})")
+                return self._vectors(self._post(body, seconds, len(batch)), len(batch))
+            except _Retryable as exc:
+                last = str(exc)
+                if exc.retry_after.isdigit():
+                    pause = min(float(exc.retry_after), self.max_backoff_s)
+        raise ValidationError(f"embedding endpoint {self.endpoint} failed {tries} times (last: {last})")
+
+    def _post(self, body: bytes, seconds: float, inputs: int) -> bytes:
+        """The body of a 200 answer to one POST, all of it within `seconds` (a timer shuts the socket down at the
+        deadline); _Retryable for what may pass, ValidationError for a refusal or an answer too large."""
+        kind = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+        connection = kind(self._parts.hostname, self._parts.port, timeout=seconds)
+        held: list[socket.socket] = []  # the socket, kept: the connection forgets it once the answer has it
+        fired = threading.Event()
+        timer = threading.Timer(seconds, _shut, (held, fired))
+        timer.start()
+        limit = (1 << 20) + inputs * self.dim * 40  # JSON numbers: generous, but bounded
+        try:
+            connection.connect()
+            held.append(connection.sock)
+            if fired.is_set():  # the deadline passed while connecting
+                raise TimeoutError
+            connection.request("POST", self._parts.path, body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            data = response.read(limit + 1)
+            status, retry_after, unread = response.status, response.getheader("Retry-After", ""), response.length
+        except (OSError, http.client.HTTPException) as exc:
+            if fired.is_set() or isinstance(exc, TimeoutError):  # the timer or the socket's own timeout
+                raise _Retryable(f"no complete answer within {seconds:.1f} s") from None
+            raise _Retryable(str(getattr(exc, "reason", "") or exc) or type(exc).__name__) from None
+        finally:
+            timer.cancel()
+            connection.close()
+        if fired.is_set():  # the read ended because the deadline shut the socket: what came is not all of it
+            raise _Retryable(f"no complete answer within {seconds:.1f} s")
+        if len(data) > limit:
+            raise ValidationError(f"embedding endpoint {self.endpoint} answered more than {limit} bytes")
+        if unread:
+            raise _Retryable(f"an answer cut short ({unread} bytes missing)")
+        if status == 429 or status >= 500:
+            raise _Retryable(f"HTTP {status}", retry_after)
+        if status != 200:
+            raise ValidationError(f"embedding endpoint {self.endpoint} refused a batch: HTTP {status}")
+        return data
+
+    def _vectors(self, data: bytes, inputs: int) -> np.ndarray:
+        """The vectors of an answer in input order, checked: ValidationError naming the endpoint and what is wrong
+        (not JSON, no `data` list, a count or an index that does not match the inputs, a vector of another length,
+        a non-finite number, a zero vector: each would be stored, and reused by later builds, silently)."""
+
+        def wrong(what: str) -> ValidationError:
+            return ValidationError(f"embedding endpoint {self.endpoint} answered {what}")
+
+        try:
+            payload = json.loads(data)
+        except (ValueError, RecursionError):
+            raise wrong("something that is not JSON") from None
+        items = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise wrong('JSON without a "data" list of objects')
+        if len(items) != inputs:
+            raise wrong(f"{len(items)} vectors for {inputs} inputs")
+        indices = [item.get("index") for item in items]
+        if sorted(i if type(i) is int else -1 for i in indices) != list(range(inputs)):
+            raise wrong(f"indices that are not 0 to {inputs - 1} once each")
+        try:
+            rows = np.array([item.get("embedding") for item in sorted(items, key=lambda d: d["index"])], np.float64)
+        except (ValueError, TypeError):
+            raise wrong("vectors that are not lists of numbers") from None
+        if rows.shape != (inputs, self.dim):
+            raise wrong(f"vectors of shape {rows.shape}, expected {(inputs, self.dim)}")
+        if not np.isfinite(rows).all():
+            raise wrong("a vector with a non-finite number")
+        zero = np.flatnonzero(np.linalg.norm(rows, axis=1) == 0)
+        if len(zero):
+            raise wrong(f"{len(zero)} all-zero vector(s) (input {zero[0]} first): they would match nothing")
+        return rows.astype(np.float32)
 
 
 class SentenceTransformer:

@@ -31,3 +31,9 @@ class ConflictError(KgError):
     """Another operation holds the lock, an expected value is stale, or the target already exists."""
 
     exit_code = 5
+
+
+class Interrupted(KgError):
+    """A signal (SIGINT, SIGTERM) stopped the operation midway; exit 130, as a shell's for SIGINT."""
+
+    exit_code = 130

@@ -4,11 +4,11 @@ refused, re-checked against the version current at that moment."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 from kg_assets.lib.errors import NotFoundError, ValidationError
+from kg_assets.lib.fsutil import read_json
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets.lib.retrieval_metrics import compare_mrr, r4
 
@@ -106,9 +106,13 @@ def latest_eval(root: LifecycleRoot, version: str) -> GateRecord | None:
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValidationError(f"{path} is not valid JSON ({exc}); re-run indexctl eval --version {version}") from None
+        record = read_json(path)
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise ValidationError(
+            f"{path} is not a readable eval record ({exc}); re-run indexctl eval --version {version}"
+        ) from None
     try:
         catalog_sha = root.catalog_sha256(version)
     except (NotFoundError, ValidationError):
@@ -119,7 +123,7 @@ def latest_eval(root: LifecycleRoot, version: str) -> GateRecord | None:
 def read_metrics(record: GateRecord) -> dict[str, Any] | None:
     """The metrics.json a gate record points at, or None when it was removed or is unreadable."""
     try:
-        return json.loads(Path(record["metrics_path"]).read_text(encoding="utf-8"))
+        return read_json(Path(record["metrics_path"]))
     except (OSError, ValueError):
         return None
 

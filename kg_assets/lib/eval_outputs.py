@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
 from kg_assets.lib import catalog
 from kg_assets.lib.errors import ConflictError
@@ -18,6 +17,8 @@ from kg_assets.lib.lexical import code_tokens
 from kg_assets.lib.lifecycle import LifecycleRoot
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from kg_assets.lib.evaluation import Hits, QuerySet
 
 POOL_FILE = "pool.parquet"
@@ -39,28 +40,35 @@ def _names(symbol: str) -> tuple[str, frozenset[str]] | None:
     return (name.lower().strip("_"), parts) if parts else None
 
 
-POOL_SCHEMA = pa.schema(
-    [
-        ("query_id", pa.string()),
-        ("query_set", pa.string()),
-        ("channel", pa.string()),
-        ("rank", pa.int32()),
-        ("chunk_id", pa.int64()),
-        ("score", pa.float32()),
-        ("uri", pa.string()),
-        ("start_line", pa.int32()),
-        ("end_line", pa.int32()),
-        ("symbol_hits", pa.list_(pa.string())),
-        ("is_positive", pa.bool_()),
-    ]
-)
+@functools.cache
+def pool_schema() -> pa.Schema:
+    """The columns of `pool.parquet` (pyarrow is imported here: `indexctl` imports this module for every verb,
+    a server included, and only an eval writes a pool)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("query_id", pa.string()),
+            ("query_set", pa.string()),
+            ("channel", pa.string()),
+            ("rank", pa.int32()),
+            ("chunk_id", pa.int64()),
+            ("score", pa.float32()),
+            ("uri", pa.string()),
+            ("start_line", pa.int32()),
+            ("end_line", pa.int32()),
+            ("symbol_hits", pa.list_(pa.string())),
+            ("is_positive", pa.bool_()),
+        ]
+    )
 
 
 def pool_table(sets: list[QuerySet], results: dict[str, dict[str, Hits]], catalog_path: Path) -> pa.Table:
     """One row per hit, hydrated from the catalog (uri, lines, the chunk's symbols the query names)."""
     hit_ids = np.unique(np.concatenate([h.ids.ravel() for per_set in results.values() for h in per_set.values()]))
     rows = catalog.hydrate(catalog_path, hit_ids[hit_ids != -1].tolist())
-    cols: dict[str, list[Any]] = {name: [] for name in POOL_SCHEMA.names}
+    schema = pool_schema()
+    cols: dict[str, list[Any]] = {name: [] for name in schema.names}
     for qs in sets:
         tokens = [frozenset(code_tokens(text)) for text in qs.texts]
         for channel, h in results[qs.name].items():
@@ -81,7 +89,9 @@ def pool_table(sets: list[QuerySet], results: dict[str, dict[str, Hits]], catalo
                 cols["is_positive"] += [None] * len(hits)
             else:
                 cols["is_positive"] += [c in qs.positives[q] for q, c in zip(queries, chunk_ids, strict=True)]
-    return pa.table(cols, schema=POOL_SCHEMA)
+    import pyarrow as pa
+
+    return pa.table(cols, schema=schema)
 
 
 def write_outputs(

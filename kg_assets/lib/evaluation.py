@@ -187,10 +187,17 @@ def evaluate_version(
     sets = _query_sets(catalog_path, corpus, embedder, settings, progress)
 
     unavailable = {"splade": "no SPLADE model is configured; none installs with the project"}
+    if settings.generated_queries and not any(qs.name == "docstrings" for qs in sets):
+        notes.append(
+            "no docstring queries: the version's SCIP data documents no definition (see `indexctl health`: "
+            "its artifacts check counts the SCIP documents)"
+        )
     scorer = None
     if settings.xtr_oracle:
         if embedder is None or not hasattr(embedder, "token_vectors"):
             unavailable["xtr"] = "the version's embedder gives no token vectors"
+        elif not any(qs.text_channels for qs in sets):
+            unavailable["xtr"] = "no text queries to rescore (--queries FILE, or docstring queries from SCIP data)"
         else:
             texts_of = functools.partial(_texts, catalog_path)
             scorer = LateInteractionScorer(embedder.token_vectors, texts_of, progress("xtr token vectors"))
@@ -346,8 +353,8 @@ def _served(stack: VersionHandle, qs: QuerySet, k: int) -> tuple[np.ndarray, np.
     scores = np.zeros((len(qs.qids), k), dtype=np.float32)
     ids = np.full((len(qs.qids), k), -1, dtype=np.int64)
     for row, (text, vector) in enumerate(zip(qs.texts, qs.vectors, strict=True)):
-        for rank, (chunk_id, score, _) in enumerate(stack.rank(text, vector[None, :], k)):
-            scores[row, rank], ids[row, rank] = score, chunk_id
+        for rank, hit in enumerate(stack.rank(text, vector[None, :], k)):
+            scores[row, rank], ids[row, rank] = hit.score, hit.chunk_id
     return scores, ids
 
 

@@ -27,6 +27,14 @@ class IndexSummary:
     metric: str
 
 
+def _read_failure(exc: RuntimeError) -> str:
+    """FAISS's reason for not reading a file, without its source location and without the bytes it quotes (an
+    unknown index type is shown as the file's first four bytes: they may be anyone's file contents)."""
+    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+    reason = re.sub(r"^Error in .*? at \S+:\d+: ", "", reason)
+    return re.sub(r" 0x[0-9a-fA-F]+ \(\".*?\"\)", "", reason)
+
+
 def read_index(path: Path) -> faiss.Index:
     """Load a FAISS index; NotFoundError if absent, ValidationError if FAISS cannot parse it.
 
@@ -40,8 +48,7 @@ def read_index(path: Path) -> faiss.Index:
     try:
         return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-        raise ValidationError(f"{path} is not a readable FAISS index ({reason})") from None
+        raise ValidationError(f"{path} is not a readable FAISS index ({_read_failure(exc)})") from None
 
 
 def scores_exactly(index: faiss.Index) -> bool:

@@ -2,11 +2,13 @@
 tuning profile and the `current` pointer still agree. Reads only: no lock, no repair, DuckDB opened read-only.
 
 Every check runs even when an earlier one failed, so one report names every problem. A check is `ok`,
-`failed`, or `skipped` (what it checks is absent from this version, e.g. a catalog staged without views).
+`failed`, `skipped` (what it checks is absent from this version, e.g. a catalog staged without views), or
+`degraded` (the version works, with less than it could have: a SCIP indexer that failed); only `failed` fails.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -18,14 +20,15 @@ import duckdb
 import faiss
 import numpy as np
 
-from kg_assets.lib import catalog, faiss_index, tuning, validation
+from kg_assets.lib import catalog, faiss_index, progressive, scip, tuning, validation
 from kg_assets.lib.embedding import searchable_embedder
 from kg_assets.lib.errors import KgError, ValidationError
 from kg_assets.lib.lexical import LEXICAL_FILE, LexicalIndex
-from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, LifecycleRoot
+from kg_assets.lib.lifecycle import CATALOG_FILE, FAISS_FILE, SCIP_FILE, LifecycleRoot
 from kg_assets.lib.tuning import TUNING_FILE
 
-OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+OK, FAILED, SKIPPED, DEGRADED = "ok", "failed", "skipped", "degraded"
+MAX_FOREIGN_SCIP_SHARE = 0.5  # above it, index.scip describes another repository than the catalog
 # What a check may run into on a damaged version; anything else is a bug and propagates.
 _DAMAGE = (KgError, duckdb.Error, RuntimeError, OSError, ValueError, KeyError)
 
@@ -33,7 +36,7 @@ _DAMAGE = (KgError, duckdb.Error, RuntimeError, OSError, ValueError, KeyError)
 @dataclass(frozen=True)
 class HealthCheck:
     name: str
-    status: str  # ok | failed | skipped
+    status: str  # ok | failed | skipped | degraded
     detail: str
 
 
@@ -140,6 +143,25 @@ def _chunk_symbols_resolve(v: _Version) -> tuple[str, str]:
     return OK, f"{rows} symbol definitions inside {chunks} chunks"
 
 
+def _scip_matches_catalog(v: _Version) -> tuple[str, str]:
+    """`index.scip` describes this version's repository: most of its documents with occurrences are files the
+    catalog holds. Not all: an indexer may see a file the chunker left no chunk of (an empty `__init__.py`)."""
+    documents = {doc.relative_path for doc in scip.read_index(v.vdir / SCIP_FILE).documents if doc.occurrences}
+    if not documents:
+        return SKIPPED, f"{SCIP_FILE} has no documents with occurrences"
+    with catalog.connect_read_only(v.vdir / CATALOG_FILE) as con:
+        if "chunks" not in catalog.table_names(con):
+            return SKIPPED, "catalog has no chunks table"
+        uris = {row[0] for row in con.execute("SELECT DISTINCT uri FROM chunks").fetchall()}
+    foreign = sorted(documents - uris)
+    if len(foreign) > len(documents) * MAX_FOREIGN_SCIP_SHARE:
+        return FAILED, (
+            f"{SCIP_FILE} was made from another repository: {len(foreign)} of its {len(documents)} documents are "
+            f"no file of the catalog (e.g. {foreign[0]!r})"
+        )
+    return OK, f"{len(documents) - len(foreign)} of {len(documents)} SCIP documents are files of the catalog"
+
+
 def _tuning_fits_index(v: _Version) -> tuple[str, str]:
     path = v.vdir / TUNING_FILE
     if not path.exists():
@@ -178,8 +200,22 @@ def _lexical_index_fits(v: _Version) -> tuple[str, str]:
     return OK, f"{len(lexical.ids)} chunks, {lexical.terms} terms, the index's chunk ids"
 
 
+def _scip_indexers_complete(v: _Version) -> tuple[str, str]:
+    """Every SCIP indexer the build ran gave its languages' data: one found on the PATH that failed (or indexed
+    none of its files) leaves them without references, a degradation named here (a bundled one fails the build)."""
+    meta = catalog.read_meta(v.vdir / CATALOG_FILE)
+    if "scip_failed" not in meta:
+        return SKIPPED, "the catalog records no SCIP indexer outcomes (built before they were recorded)"
+    failed = json.loads(meta["scip_failed"])
+    if failed:
+        named = "; ".join(f"{name}: {error}" for name, error in sorted(failed.items()))
+        return DEGRADED, f"no SCIP data for the languages of {named}"
+    ran = ", ".join(sorted(json.loads(meta.get("scip_indexers", "{}")))) or "none"
+    return OK, f"every SCIP indexer that ran gave its data ({ran})"
+
+
 def _pointer_consistent(v: _Version) -> tuple[str, str]:
-    current = v.root.current()
+    current = v.root.trusted_current()  # a complete version, in agreement with the history
     if current is None:
         return SKIPPED, "nothing is published"
     link = v.root.current_link
@@ -189,30 +225,46 @@ def _pointer_consistent(v: _Version) -> tuple[str, str]:
             f"CURRENT is {current} but the current link points at {target or 'nothing'}; "
             f"`indexctl publish {current}` repairs it"
         )
-    if current not in v.root.list_versions():
-        return FAILED, f"CURRENT names {current}, which is not a complete version"
     return OK, f"CURRENT and the current link both name {current}"
 
 
+def _kind(v: _Version) -> tuple[str, str]:
+    """Which kind of version this is (lib/progressive.py); for a fast one, where its full version stands."""
+    if not v.sealed:
+        return SKIPPED, "not sealed yet"
+    kind, full = progressive.version_kind(v.root, v.version)
+    if kind == "full":
+        return OK, "full version"
+    return OK, "fast version (static embedder, no SCIP)" + (
+        f"; {progressive.full_version_state(v.root, full)}" if full else ""
+    )
+
+
 CHECKS: dict[str, Callable[[_Version], tuple[str, str]]] = {
+    "kind": _kind,
     "files_match_manifest": _files_match_manifest,
     "artifacts_agree": _artifacts_agree,
     "idmap_views_resolve": _idmap_views_resolve,
     "chunk_symbols_resolve": _chunk_symbols_resolve,
+    "scip_matches_catalog": _scip_matches_catalog,
     "tuning_fits_index": _tuning_fits_index,
     "searchable": _searchable,
     "lexical_index_fits": _lexical_index_fits,
+    "scip_indexers_complete": _scip_indexers_complete,
     "pointer_consistent": _pointer_consistent,
 }
 
 
-# Checks that are not about the artifacts themselves: the manifest's hashes (verified on their own at publish),
-# the root's pointer, an embedder installed on this machine.
-_NOT_ARTIFACT_CHECKS = frozenset({"files_match_manifest", "searchable", "pointer_consistent"})
+# Checks that are not about the artifacts themselves: the version's kind, the manifest's hashes (verified on
+# their own at publish), the root's pointer, an embedder installed on this machine.
+_NOT_ARTIFACT_CHECKS = frozenset({"kind", "files_match_manifest", "searchable", "pointer_consistent"})
 
 
 def version_health(root: LifecycleRoot, version: str | None = None) -> HealthReport:
-    """Run every check on `version` (default: the current one); NotFoundError when there is no such version."""
+    """Run every check on `version` (default: the current one, ValidationError when `CURRENT` cannot be trusted);
+    NotFoundError when there is no such version."""
+    if version is None:
+        root.trusted_current()
     version = root.resolve_version(version)
     checks = _run(_Version(root, version), CHECKS)
     return HealthReport(str(root.root), version, root.current(), checks)

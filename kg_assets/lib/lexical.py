@@ -18,11 +18,14 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
 from kg_assets.lib.errors import ValidationError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 from kg_assets.lib.fsutil import atomic_write_bytes
 from kg_assets.lib.languages import keywords
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import re
 import shutil
@@ -37,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from kg_assets.lib.errors import ConflictError, NotFoundError, UsageError, ValidationError
+from kg_assets.lib.errors import ConflictError, KgError, NotFoundError, UsageError, ValidationError
 from kg_assets.lib.fsutil import (
     atomic_symlink,
     atomic_write_json,
@@ -47,7 +46,11 @@ from kg_assets.lib.fsutil import (
     exclusive_lock,
     fsync_dir,
     is_locked,
+    is_temp_sibling,
     lock_holder,
+    read_json,
+    read_regular_bytes,
+    remove_lock_file,
     sha256_file,
     tree_size,
     try_flock,
@@ -73,6 +76,9 @@ SCRATCH_DIR = ".scratch"
 WORK_RECORD = ".work-location"
 
 _VERSION_RE = re.compile(r"[A-Za-z0-9._-]+")
+# What `.locks/` holds: `<v>.lock`, `<v>.read`, `<v>.lease`, and temp files of lease writes (`fsutil.temp_sibling`).
+_LOCK_FILE_RE = re.compile(r"\.?(?P<version>.+?)\.(?:lock|read|lease)(?:\.tmp-.*)?")
+_NOT_OURS = "not the staging directory of a version id: no stage or build made it; gc leaves it alone"
 _EXPECT_ANY = object()
 
 
@@ -81,6 +87,14 @@ def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
     if not root:
         root = next((os.environ[v] for v in ROOT_ENV_VARS if os.environ.get(v)), "indexes")
     return Path(root).expanduser().absolute()
+
+
+def is_version_id(name: str) -> bool:
+    try:
+        check_version_id(name)
+    except UsageError:
+        return False
+    return True
 
 
 def check_version_id(version: str) -> str:
@@ -130,6 +144,7 @@ class VersionInfo:
     created: str | None
     size_bytes: int
     problem: str | None = None
+    kind: str | None = None  # fast | full (manifest attrs, see lib/progressive.py); None for staging or broken
 
 
 @dataclass
@@ -183,40 +198,66 @@ class LifecycleRoot:
         trusted as a path).
         """
         try:
-            text = self.current_file.read_text(encoding="utf-8").strip()
+            text = read_regular_bytes(self.current_file).decode("utf-8").strip()
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValidationError(f"{self.current_file} is unreadable ({exc}); write a version id into it") from None
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ValidationError(f"{self.current_file} is unreadable ({why}); write a version id into it") from None
         if not text:
             return None
         try:
             return check_version_id(text)
         except UsageError:
             raise ValidationError(
-                f"{self.current_file} holds {text[:60]!r}, which is not a version id; write the id of a complete "
-                "version into it (see `indexctl ls`)"
+                f"{self.current_file} does not hold a version id ({len(text)} characters that are not one); write "
+                "the id of a complete version into it (see `indexctl ls`)"
             ) from None
+
+    def trusted_current(self) -> str | None:
+        """`current()`, checked against the rest of the root: ValidationError when `CURRENT` names a version that is
+        not complete, or disagrees with a readable history in a way no crash leaves (it was edited by hand)."""
+        current = self.current()
+        if current is not None and not self.version_dir(current).is_dir():
+            raise ValidationError(
+                f"{self.current_file} names {current}, which is not a complete version under {self.versions_dir}; "
+                "publish a complete version to repair the pointer (see `indexctl ls`)"
+            )
+        problem = self._edited_pointer()
+        if problem:
+            raise ValidationError(problem)
+        return current
+
+    def _edited_pointer(self) -> str | None:
+        """Why `CURRENT` disagrees with the history (see `history`), or None; None too when the history is
+        malformed (whoever needs it, gc or rollback, fails on reading it)."""
+        try:
+            return self._committed_events()[1]
+        except ValidationError:
+            return None
+
+    def _link_names(self, version: str) -> bool:
+        return self.current_link.is_symlink() and os.readlink(self.current_link) == os.path.join("versions", version)
 
     def current_dir(self) -> Path | None:
         version = self.current()
         return self.versions_dir / version if version else None
 
     def list_versions(self) -> list[str]:
-        """Complete version ids (staging and hidden directories excluded), in natural order."""
+        """Complete version ids (staging directories and names that are not version ids excluded), in natural
+        order."""
         if not self.versions_dir.is_dir():
             return []
-        names = [
-            p.name
-            for p in self.versions_dir.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(STAGING_SUFFIX)
-        ]
+        names = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and is_version_id(p.name)]
         return sorted(names, key=natural_key)
 
     def check_output_path(self, path: Path, option: str) -> None:
         """UsageError when writing `path` could change a version's files: it lies under `versions/` (symlinks
-        resolved, so `current/...` counts) or it is an existing hard link to a version's file."""
+        resolved, so `current/...` counts) or it is an existing hard link to a version's file; or when it exists
+        and is neither a regular file nor a directory (opening a FIFO or a device would block or never end)."""
         path = Path(path)
+        if path.exists() and not (path.is_file() or path.is_dir()):
+            raise UsageError(f"{path} is not a regular file; pass another {option}")
         if path.resolve().is_relative_to(self.versions_dir.resolve()):
             raise UsageError(
                 f"{path} is inside {self.versions_dir}, whose versions are immutable; pass another {option}"
@@ -242,15 +283,34 @@ class LifecycleRoot:
         return None
 
     def history(self) -> list[dict[str, Any]]:
-        """Every committed pointer flip, oldest first; ValidationError when `history.json` is malformed.
+        """Every committed pointer flip, oldest first; ValidationError when `history.json` is malformed or
+        `CURRENT` disagrees with it.
 
-        A flip writes its record before `CURRENT` (the commit point), so a last record whose `to` is not
-        `CURRENT` belongs to a flip that failed or crashed in between: it is not part of the history.
+        A flip writes its record (`from` = `CURRENT` as it was) before `CURRENT` (the commit point) and the
+        `current` link after it, so a last record whose `to` is neither `CURRENT` nor the link's target but whose
+        `from` is `CURRENT` belongs to a flip that failed or crashed before committing: it is not part of the
+        history. Any other disagreement means `CURRENT` was changed outside a flip (by hand).
         """
-        events = self._recorded_events()
-        if events and events[-1]["to"] != self.current():
-            events = events[:-1]
+        events, problem = self._committed_events()
+        if problem:
+            raise ValidationError(problem)
         return events
+
+    def _committed_events(self) -> tuple[list[dict[str, Any]], str | None]:
+        """The committed records (see `history`), and why `CURRENT` cannot be trusted, if it cannot (then every
+        record is returned: a flip appends to them, recording where the hand-edited pointer went)."""
+        events = self._recorded_events()
+        current = self.current()
+        if not events or events[-1]["to"] == current:
+            return events, None
+        last = events[-1]
+        if last["from"] == current and not self._link_names(last["to"]):
+            return events[:-1], None
+        return events, (
+            f"{self.current_file} names {current or 'nothing'} but the last flip in {self.history_file} went from "
+            f"{last['from'] or 'nothing'} to {last['to']}: CURRENT was changed outside publish and rollback; "
+            "publish the version that should be current to record it"
+        )
 
     def ever_current(self) -> set[str]:
         """Versions that have been current at some point (by the history)."""
@@ -258,10 +318,10 @@ class LifecycleRoot:
 
     def _recorded_events(self) -> list[dict[str, Any]]:
         try:
-            doc = json.loads(self.history_file.read_text(encoding="utf-8"))
+            doc = read_json(self.history_file)
         except FileNotFoundError:
             return []
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             raise self._bad_history(str(exc)) from None
         events = doc.get("events") if isinstance(doc, dict) else None
         if not isinstance(events, list) or not all(
@@ -283,7 +343,7 @@ class LifecycleRoot:
         if not path.parent.is_dir():
             raise self._not_found(version)
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
+            manifest = read_json(path)
         except FileNotFoundError:
             raise ValidationError(f"version {version} has no {MANIFEST}; it is incomplete, re-stage it") from None
         except OSError as exc:
@@ -343,6 +403,9 @@ class LifecycleRoot:
             size = tree_size(path)
             if path.name.endswith(STAGING_SUFFIX):
                 version = path.name[: -len(STAGING_SUFFIX)]
+                if not is_version_id(version):
+                    infos.append(VersionInfo(path.name, "broken", None, size, _NOT_OURS))
+                    continue
                 busy = is_locked(self._locks_dir / f"{version}.lock")
                 note = None if busy else "abandoned: no process is writing it; `indexctl gc` removes it"
                 infos.append(VersionInfo(path.name, "staging", None, size, note))
@@ -358,7 +421,8 @@ class LifecycleRoot:
                 state = "published"
             else:
                 state = "staged"
-            infos.append(VersionInfo(path.name, state, manifest.get("created"), size))
+            kind = manifest.get("attrs", {}).get("kind", "full")
+            infos.append(VersionInfo(path.name, state, manifest.get("created"), size, kind=kind))
         return sorted(infos, key=lambda info: natural_key(info.version))
 
     # ---- staging -------------------------------------------------------------------------------
@@ -449,8 +513,8 @@ class LifecycleRoot:
         """Hold the lock that says "version is being staged or built" (ConflictError if someone holds it, or a
         build run holds the version's lease)."""
         self.check_new_version(version)
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        self._locks_dir.mkdir(exist_ok=True)
+        _root_dir(self.versions_dir)
+        _root_dir(self._locks_dir)
         with exclusive_lock(self._locks_dir / f"{version}.lock", 0, f"staging of version {version}"):
             self._check_no_build_lease(version)
             yield
@@ -462,12 +526,15 @@ class LifecycleRoot:
 
     def build_lease(self, version: str) -> dict[str, Any] | None:
         """The run holding `version`'s build lease (`run_id`, `host`, `taken`), or None."""
+        unknown = {"run_id": "unknown", "host": "unknown", "taken": None}  # a torn or foreign file
         try:
-            return json.loads(self.build_lease_path(version).read_text())
+            lease = read_json(self.build_lease_path(version))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):  # a torn or foreign file: treated as held by an unknown run
-            return {"run_id": "unknown", "host": "unknown", "taken": None}
+        except (OSError, ValueError):
+            return unknown
+        fields = isinstance(lease, dict) and all(isinstance(lease.get(key), str) for key in ("run_id", "host"))
+        return lease if fields else unknown
 
     def build_leases(self) -> dict[str, dict[str, Any]]:
         """Every held build lease, by version."""
@@ -482,8 +549,8 @@ class LifecycleRoot:
         one of a run `is_dead` says has ended is reclaimed; any other is a ConflictError. Sealing or the run's
         failure releases it (`release_build_lease`)."""
         self.check_new_version(version)
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        self._locks_dir.mkdir(exist_ok=True)
+        _root_dir(self.versions_dir)
+        _root_dir(self._locks_dir)
         with exclusive_lock(self._locks_dir / f"{version}.lock", LOCK_TIMEOUT_S, f"staging of version {version}"):
             held = self.build_lease(version)
             if held and held["run_id"] != run_id and held["run_id"] not in inherits and not is_dead(held["run_id"]):
@@ -520,7 +587,7 @@ class LifecycleRoot:
         hold `staging_lock` first."""
         staging = self.staging_dir(version)
         if staging.exists():
-            _remove_recorded_work(staging)
+            self._remove_recorded_work(staging, version)
             shutil.rmtree(staging)
         staging.mkdir()
         return staging
@@ -530,6 +597,19 @@ class LifecycleRoot:
         outside it), so whatever removes the staging directory removes them too: gc of an abandoned build, the next
         build or stage of the version. Sealing drops the note (the builder removes its step outputs first)."""
         atomic_write_text(self.staging_dir(version) / WORK_RECORD, location)
+
+    def _remove_recorded_work(self, staging: Path, version: str = "") -> None:
+        """Remove the step outputs a staging directory's build recorded it keeps elsewhere (`record_work_location`),
+        only if that location is marked as made by a build of `version` of this root (of any version when not
+        given: a staging directory gc already renamed): the record is never trusted to name what to delete."""
+        try:
+            location = read_regular_bytes(staging / WORK_RECORD).decode("utf-8")
+        except (OSError, UnicodeDecodeError):  # none, or nothing a build wrote
+            return
+        from kg_assets.lib import workdir  # imported here: fsspec and FAISS are not needed to read a root
+
+        with contextlib.suppress(UsageError, ValueError):  # not a location a build could have used
+            workdir.remove_owned(workdir.location(location), workdir.owner_tag(self.root, version))
 
     @contextlib.contextmanager
     def staging(self, version: str) -> Iterator[Path]:
@@ -612,8 +692,13 @@ class LifecycleRoot:
             try:
                 self._commit_flip(action, current, version)
             except OSError as exc:  # a full disk: the reserve makes room for these few kilobytes, once
-                if exc.errno != errno.ENOSPC or not self._release_reserve():
+                if exc.errno != errno.ENOSPC:
                     raise
+                if not self._release_reserve():
+                    raise KgError(
+                        f"{action} {version}: no space left on the disk of {self.root} to write {exc.filename} and "
+                        "no reserve left; free space (`indexctl gc` removes old versions) and retry"
+                    ) from None
                 self._commit_flip(action, current, version)
         return Flip(action, current, version, changed=True)
 
@@ -621,7 +706,7 @@ class LifecycleRoot:
         """The record first, then CURRENT (the commit point), then the link: a failure before CURRENT is written
         leaves the pointer where it was and a last record that `history` ignores (so this can be retried)."""
         at, _ = _now()
-        events = [*self.history(), {"action": action, "from": current, "to": version, "at": at}]
+        events = [*self._committed_events()[0], {"action": action, "from": current, "to": version, "at": at}]
         atomic_write_json(self.history_file, {"events": events})
         atomic_write_text(self.current_file, version)
         self._point_link(version)
@@ -658,19 +743,19 @@ class LifecycleRoot:
 
     def _trash_name(self) -> Path:
         """A fresh name in `versions/` for something gc removes; independent of any version id's length."""
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        return self.versions_dir / f".trash-{os.urandom(8).hex()}"
+        return _root_dir(self.versions_dir) / f".trash-{os.urandom(8).hex()}"
 
     @contextlib.contextmanager
     def _root_lock(self) -> Iterator[None]:
-        """The root-wide lock; on entry it also repairs a `current` link left behind by a crash (or replaced)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """The root-wide lock; on entry it also repairs a `current` link left behind by a crash (or replaced), not
+        one a hand-edited `CURRENT` left (it tells that edit from a crashed flip: `history`)."""
+        _root_dir(self.root)
         with exclusive_lock(self._lock_file, LOCK_TIMEOUT_S, f"lifecycle root {self.root}"):
             self._keep_reserve()
             current = self.current()
             target = os.path.join("versions", current) if current else None
             stale = not self.current_link.is_symlink() or os.readlink(self.current_link) != target
-            if target and stale and self.version_dir(current).is_dir():
+            if target and stale and self.version_dir(current).is_dir() and not self._edited_pointer():
                 self._point_link(current)
             yield
 
@@ -688,7 +773,7 @@ class LifecycleRoot:
         holder dies.
         """
         path = self.lease_path(version)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _root_dir(path.parent)
         deadline = time.monotonic() + timeout
         while (fd := try_flock(path, shared=True)) is None:
             if time.monotonic() >= deadline:
@@ -705,7 +790,7 @@ class LifecycleRoot:
         """Hold the lease of every version gc is about to remove, exclusively and without waiting, until the block
         ends; a version a reader leased since `_plan_gc` looked moves to `kept` and `in_use`. The lease files of
         versions gone at the end are removed (a reader that still opens one finds no version and lets go)."""
-        self._locks_dir.mkdir(parents=True, exist_ok=True)
+        _root_dir(self._locks_dir)
         held = {}
         for version in list(report.removed_versions):
             fd = try_flock(self.lease_path(version), shared=False)
@@ -743,30 +828,40 @@ class LifecycleRoot:
             return report
         with self._root_lock():
             self._plan_gc(report, keep, staging_max_age_s)
-            trash = []
+            trash: dict[Path, str] = {}  # what is removed, by the version whose build may own its step outputs
             with self._removal_leases(report):
+                for version in report.removed_versions:  # complete, so its build is over (see _remove_stale_locks)
+                    self.build_lease_path(version).unlink(missing_ok=True)
                 for name in [*report.removed_versions, *report.removed_staging]:
                     hidden = self._trash_name()
                     os.rename(self.versions_dir / name, hidden)
                     crash_point()
-                    trash.append(hidden)
-            trash.extend(self.versions_dir.glob(".trash-*"))
+                    trash[hidden] = name.removesuffix(STAGING_SUFFIX)
+            for leftover in self.versions_dir.glob(".trash-*"):  # a crashed gc's: whose, nobody knows
+                trash.setdefault(leftover, "")
             fsync_dir(self.versions_dir)
             for leftover in self.root.glob(".*.tmp-*"):
                 leftover.unlink(missing_ok=True)
             derived = self._orphaned_derived()
             report.removed_derived = [str(p.relative_to(self.root)) for p in derived]
+            self._remove_stale_locks()
         for path in dict.fromkeys([*trash, *derived, *self._abandoned_scratch()]):
             if path.is_dir():
-                _remove_recorded_work(path)  # a removed staging directory's step outputs elsewhere (--work-dir)
+                # a removed staging directory's step outputs elsewhere (--work-dir)
+                self._remove_recorded_work(path, trash.get(path, ""))
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
             crash_point()
+        with exclusive_lock(self._lock_file, LOCK_TIMEOUT_S, f"lifecycle root {self.root}"):
+            self._keep_reserve()  # in the space just freed: a later flip on a full disk has its reserve again
         return report
 
     def _plan_gc(self, report: GcReport, keep: int, staging_max_age_s: float) -> None:
-        """Fill `report` with what gc keeps and removes; broken versions are left alone (listed by status)."""
+        """Fill `report` with what gc keeps and removes; broken versions are left alone (listed by status).
+        ValidationError, and nothing planned, when `CURRENT` cannot be trusted (`trusted_current`): what gc
+        protects depends on it."""
+        self.trusted_current()
         protected = self._protected_versions()
         complete = [i for i in self.status() if i.state in ("current", "published", "staged")]
         complete.sort(key=lambda i: (i.created or "", natural_key(i.version)), reverse=True)
@@ -781,6 +876,8 @@ class LifecycleRoot:
         now = time.time()
         for path in self.versions_dir.glob(f"*{STAGING_SUFFIX}"):
             version = path.name[: -len(STAGING_SUFFIX)]
+            if not is_version_id(version):
+                continue  # no stage or build makes it (see `status`)
             if is_locked(self._locks_dir / f"{version}.lock") or self.build_lease(version) is not None:
                 continue
             if now - path.stat().st_mtime >= staging_max_age_s:
@@ -801,8 +898,7 @@ class LifecycleRoot:
 
         A holder that dies (SIGKILL) leaves it behind unlocked; `gc` removes it.
         """
-        base = self.root / SCRATCH_DIR
-        base.mkdir(parents=True, exist_ok=True)
+        base = _root_dir(self.root / SCRATCH_DIR)
         path = base / f"{purpose}-{os.getpid()}-{os.urandom(4).hex()}"
         lock = path.with_name(f"{path.name}.lock")
         try:
@@ -820,6 +916,32 @@ class LifecycleRoot:
             return []
         entries = list(base.iterdir())  # before the lock test: what appears later is not looked at
         return [p for p in entries if not is_locked(base / f"{p.name.removesuffix('.lock')}.lock")]
+
+    def _remove_stale_locks(self) -> None:
+        """Clean `.locks/` of what no stage, build or reader needs: the staging lock and reader-lease file of a
+        version that exists neither complete nor staging, the build lease of a complete version (sealing is its
+        build's last step; a kill before the release leaves the lease), and temp files of killed lease writes.
+        Each version's files are removed holding its staging lock, so no stage or build of it is running; a busy
+        version is left for the next gc."""
+        files: dict[str, list[Path]] = {}
+        for path in self._locks_dir.iterdir() if self._locks_dir.is_dir() else ():
+            match = _LOCK_FILE_RE.fullmatch(path.name)
+            if match and is_version_id(match["version"]):
+                files.setdefault(match["version"], []).append(path)
+        for version, paths in files.items():
+            complete = self.version_dir(version).is_dir()
+            fd = try_flock(self._locks_dir / f"{version}.lock", shared=False)
+            if fd is None:
+                continue
+            try:
+                for path in paths:
+                    if is_temp_sibling(path.name, f"{version}.lease") or (complete and path.suffix == ".lease"):
+                        path.unlink(missing_ok=True)
+                if not complete and not self.staging_dir(version).exists():
+                    remove_lock_file(self.lease_path(version))
+                    (self._locks_dir / f"{version}.lock").unlink(missing_ok=True)  # held here: see remove_lock_file
+            finally:
+                os.close(fd)
 
     def _orphaned_derived(self) -> list[Path]:
         """Files derived from versions that no longer exist: caches keyed by a catalog sha256 no remaining
@@ -872,22 +994,23 @@ def stage_sources(
     return resolved
 
 
+def _root_dir(path: Path) -> Path:
+    """`path`, a directory of the lifecycle root, created if missing; ValidationError when something else (a stray
+    file) has its name, so no operation fails later with a bare NotADirectoryError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValidationError(
+            f"{path} is not a directory, and the lifecycle root keeps its {path.name} there; move it aside"
+        ) from None
+    return path
+
+
 def _check_regular(path: Path, name: str) -> None:
     """ValidationError unless `path` is a regular file or directory (a FIFO or device would block or never end)."""
     mode = path.stat().st_mode
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         raise ValidationError(f"input for {name} is not a regular file: {path}")
-
-
-def _remove_recorded_work(staging: Path) -> None:
-    """Remove the step outputs a staging directory's build recorded it keeps elsewhere (`record_work_location`)."""
-    try:
-        location = (staging / WORK_RECORD).read_text()
-    except FileNotFoundError:
-        return
-    from kg_assets.lib import workdir  # imported here: fsspec and FAISS are not needed to read a root
-
-    workdir.remove_tree(workdir.location(location))
 
 
 def _manifest_problem(manifest: Any, version: str) -> str | None:
@@ -909,11 +1032,17 @@ def _manifest_problem(manifest: Any, version: str) -> str | None:
 
 
 def _copy_verified(src: Path, dst: Path, name: str) -> dict[str, dict[str, Any]]:
-    """Copy a file or a directory tree; return manifest entries keyed by path relative to the version."""
+    """Copy a file or a directory tree (refusing symbolic links inside it); return manifest entries keyed by path
+    relative to the version."""
     if src.is_dir():
         dst.mkdir()
         entries: dict[str, dict[str, Any]] = {}
         for child in sorted(src.iterdir()):
+            if child.is_symlink():  # followed, a loop copies without end and a link to / copies the filesystem
+                raise ValidationError(
+                    f"input for {name}/{child.name} is a symbolic link: {child}; an extra directory is copied "
+                    "without following links, replace it by what it points to"
+                )
             _check_regular(child, f"{name}/{child.name}")
             for sub, entry in _copy_verified(child, dst / child.name, f"{name}/{child.name}").items():
                 entries[sub] = entry

@@ -70,6 +70,17 @@ def self_sample(ids: np.ndarray, samples: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(len(ids), size=min(samples, len(ids)), replace=False))
 
 
+def check_queries_file(path: Path) -> Path:
+    """`path` if it is a regular file: NotFoundError when it does not exist, UsageError for a FIFO (whose read
+    would block), a directory or a device."""
+    path = Path(path)
+    if not path.exists():
+        raise NotFoundError(f"queries file not found: {path}")
+    if not path.is_file():
+        raise UsageError(f"queries file {path} is not a regular file")
+    return path
+
+
 def read_labelled_queries(path: Path, catalog_path: Path) -> list[TextQuery]:
     """Queries from a file, the one format of `tune --queries` and `eval --queries`: JSONL, one object per line,
     in either of two shapes, or plain text (a line not starting with `{`: an unlabelled query with id `q<line>`):
@@ -82,9 +93,7 @@ def read_labelled_queries(path: Path, catalog_path: Path) -> list[TextQuery]:
 
     UsageError, naming the line, for malformed lines and targets that match no chunk.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"queries file not found: {path}")
+    path = check_queries_file(path)
     parsed: list[tuple[int, str, str, list, bool, str]] = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -178,7 +179,11 @@ class Indexer:
 
 
 def _python_environment(job: IndexJob) -> None:
-    (job.scratch / "environment.json").write_text("[]")  # no pip-based dependency discovery: the repo's own code
+    """No pip-based dependency discovery (the repository's own code), and a pyright configuration of the copy's
+    own: without one, scip-python takes the nearest enclosing `pyproject.toml` or `pyrightconfig.json` above the
+    scratch directory (a root inside a repository with `[tool.pyright]`) and indexes what that names."""
+    (job.scratch / "environment.json").write_text("[]")
+    (job.src / "pyrightconfig.json").write_text("{}")
 
 
 def _typescript_project(job: IndexJob) -> None:
@@ -186,6 +191,7 @@ def _typescript_project(job: IndexJob) -> None:
     index alike) and a package.json naming the project: the repository's own configuration is not used, as its
     `extends` and project references point into node_modules and other places the copy does not have."""
     options = {"allowJs": True, "noEmit": True, "jsx": "preserve", "skipLibCheck": True, "maxNodeModuleJsDepth": 0}
+    options |= {"types": [], "noResolve": True}  # nothing from node_modules/@types above the copy
     (job.src / "tsconfig.json").write_text(json.dumps({"compilerOptions": options, "files": list(job.files)}))
     (job.src / "package.json").write_text(json.dumps({"name": job.project, "version": job.version}))
 
@@ -279,22 +285,54 @@ def _indexer_child(parent: int) -> None:
         os._exit(1)
 
 
+# Each indexer run's bounds. Time: the build of this repository's own ~1,300 chunks takes scip-python about a
+# minute on 2 shared cores. Memory (resident, the indexer and its children): scip-python peaked at 730 MiB on it;
+# a 50 MB Python file took it past 2 GiB without end. An address-space limit (RLIMIT_AS) is not used: under one,
+# scip-python lost workers and wrote a partial index with exit code 0.
+INDEXER_TIMEOUT_S = 3600.0
+INDEXER_MEMORY_BYTES = 4 << 30
+_WATCH_S = 0.25
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of process `pid` and its descendants (Linux /proc); 0 for a process that is gone."""
+    total, todo = 0, [pid]
+    while todo:
+        proc = Path(f"/proc/{todo.pop()}")
+        try:
+            status = (proc / "status").read_text()
+            children = [int(c) for task in proc.glob("task/*/children") for c in task.read_text().split()]
+        except (OSError, ValueError):
+            continue
+        total += next((int(line.split()[1]) << 10 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        todo += children
+    return total
+
+
 class IndexerRun:
     """An indexer indexing `job.src` in a child process, so the caller can do other work until `wait()`.
 
     Indexers exit non-zero and may leave a partial file when they fail, so `wait()` checks the exit code (the
     error quotes the last line of their output that starts with "error", else the last line) and parses the
-    output. `close()` (or leaving the `with` block) kills a run that is still going. The indexer stays in the
-    caller's process group and dies with it (even on SIGKILL of the caller); its log goes into `job.scratch`,
-    which the caller owns. `timeout` counts from the start.
+    output. A watcher thread kills the indexer once it runs longer than `timeout` seconds or holds more than
+    `memory_bytes` resident (with its children); `wait()` then fails saying which bound it crossed. `close()` (or
+    leaving the `with` block) kills a run that is still going. The indexer stays in the caller's process group
+    and dies with it (even on SIGKILL of the caller); its log goes into `job.scratch`, which the caller owns.
     """
 
-    def __init__(self, indexer: Indexer, command: Path, job: IndexJob, timeout: float = 3600) -> None:
-        self.indexer, self.job, self.timeout = indexer, job, timeout
+    def __init__(
+        self,
+        indexer: Indexer,
+        command: Path,
+        job: IndexJob,
+        timeout: float = INDEXER_TIMEOUT_S,
+        memory_bytes: int = INDEXER_MEMORY_BYTES,
+    ) -> None:
+        self.indexer, self.job, self.timeout, self.memory_bytes = indexer, job, timeout, memory_bytes
         self._log = job.scratch / "output.log"
+        self._stopped: str | None = None  # which bound the watcher stopped it for
         if indexer.prepare is not None:
             indexer.prepare(job)
-        self._deadline = time.monotonic() + timeout
         with self._log.open("wb") as log:  # a file, not a pipe: nobody drains a pipe while the caller works
             self.process = subprocess.Popen(
                 [str(command), *indexer.arguments(job)],
@@ -305,20 +343,39 @@ class IndexerRun:
                 stderr=subprocess.STDOUT,
                 preexec_fn=functools.partial(_indexer_child, os.getpid()),
             )
+        self._watcher = threading.Thread(target=self._watch, name=f"{indexer.name}-bounds", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while self.process.poll() is None:
+            if time.monotonic() >= deadline:
+                self._stopped = f"did not finish within its time limit of {self.timeout:g} s"
+            elif (rss := tree_rss(self.process.pid)) > self.memory_bytes:
+                limit = self.memory_bytes >> 20
+                self._stopped = f"used {rss >> 20} MiB, over its memory limit of {limit} MiB"
+            if self._stopped:
+                self.close()
+                return
+            time.sleep(_WATCH_S)
 
     def wait(self) -> Any:
         """Block until the indexer exits; check and parse its output; return the index, each document's
         `language` set from its path (the indexers leave it empty)."""
-        try:
-            code = self.process.wait(timeout=max(self._deadline - time.monotonic(), 0))
-        except subprocess.TimeoutExpired:
-            self.close()
-            raise ValidationError(f"{self.indexer.name} did not finish within {self.timeout:.0f}s") from None
+        code = self.process.wait()
+        self._watcher.join()
+        if self._stopped:
+            raise ValidationError(f"{self.indexer.name} was stopped: it {self._stopped}")
         if code != 0:
             lines = self._log.read_text(errors="replace").strip().splitlines() or ["no output"]
             said = [line.strip() for line in lines if line.lstrip().lower().startswith("error")] or lines
             raise ValidationError(f"{self.indexer.name} failed with exit code {code}: {said[-1]}")
         index = read_index(self.job.output)
+        if self.job.files and not index.documents:
+            raise ValidationError(
+                f"{self.indexer.name} indexed none of the {len(self.job.files)} files it was given "
+                f"({self.job.files[0]}, ...): it exited 0 with an empty index"
+            )
         for doc in index.documents:
             doc.language = DOCUMENT_LANGUAGES.get(chunking.language_of(doc.relative_path), doc.language)
         return index

@@ -111,13 +111,19 @@ class StaticEmbedder:
         return tokenizer
 
     @cached_property
-    def vectors(self) -> np.ndarray:
-        """The token table as float32 (V x d)."""
+    def _table(self) -> tuple[np.ndarray, np.ndarray]:
+        """The token table as stored: int8 codes (V x d) and float32 scales (V,). Kept as int8 in memory (a
+        quarter of float32: a server holds 7.8 MB instead of 31 MB); rows are scaled when looked up."""
         with np.load(self.directory / "vectors.npz", allow_pickle=False) as data:
             codes, scales = data["codes"], data["scales"]
         if codes.shape != (self._tokenizer.get_vocab_size(), self.dim) or scales.shape != codes.shape[:1]:
             raise ValidationError(f"static model {self.directory}: vectors.npz does not match its config")
-        return codes.astype(np.float32) * scales[:, None]
+        return codes, scales.astype(np.float32)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The float32 table rows of token `ids`."""
+        codes, scales = self._table
+        return codes[ids].astype(np.float32) * scales[ids, None]
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
@@ -134,7 +140,7 @@ class StaticEmbedder:
             rows = np.flatnonzero(lengths)  # reduceat needs non-empty segments: empty texts stay zero
             if flat.size:
                 offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))[rows]
-                out[start + rows] = np.add.reduceat(self.vectors[flat], offsets, axis=0)
+                out[start + rows] = np.add.reduceat(self.rows(flat), offsets, axis=0)
             if progress:
                 progress(min(start + BATCH, len(texts)), len(texts))
         norms = np.linalg.norm(out, axis=1, keepdims=True)

@@ -2,7 +2,9 @@
 
 Definitions come from the chunker (`chunks.symbols`: the names each chunk defines, qualified within its file as
 `Class.method`; every language with a grammar supplies them) qualified further by the file's module (`modules`,
-else the path); references from SCIP occurrences that are not definitions. A query term matches a name when its
+else the path); references from SCIP occurrences that are not definitions and, in files no SCIP indexer covered,
+from tree-sitter (`ts_references`: names in call, type and import positions) tied to the definitions of the same
+version by name and scope (`tie_references`). A query term matches a name when its
 dotted parts are a suffix of the name's qualified parts (`merge`, `Session.merge`, `sessions.Session.merge`),
 exactly or ignoring case, or its qualifiers appear in order among the name's (`requests.get` for
 `src.requests.api.get`); definitions rank before references.
@@ -25,6 +27,8 @@ EXACT_DEFINITION = 1.0
 FOLDED_DEFINITION = 0.6  # same name, other case (`option` for `Option`): below an exact definition by a margin
 # the other channels cannot close when both exist (0.9 let click's `option` decorator outrank `class Option`)
 REFERENCE = 0.3
+MAX_AMBIGUOUS = 3  # a tree-sitter reference to a name defined more often than this, none in its file or folder,
+# is left out: which one it means is a guess
 QUALIFIED_BONUS = 0.1  # per dotted part matched beyond the last: `Session.merge` over a bare `merge` match
 
 _IDENT = r"[A-Za-z_$][\w$]*"
@@ -91,11 +95,15 @@ class SymbolTable:
             dict(con.execute("SELECT repo_path, module_name FROM modules").fetchall()) if "modules" in tables else {}
         )
         rows = con.execute("SELECT chunk_id, uri, symbols FROM chunks WHERE len(symbols) > 0").fetchall()
-        entries = [
-            SymbolEntry(chunk_id, f"{module_prefix(uri, modules)}{name}", True)
-            for chunk_id, uri, names in rows
-            for name in names
+        defined = [
+            (chunk_id, uri, f"{module_prefix(uri, modules)}{name}") for chunk_id, uri, names in rows for name in names
         ]
+        entries = [SymbolEntry(chunk_id, name, True) for chunk_id, _, name in defined]
+        if "ts_references" in tables:
+            refs = con.execute(
+                "SELECT DISTINCT r.chunk_id, c.uri, r.name FROM ts_references r JOIN chunks c USING (chunk_id)"
+            ).fetchall()
+            entries += tie_references(defined, refs)
         if "scip_occurrences" in tables:
             refs = con.execute(
                 """SELECT DISTINCT c.chunk_id, c.uri, o.symbol FROM scip_occurrences o
@@ -151,6 +159,30 @@ class SymbolTable:
         ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[1][1], item[0]))[:k]
         scores = np.array([s for _, (s, _) in ranked], dtype=np.float32)
         return scores, np.array([chunk_id for chunk_id, _ in ranked], dtype=np.int64)
+
+
+def tie_references(
+    defined: Iterable[tuple[int, str, str]], references: Iterable[tuple[int, str, str]]
+) -> list[SymbolEntry]:
+    """Reference entries for names found by tree-sitter in reference positions (`treesitter.references`), each
+    tied to the definitions of that name in the same version, by scope as far as paths tell: those in the
+    reference's own file, else in its folder, else all of them when at most `MAX_AMBIGUOUS`; a name defined nowhere
+    (a library's, a local variable's) is no reference, nor is a definition's mention of itself.
+    `defined`: (chunk id, uri, qualified name); `references`: (chunk id, uri, name as written)."""
+    by_name: dict[str, list[tuple[int, str, str]]] = {}
+    for chunk_id, uri, name in defined:
+        by_name.setdefault(name.rsplit(".", 1)[-1], []).append((chunk_id, uri, name))
+    entries = []
+    for chunk_id, uri, written in references:
+        targets = by_name.get(_SEPARATORS.sub(".", written).rsplit(".", 1)[-1], [])
+        folder = uri.rsplit("/", 1)[0] if "/" in uri else ""
+        scoped = [t for t in targets if t[1] == uri] or [
+            t for t in targets if (t[1].rsplit("/", 1)[0] if "/" in t[1] else "") == folder
+        ]
+        if not scoped and len(targets) <= MAX_AMBIGUOUS:
+            scoped = targets
+        entries += [SymbolEntry(chunk_id, name, False) for target_chunk, _, name in scoped if target_chunk != chunk_id]
+    return entries
 
 
 def _in_order(qualifiers: list[str], wanted: list[str]) -> list[int] | None:

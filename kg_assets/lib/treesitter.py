@@ -12,7 +12,7 @@ import importlib
 import re
 from dataclasses import dataclass
 
-from tree_sitter import Language, Node, Parser, Query, QueryCursor
+from tree_sitter import Language, Node, Parser, Query, QueryCursor, Tree
 
 from kg_assets.lib.languages import GRAMMARS, Grammar
 
@@ -70,13 +70,11 @@ def definitions(data: bytes, language: str) -> list[Definition] | None:
 
     Definitions nested inside a function belong to it; a parse error only loses the definitions it breaks.
     """
-    loaded = _loaded(language)
-    if loaded is None:
+    parsed = _parse(data, language)
+    if parsed is None:
         return None
-    lang, query, blank, grammar = loaded
-    if blank is not None:
-        data = blank.sub(lambda m: b" " * len(m.group()), data)
-    captures = QueryCursor(query).captures(Parser(lang).parse(data).root_node)  # a parser per call: ~1 µs
+    tree, (_, query, _, grammar) = parsed
+    captures = QueryCursor(query).captures(tree.root_node)
     found = [(node, True) for node in captures.get("scope", [])]
     found += [(node, False) for node in captures.get("function", [])]
     found.sort(key=lambda item: (item[0].start_byte, -item[0].end_byte, not item[1]))
@@ -96,6 +94,17 @@ def definitions(data: bytes, language: str) -> list[Definition] | None:
         (stack[-1].members if stack else roots).append(entry)
         stack.append(entry)
     return [_definition(entry, grammar, spans) for entry in roots]
+
+
+def _parse(data: bytes, language: str) -> tuple[Tree, tuple[Language, Query, re.Pattern[bytes] | None, Grammar]] | None:
+    """A file's syntax tree (macros the grammar cannot parse blanked first) and its language's loaded grammar."""
+    loaded = _loaded(language)
+    if loaded is None:
+        return None
+    lang, _, blank, _ = loaded
+    if blank is not None:
+        data = blank.sub(lambda m: b" " * len(m.group()), data)
+    return Parser(lang).parse(data), loaded  # a parser per call: ~1 µs
 
 
 def _definition(entry: _Found, grammar: Grammar, spans: set[tuple[int, int]]) -> Definition:
@@ -201,3 +210,71 @@ def _clean(text: bytes) -> str:
     while (stripped := _GENERIC_ARGS.sub("", name)) != name:
         name = stripped
     return _NOT_NAME.sub("", _SEPARATOR.sub(".", name)).strip(".")[:200]
+
+
+# Leaf nodes that name something, in the grammars of `languages.GRAMMARS`.
+_NAME_LEAVES = frozenset(
+    {
+        "identifier",
+        "type_identifier",
+        "field_identifier",
+        "property_identifier",
+        "simple_identifier",
+        "namespace_identifier",
+        "constant",
+        "name",
+        "alias",
+        "variable",
+        "word",
+    }
+)
+# A name is a reference when its parent or grandparent is one of these (by node type, across grammars): a call
+# (`call_expression`, `method_invocation`, `invocation_expression`, `function_call`, a shell `command_name`), a type
+# (`type_identifier` in any position, `generic_type`, `user_type`, `superclass`, `base_list`, `extends_clause`), an
+# import (`import_declaration`, `use_declaration`), a qualified access (`scoped_identifier`, `selector_expression`,
+# `navigation_expression`, `scope_resolution`, `dot`) or a construction (`object_creation_expression`,
+# `composite_literal`, `struct_expression`, `instance_expression`).
+_REFERENCE_CONTEXT = re.compile(
+    r"call|invocation|command_name|type|superclass|base_|extends|implements|inherit|delegation|import|use_|"
+    r"scoped|qualified|selector|navigation|member|field_expression|index_expression|dot|scope_resolution|"
+    r"creation|composite_literal|struct_expression|instance_expression|macro|apply|signature|annotation"
+)
+
+
+def references(data: bytes, language: str) -> list[tuple[str, int]] | None:
+    """(name, 0-based row) of every name in a call, type, import or qualified-access position, definitions' own
+    names excluded; None if the grammar is missing. Names are not resolved here: `symbols` ties them to the
+    definitions of the same version."""
+    parsed = _parse(data, language)
+    if parsed is None:
+        return None
+    heads = set()
+    stack = list(definitions(data, language) or [])
+    while stack:
+        found = stack.pop()
+        heads.add((found.head if found.head is not None else found.start, found.name.rsplit(".", 1)[-1]))
+        stack += found.members or ()
+    found_refs = []
+    cursor = parsed[0].walk()
+    visited_children = False
+    while True:
+        node = cursor.node
+        if not visited_children and node is not None:
+            if node.type in _NAME_LEAVES and node.child_count == 0:
+                parent = node.parent
+                context = " ".join(n.type for n in (parent, parent.parent if parent else None) if n is not None)
+                name = (node.text or b"").decode("utf-8", errors="replace")
+                if (node.type == "type_identifier" or _REFERENCE_CONTEXT.search(context)) and (
+                    node.start_point.row,
+                    name,
+                ) not in heads:
+                    found_refs.append((name, node.start_point.row))
+            if cursor.goto_first_child():
+                continue
+        if cursor.goto_next_sibling():
+            visited_children = False
+            continue
+        if not cursor.goto_parent():
+            break
+        visited_children = True
+    return found_refs

@@ -7,9 +7,9 @@ Recall is measured against exact inner-product top-k over the whole corpus (the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
-import json
 import math
 import statistics
 import time
@@ -24,7 +24,7 @@ import numpy as np
 from kg_assets.lib import faiss_index
 from kg_assets.lib.channels import Corpus, search_with_profile
 from kg_assets.lib.errors import NotFoundError, UsageError, ValidationError
-from kg_assets.lib.fsutil import atomic_file, atomic_write_json
+from kg_assets.lib.fsutil import atomic_file, atomic_write_json, read_json
 from kg_assets.lib.lifecycle import AUDIT_FILE, TUNING_FILE
 from kg_assets.lib.progress import Progress
 
@@ -65,11 +65,13 @@ def load_profile_if_any(vdir: Path) -> dict[str, Any] | None:
 def load_profile(path: Path) -> dict[str, Any]:
     """Parse a tuning profile; ValidationError unless it is a JSON object with well-typed knobs."""
     path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"tuning profile not found: {path}")
     try:
-        profile = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        profile = read_json(path)
+    except FileNotFoundError:
+        raise NotFoundError(f"tuning profile not found: {path}") from None
+    except OSError as exc:
+        raise ValidationError(f"{path} is unreadable ({exc.strerror})") from None
+    except ValueError as exc:
         raise ValidationError(f"{path} is not valid JSON ({exc})") from None
     if not isinstance(profile, dict):
         raise ValidationError(f"{path} must hold a JSON object, not {type(profile).__name__}")
@@ -372,7 +374,8 @@ def write_profile(vdir: Path, profile: dict[str, Any], *, run_id: str | None) ->
     previous = load_profile_if_any(vdir)
     history = []
     if audit_path.exists():
-        history = json.loads(audit_path.read_text(encoding="utf-8")).get("history", [])
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # a damaged audit only loses its history
+            history = list(read_json(audit_path).get("history", []))
     if previous:
         history = [previous, *history][:AUDIT_HISTORY]
     atomic_write_json(vdir / TUNING_FILE, profile)

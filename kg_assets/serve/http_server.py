@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import json
+import re
 import signal
 import socket
 import sys
@@ -29,10 +32,15 @@ from starlette.routing import Route
 
 from kg_assets.lib.errors import ConflictError, UsageError
 from kg_assets.lib.lifecycle import LifecycleRoot
-from kg_assets.lib.retrieval import check_query
+from kg_assets.lib.retrieval import check_chunk_id, check_query
 from kg_assets.serve.holder import Unavailable, VersionHolder
 
-INT64 = range(-(2**63), 2**63)
+MAX_BODY_BYTES = 1 << 20  # a search request is a few hundred bytes; a larger body is refused unread (413)
+_INTEGER = re.compile(r"[+-]?[0-9]{1,20}")  # ASCII digits only: int() also takes other scripts' digits
+
+
+class BodyTooLarge(Exception):
+    """A request body over MAX_BODY_BYTES (413); it is not read further."""
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -40,12 +48,41 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _int(value: Any, name: str) -> int:
+    """An integer from JSON or a query string: a JSON integer, or a string of at most 20 ASCII digits."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise UsageError(f"{name} must be an integer, got {json.dumps(value)[:40]}")
+    if isinstance(value, str) and not _INTEGER.fullmatch(value):
+        raise UsageError(f"{name} must be an integer, got {value[:40]!r}")
+    return int(value)
+
+
+def _json_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > 20:
+        raise UsageError(f"the body has a number of {len(digits)} digits; numbers here have at most 20")
+    return int(digits)
+
+
+def _json_constant(name: str) -> None:
+    raise UsageError(f"the body is not strict JSON: {name} is not a number")
+
+
+async def _json_body(request: Request) -> Any:
+    """The request body parsed as strict JSON: BodyTooLarge past MAX_BODY_BYTES (declared or streamed, never read
+    whole), UsageError for anything malformed (not JSON, nested too deeply, a huge or non-finite number)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_BODY_BYTES:
+            raise BodyTooLarge
     try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"{name} must be an integer, got {value[:40]!r}") from None
+        return json.loads(body, parse_int=_json_int, parse_constant=_json_constant)
+    except RecursionError:
+        raise UsageError("the body is JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise UsageError(f"the body is not JSON: {str(exc)[:80]}") from None
 
 
 async def _search_params(request: Request) -> tuple[str, int, str]:
@@ -56,10 +93,7 @@ async def _search_params(request: Request) -> tuple[str, int, str]:
             raise UsageError("missing query parameter q")
         text = params["q"]
     else:
-        try:
-            params = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"the body is not JSON: {exc}") from None
+        params = await _json_body(request)
         if not isinstance(params, dict):
             raise UsageError('the body must be a JSON object: {"query": TEXT, "k": 10, "mode": "hybrid"}')
         text = params.get("query")
@@ -91,9 +125,7 @@ async def health(request: Request) -> JSONResponse:
 
 
 async def chunk(request: Request) -> JSONResponse:
-    chunk_id = _int(request.path_params["chunk_id"], "chunk id")
-    if chunk_id not in INT64:
-        raise UsageError(f"chunk id {chunk_id} is not a signed 64-bit integer")
+    chunk_id = check_chunk_id(_int(request.path_params["chunk_id"], "chunk id"))
     holder: VersionHolder = request.app.state.holder
 
     def run() -> tuple[str, dict[str, Any] | None]:
@@ -114,6 +146,10 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return _error(503, str(exc))
 
 
+async def _too_large(request: Request, exc: Exception) -> JSONResponse:
+    return _error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+
+
 def create_app(holder: VersionHolder) -> Starlette:
     app = Starlette(
         routes=[
@@ -121,7 +157,7 @@ def create_app(holder: VersionHolder) -> Starlette:
             Route("/health", health, methods=["GET"]),
             Route("/chunks/{chunk_id}", chunk, methods=["GET"]),
         ],
-        exception_handlers={UsageError: _usage_error, Unavailable: _unavailable},
+        exception_handlers={UsageError: _usage_error, Unavailable: _unavailable, BodyTooLarge: _too_large},
     )
     app.state.holder = holder
     return app
@@ -148,14 +184,19 @@ def serve(root: LifecycleRoot, host: str, port: int) -> None:
 
     The socket is made with IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on connections of such a socket,
     and without it every keep-alive response waited ~40 ms for the client's delayed ACK."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    family, address = _listen_address(host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        sock.bind(address)
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise ConflictError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise UsageError(f"--host {host}: no interface of this machine has that address") from None
+        raise ConflictError(f"cannot listen on {url_of(host, port)}: {exc.strerror or exc}") from None
+    if warning := exposure_warning(address[0]):
+        print(warning, file=sys.stderr, flush=True)
     holder = VersionHolder(root)
     try:
         holder.start()
@@ -166,6 +207,31 @@ def serve(root: LifecycleRoot, host: str, port: int) -> None:
         sock.close()
 
 
+def _listen_address(host: str, port: int) -> tuple[int, tuple]:
+    """The socket family and address `host` names (an IP address, or a name resolved locally); UsageError for one
+    that is neither (`999.1.1.1`)."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UsageError(f"--host {host!r} is not an address to listen on ({getattr(exc, 'strerror', exc)})") from None
+    return family, address
+
+
+def exposure_warning(ip: str) -> str | None:
+    """The warning for listening on an address other machines can reach (nothing authenticates requests)."""
+    if ipaddress.ip_address(ip).is_loopback:
+        return None
+    return (
+        f"warning: listening on {ip}, which other machines can reach, and nothing authenticates requests; "
+        "use --host 127.0.0.1 unless that is intended"
+    )
+
+
+def url_of(host: str, port: int) -> str:
+    """`http://HOST:PORT`, an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 async def _serve(server: _Server, sock: socket.socket, holder: VersionHolder) -> None:
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():
@@ -174,6 +240,6 @@ async def _serve(server: _Server, sock: socket.socket, holder: VersionHolder) ->
         host, port = sock.getsockname()[:2]
         state = holder.status()
         served = state["version"] or f"nothing yet ({state['error']})"
-        print(f"serving {served} on http://{host}:{port}", file=sys.stderr, flush=True)
+        print(f"serving {served} on {url_of(host, port)}", file=sys.stderr, flush=True)
     await task
     print("stopped", file=sys.stderr, flush=True)

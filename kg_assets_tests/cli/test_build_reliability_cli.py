@@ -80,6 +80,24 @@ def test_sigkill_of_build_leaves_no_indexer_and_gc_cleans_its_scratch(cli_env: d
     assert not os.listdir(root.versions_dir)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_running_step_exits_130(cli_env: dict[str, str], tmp_path: Path, sig: int) -> None:
+    repo = write_repo(tmp_path / "repo")
+    build = subprocess.Popen(
+        [*INDEXCTL, "build", "v1", "--repo", str(repo)], env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while not _children_running(build.pid, "scip-python"):  # the embed step is running
+        assert build.poll() is None and time.monotonic() < deadline, "the build never started scip-python"
+        time.sleep(0.05)
+    build.send_signal(sig)
+    _, stderr = build.communicate(timeout=60)
+    assert build.returncode == 130, stderr
+    (line,) = stderr.decode().strip().splitlines()
+    assert line == "indexctl: interrupted (a signal stopped embeddings.embed_shard[s0])"
+    assert LifecycleRoot(cli_env["KG_INDEXES_DIR"]).list_versions() == []
+
+
 @pytest.fixture
 def embedding_server() -> Iterator[EmbeddingServer]:
     with serving() as server:
@@ -239,3 +257,35 @@ def test_merge_refuses_a_shard_encoded_into_another_trained_index(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["shards"] == 2 and root.read_manifest("v1")["attrs"]["faiss_ntotal"] > 10
     assert _others(root, "v1") == before  # v0 still current, its files and the history as they were
+
+
+def test_a_work_dir_the_build_did_not_create_is_never_written_nor_removed(
+    sample_versions: LifecycleRoot, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Issue 20 item 1: `--work-dir D` puts step outputs in `D/<version>`, which must be absent, empty or the build's
+    own, and may not overlap the repository or the root's versions; anything else is a usage error (exit 2) before
+    any run, with nothing written or removed."""
+    root = sample_versions
+    repo = write_repo(tmp_path / "repo")
+    taken = tmp_path / "work" / "v3"
+    taken.mkdir(parents=True)
+    (taken / "keep.txt").write_text("someone else's")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    refused = [
+        ("v3", tmp_path / "work", "was not made by this build"),  # an existing D/V
+        ("repo", tmp_path, "overlaps the repository"),  # D/V is the repository
+        ("versions", root.root, "overlaps the lifecycle root's versions"),  # D/V is versions/
+        ("v3", root.version_dir("v1"), "overlaps the lifecycle root's versions"),  # inside a sealed version
+        ("v3", root.versions_dir, "overlaps the lifecycle root's versions"),
+        ("v3", a_file, "is not a directory"),
+    ]
+    before, repo_files = published_state(root), sorted(p.read_bytes() for p in repo.rglob("*") if p.is_file())
+    for version, work_dir, cause in refused:
+        done = indexctl(cli_env, "build", version, "--repo", str(repo), "--work-dir", str(work_dir))
+        assert done.returncode == 2 and cause in done.stderr, (version, work_dir, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert published_state(root) == before
+    assert (taken / "keep.txt").read_text() == "someone else's" and sorted(taken.iterdir()) == [taken / "keep.txt"]
+    assert sorted(p.read_bytes() for p in repo.rglob("*") if p.is_file()) == repo_files
+    assert not list(root.versions_dir.glob("*.staging"))

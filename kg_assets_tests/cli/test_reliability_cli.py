@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -49,7 +51,7 @@ def test_a_hostile_current_is_not_trusted_and_a_dry_run_writes_nothing(
     staged.current_file.write_text("../../../tmp/x")
     before = published_state(staged)
     for args in (("gc", "--dry-run"), ("status",)):
-        _one_line_error(indexctl(cli_env, *args), 4, "which is not a version id")
+        _one_line_error(indexctl(cli_env, *args), 4, "does not hold a version id")
     assert published_state(staged) == before
     assert os.readlink(staged.current_link) == "versions/v1"
 
@@ -153,7 +155,7 @@ def test_a_busy_pool_is_waited_for_with_a_limit_and_signals_end_the_wait(
     time.sleep(1)
     waiting.send_signal(signal.SIGTERM)
     assert waiting.wait(timeout=10) == 130
-    assert waiting.stderr.read().strip() == "indexctl: aborted"
+    assert waiting.stderr.read().strip() == "indexctl: interrupted (SIGTERM)"  # README: exit 130, its cause
     assert published_state(staged) == before
     instance.event_log_storage.free_concurrency_slots_for_run("f" * 32)
     assert indexctl(cli_env, "publish", "v2").returncode == 0
@@ -268,3 +270,208 @@ def test_knob_values_are_validated_against_the_index(
     _one_line_error(indexctl(cli_env, *stage_args("v3", sample)), 4, "tuning_fits_index failed: nprobe=3000000000")
     sample["tuning"].write_text(json.dumps({"nprobe": 4, "k_factor": 0.5}))
     _one_line_error(indexctl(cli_env, *stage_args("v3", sample)), 4, "k_factor must be at least 1")
+
+
+SECRET = "TOPSECRET:x:0:0:a line of a private file"
+
+
+def test_errors_name_paths_never_file_contents(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict, tmp_path: Path
+) -> None:
+    secret = tmp_path / "private.txt"
+    secret.write_text(SECRET + "\n" + "more private lines\n" * 3)
+    staged.current_file.unlink()
+    staged.current_file.symlink_to(secret)
+    sample = samples["a"]
+    for args in (
+        ("status",),
+        ("health",),
+        ("stage", "v3", str(secret), str(sample["duckdb"]), str(sample["scip"])),  # the secret as the index
+    ):
+        done = indexctl(cli_env, *args)
+        assert done.returncode == 4, (args, done.stderr)
+        assert "TOPS" not in done.stderr + done.stdout and "x:0:0" not in done.stderr, (args, done.stderr)
+        assert str(staged.current_file) in done.stderr or str(staged.root) in done.stderr, done.stderr
+
+
+def test_bad_inputs_are_one_line_errors_with_their_exit_code_and_leave_the_root(
+    staged: LifecycleRoot, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    fifo, a_file = tmp_path / "fifo", tmp_path / "a-file"
+    os.mkfifo(fifo)
+    a_file.write_text("x")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.py").write_text("A = 1\n")
+    cases = [
+        (("build", "v3", "--repo", str(fifo)), 2, f"--repo {fifo} is not a directory"),
+        (("build", "v3", "--repo", str(repo), "--embedder", "http://127.0.0.1:9#x#-1"), 2, "dimension -1 for"),
+        (("build", "v3", "--repo", str(repo), "--embedder", "http://127.0.0.1:9#x#0"), 2, "is out of range"),
+        (("build", "v3", "--repo", str(repo), "--work-dir", str(a_file)), 2, f"--work-dir {a_file} is not a directory"),
+        (("build", "v1", "--resume"), 5, "version v1 is already built and sealed: there is no failed build"),
+        (("publish", "v2", "--expect-current", "../x"), 2, "invalid version id '../x'"),
+        (("serve", "--host", "999.1.1.1", "--port", "0"), 2, "--host '999.1.1.1' is not an address to listen on"),
+        (("eval", "--queries", str(fifo)), 2, f"queries file {fifo} is not a regular file"),
+    ]
+    before = published_state(staged)
+    for args, code, message in cases:
+        _one_line_error(indexctl(cli_env, *args), code, message)
+    assert published_state(staged) == before
+
+
+def _versions(root: LifecycleRoot) -> dict[str, bytes]:
+    """Every file of every version directory, by path: what gc must leave when it refuses."""
+    return {str(p.relative_to(root.root)): p.read_bytes() for p in sorted(root.versions_dir.rglob("*")) if p.is_file()}
+
+
+def test_a_current_that_cannot_be_trusted_makes_gc_remove_nothing_and_status_and_health_fail(
+    staged: LifecycleRoot, cli_env: dict[str, str]
+) -> None:
+    """Issue 20 item 3: CURRENT naming no complete version, or hand-edited so that it disagrees with the history
+    (`v1` and blank lines after a publish of v2): gc removes nothing and says why, status and health exit 4."""
+    assert indexctl(cli_env, "publish", "v2").returncode == 0
+    for text, cause in (
+        ("v9", "names v9, which is not a complete version"),
+        ("v1\n\n\n", "the last flip in"),
+    ):
+        staged.current_file.write_text(text)
+        before = _versions(staged)
+        _one_line_error(indexctl(cli_env, "gc", "--keep", "0"), 4, cause)
+        _one_line_error(indexctl(cli_env, "gc", "--keep", "0", "--dry-run"), 4, cause)
+        assert _versions(staged) == before
+        done = indexctl(cli_env, "status")
+        _one_line_error(done, 4, cause)
+        assert "v1" in done.stdout and "v2" in done.stdout  # the listing still comes first
+        done = indexctl(cli_env, "health")
+        assert done.returncode == 4 and cause in done.stderr, (done.stdout, done.stderr)
+        done = indexctl(cli_env, "health", "--version", "v2")
+        assert done.returncode == 4 and re.search(rf"FAILED +pointer_consistent +.*{cause}", done.stdout), done.stdout
+    assert indexctl(cli_env, "publish", "v2").returncode == 0  # a flip records where the pointer goes: trusted again
+    assert indexctl(cli_env, "status").returncode == 0 and indexctl(cli_env, "health").returncode == 0
+    done = indexctl(cli_env, "gc", "--keep", "0", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["removed_versions"] == [], done.stderr
+
+
+def _ends_in_time(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*INDEXCTL, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_fifo_the_root_or_an_option_names_hangs_no_command(
+    staged: LifecycleRoot, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Issue 20 item 9: a FIFO as CURRENT, history.json or a manifest, or given as `eval --duckdb`, is refused at
+    once with a one-line error (before: every command blocked opening it)."""
+    before = published_state(staged)
+    staged.current_file.unlink()
+    os.mkfifo(staged.current_file)
+    for args in (("status",), ("health",), ("gc",), ("publish", "v2"), ("rollback", "v1"), ("search", "parse")):
+        _one_line_error(_ends_in_time(cli_env, *args), 4, "CURRENT is unreadable (not a regular file)")
+    staged.current_file.unlink()
+    staged.current_file.write_text("v1")
+    assert published_state(staged) == before
+    fifo = tmp_path / "analytics.duckdb"
+    os.mkfifo(fifo)
+    done = _ends_in_time(cli_env, "eval", "--duckdb", str(fifo), "--samples", "5", timeout=120)
+    _one_line_error(done, 2, f"{fifo} is not a regular file; pass another --duckdb")
+    manifest = staged.version_dir("v2") / MANIFEST
+    manifest.unlink()
+    os.mkfifo(manifest)
+    done = _ends_in_time(cli_env, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    assert {v["version"]: v["state"] for v in json.loads(done.stdout)["versions"]}["v2"] == "broken"
+    staged.history_file.unlink()
+    os.mkfifo(staged.history_file)
+    _one_line_error(_ends_in_time(cli_env, "gc"), 4, "history.json is malformed")
+
+
+def test_deep_json_and_names_that_are_no_version_ids_break_nothing(
+    staged: LifecycleRoot, cli_env: dict[str, str]
+) -> None:
+    """Issue 20 item 11: deeply nested JSON (a manifest, tuning.json, the history, an eval record, a build lease)
+    is malformed input, not a RecursionError; staging leftovers whose names are not version ids (`.staging`,
+    `x.staging.staging`, `bad name.staging`) are left alone by gc; `ls` lists only version ids, one a line."""
+    deep = "[" * 100_000
+    for name in ("v3", "v4"):
+        shutil.copytree(staged.version_dir("v2"), staged.versions_dir / name)
+        manifest = json.loads((staged.version_dir(name) / MANIFEST).read_text())
+        (staged.version_dir(name) / MANIFEST).write_text(json.dumps({**manifest, "version": name}))
+    (staged.version_dir("v3") / MANIFEST).write_text(deep)
+    (staged.version_dir("v4") / "tuning.json").write_text(deep)
+    (staged.root / ".eval").mkdir(exist_ok=True)
+    (staged.root / ".eval" / "v2.json").write_text(deep)
+    (staged.root / ".locks" / "v5.lease").write_text(deep)
+    (staged.versions_dir / "v5.staging").mkdir()
+    odd = [".staging", "x.staging.staging", "bad name.staging", "a\nb"]
+    for name in odd:
+        (staged.versions_dir / name).mkdir()
+    for path in staged.versions_dir.iterdir():
+        os.utime(path, (time.time() - 7 * 86400,) * 2)  # old enough for gc to consider
+
+    done = indexctl(cli_env, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    states = {v["version"]: v["state"] for v in json.loads(done.stdout)["versions"]}
+    assert states["v3"] == states["v4"] == "broken" and states["v5.staging"] == "staging"
+    assert indexctl(cli_env, "ls").stdout.splitlines() == ["v1", "v2", "v3", "v4"]
+    done = indexctl(cli_env, "gc", "--keep", "5", "--staging-max-age", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["removed_staging"] == ["v5.staging"]  # its unreadable lease names no live run
+    assert all((staged.versions_dir / name).is_dir() for name in odd)
+    _one_line_error(indexctl(cli_env, "publish", "v2"), 4, "v2.json is not a readable eval record")
+    staged.history_file.write_text(deep)
+    _one_line_error(indexctl(cli_env, "gc"), 4, "history.json is malformed (JSON nested too deeply)")
+
+
+def test_a_stray_file_where_the_root_keeps_a_directory_is_a_one_line_error(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict
+) -> None:
+    """Issue 20 item 13: a stray file named `.locks` is a one-line error naming it (exit 4), not a
+    NotADirectoryError."""
+    before = published_state(staged)
+    shutil.rmtree(staged.root / ".locks")
+    (staged.root / ".locks").write_text("stray")
+    assert indexctl(cli_env, "status").returncode == 0
+    for args in (("gc", "--staging-max-age", "0"), stage_args("v3", samples["a"])):
+        _one_line_error(indexctl(cli_env, *args), 4, f"{staged.root / '.locks'} is not a directory")
+    assert published_state(staged) == before
+    (staged.root / ".locks").unlink()
+
+
+def test_stage_refuses_symbolic_links_inside_an_extra_directory(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict, tmp_path: Path
+) -> None:
+    """Issue 20 item 13: `stage --extra NAME=DIR` copied what links inside DIR point to (a loop 40 levels deep, a
+    link to / the filesystem); now it refuses them (exit 4) and stages nothing."""
+    before = published_state(staged)
+    extra = tmp_path / "docs"
+    (extra / "sub").mkdir(parents=True)
+    (extra / "sub" / "notes.md").write_text("notes")
+    for link, target in (("loop", ".."), ("root", "/")):
+        (extra / "sub" / link).symlink_to(target)
+        done = indexctl(cli_env, *stage_args("v3", samples["a"]), "--extra", f"docs={extra}")
+        _one_line_error(done, 4, f"input for docs/sub/{link} is a symbolic link")
+        (extra / "sub" / link).unlink()
+    assert not staged.staging_dir("v3").exists() and published_state(staged) == before
+
+
+def test_stage_and_health_refuse_a_scip_index_made_from_another_repository(
+    staged: LifecycleRoot, cli_env: dict[str, str], samples: dict, tmp_path: Path
+) -> None:
+    """Issue 20 item 13: an index.scip most of whose documents are no file of the catalog describes another
+    repository: stage refuses it (exit 4) and health fails `scip_matches_catalog`."""
+    from kg_assets_tests.sample_artifacts import scip_bytes
+
+    before = published_state(staged)
+    foreign = tmp_path / "foreign.scip"
+    foreign.write_bytes(scip_bytes([f"other/project/file{i}.py" for i in range(7)]))
+    done = indexctl(cli_env, *stage_args("v3", {**samples["a"], "scip": foreign}))
+    _one_line_error(done, 4, "scip_matches_catalog failed: index.scip was made from another repository")
+    assert published_state(staged) == before
+    shutil.copytree(staged.version_dir("v2"), staged.versions_dir / "v4")  # v2 with a foreign SCIP index
+    manifest = json.loads((staged.version_dir("v4") / MANIFEST).read_text())
+    shutil.copyfile(foreign, staged.version_dir("v4") / "index.scip")
+    entry = {"size": foreign.stat().st_size, "sha256": hashlib.sha256(foreign.read_bytes()).hexdigest()}
+    manifest["files"]["index.scip"].update(entry)
+    (staged.version_dir("v4") / MANIFEST).write_text(json.dumps({**manifest, "version": "v4"}))
+    done = indexctl(cli_env, "health", "--version", "v4")
+    assert done.returncode == 4 and re.search(r"FAILED +scip_matches_catalog +index.scip was made", done.stdout)
+    assert indexctl(cli_env, "health", "--version", "v2").returncode == 0

@@ -131,6 +131,21 @@ def test_json_hits_explain_their_channels(h11_root: tuple) -> None:
         assert hits and all(set(h["channels"]) == {mode} for h in hits)
 
 
+@pytest.mark.parametrize("query", ["Connection", "reject header values that contain forbidden characters"])
+def test_the_explanation_of_each_hit_sums_to_its_score(h11_root: tuple, query: str) -> None:
+    env, _, _ = h11_root
+    hits = json.loads(indexctl(env, "search", query, "--json").stdout)["hits"]
+    for hit in hits:
+        terms = hit["explain"]
+        assert {t["term"] for t in terms} & set(hit["channels"]), terms  # the channels that found it come first
+        assert sum(t["value"] for t in terms) == pytest.approx(hit["score"], abs=1e-5)
+    printed = indexctl(env, "search", query, "--explain", "-k", "3").stdout.splitlines()
+    assert printed[0].split()[1] == f"{hits[0]['score']:.3f}"
+    assert [line.split()[-1] for line in printed[1 : 1 + len(hits[0]["explain"])]] == [
+        t["term"] if "factor" not in t else f"(x{t['factor']:.3g})" for t in hits[0]["explain"]
+    ]
+
+
 def test_a_version_without_lexical_index_falls_back_to_dense(h11_root: tuple) -> None:
     env, root, _ = h11_root
     vdir = root.version_dir("h1")

@@ -208,6 +208,21 @@ def test_scip_index_materializes_alone_without_embedding(tmp_path: Path) -> None
     assert (staging / SCIP_FILE).is_file() and not (staging / build.BUILD_DIR / build.SHARDS_DIR).exists()
 
 
+def test_scip_indexers_see_only_the_files_the_chunker_accepted(tmp_path: Path) -> None:
+    root, repo = LifecycleRoot(tmp_path / "indexes"), tmp_path / "repo"
+    (repo / "secret").mkdir(parents=True)
+    (repo / "ok.py").write_text("def ok():\n    return 1\n")
+    (repo / "secret" / "creds.py").write_text('API_KEY = "sk-excluded-secret"\n')  # --exclude 'secret/*'
+    (repo / "huge.py").write_text(f"x_huge = '{'a' * (1 << 20)}'\n")  # over 1 MiB
+    (repo / "blob.py").write_bytes(b'BLOB = "binary-secret"\n\0\n')  # binary
+    with dg.instance_for_test() as instance:
+        result = run_build(root, repo, "v1", instance, assets=["chunks", "scip_index"], exclude=["secret/*"])
+    assert result.success
+    data = (root.staging_dir("v1") / SCIP_FILE).read_bytes()
+    assert [d.relative_path for d in scip.parse_index(data).documents] == ["ok.py"]
+    assert not any(name in data for name in (b"API_KEY", b"sk-excluded-secret", b"x_huge", b"binary-secret"))
+
+
 def test_mixed_languages_index_per_language_beside_embedding_and_reuse_per_language(tmp_path: Path) -> None:
     # The sample's Python and commander's real JavaScript: scip-python and scip-typescript, merged. In-process,
     # the indexers run inside the embed step and scip_index, ordered after it, reports them.
@@ -226,7 +241,7 @@ def test_mixed_languages_index_per_language_beside_embedding_and_reuse_per_langu
     assert beside and beside[0].startswith("SCIP indexers done beside embedding")
     assert min(windows["scip_index"]) > max(windows["embeddings.embed_shard[s0]"])  # after the embedding
     meta = materializations(first)["scip_index"]
-    assert meta["documents"] == 6 and "| scip-typescript | scip-typescript 0.4.0 | 2 |" in meta["indexers"]
+    assert meta["documents"] == 5 and "| scip-typescript | scip-typescript 0.4.0 | 2 |" in meta["indexers"]
     with catalog.connect_read_only(root.version_dir("v1") / CATALOG_FILE) as con:
         table = SymbolTable.from_catalog(con)
         uris = dict(con.execute("SELECT chunk_id, uri FROM chunks").fetchall())
@@ -237,7 +252,7 @@ def test_mixed_languages_index_per_language_beside_embedding_and_reuse_per_langu
     with dg.instance_for_test() as instance:
         second = run_build(root, repo, "v2", instance)
     assert second.success
-    assert "| scip-python | scip-python 0.6.6 | 4 |" in materializations(second)["scip_index"]["indexers"]
+    assert "| scip-python | scip-python 0.6.6 | 3 |" in materializations(second)["scip_index"]["indexers"]
     assert materializations(second)["scip_index"]["reused_from"] == "v1"  # Python unchanged; JavaScript re-run
     v1, v2 = (scip.read_index(root.version_dir(v) / SCIP_FILE) for v in ("v1", "v2"))
-    assert list(v2.documents)[:4] == list(v1.documents)[:4] and v2.documents[4:] != v1.documents[4:]
+    assert list(v2.documents)[:3] == list(v1.documents)[:3] and v2.documents[3:] != v1.documents[3:]

@@ -97,8 +97,8 @@ def served_results(root: LifecycleRoot, version: str, texts: list[str]) -> dict[
         hybrid = []
         for row, text in enumerate(texts):
             ranked = handle.rank(text, vectors[row : row + 1], 10)
-            rows = handle.hydrate([chunk_id for chunk_id, _, _ in ranked])
-            hybrid.append([(i, rows[i]["uri"], rows[i]["start_line"], rows[i]["end_line"], s) for i, s, _ in ranked])
+            rows = handle.hydrate([hit.chunk_id for hit in ranked])
+            hybrid.append([(i, rows[i]["uri"], rows[i]["start_line"], rows[i]["end_line"], s) for i, s, *_ in ranked])
         served = handle.dense(vectors, 10)
         tuning.set_knobs(handle.index, {"nprobe": 1})
         one_list = handle.dense(vectors, 10)

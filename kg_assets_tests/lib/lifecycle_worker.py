@@ -5,9 +5,11 @@
     python -m kg_assets_tests.lib.lifecycle_worker read ROOT SECONDS       resolve `current` in a loop
     python -m kg_assets_tests.lib.lifecycle_worker forkserver ROOT         run operations killed at a write step
 
-`forkserver` reads one JSON command a line (`{"op": "stage"|"publish"|"rollback"|"gc", "args": {...},
+`forkserver` reads one JSON command a line (`{"op": "stage"|"build"|"publish"|"rollback"|"gc", "args": {...},
 "step": N}`), runs it in a forked child with $KG_CRASH_AT_STEP=N (0: no kill) and answers
-`{"killed": bool, "code": int}`: the imports are paid once, each kill costs a fork.
+`{"killed": bool, "code": int, "steps": S}` (S: the write steps an operation that was not killed passed): the
+imports are paid once, each kill costs a fork. `build` is the lifecycle path
+of `indexctl build --work-dir` (`build_version`) with a sample's files as what its steps computed.
 
 Prints `ready` once imports are done, so the parent can time its kill from there. `flip` prints one JSON line
 per successful flip; `read` prints the number of reads and exits non-zero on the first bad read.
@@ -25,9 +27,18 @@ import sys
 import time
 from pathlib import Path
 
+from kg_assets.lib import build, fsutil
 from kg_assets.lib.errors import ConflictError, ValidationError
-from kg_assets.lib.fsutil import CRASH_ENV
-from kg_assets.lib.lifecycle import MANIFEST, LifecycleRoot
+from kg_assets.lib.fsutil import CRASH_ENV, copy_file
+from kg_assets.lib.lifecycle import (
+    CATALOG_FILE,
+    FAISS_FILE,
+    IDMAP_FILE,
+    MANIFEST,
+    SCIP_FILE,
+    TUNING_FILE,
+    LifecycleRoot,
+)
 
 
 def churn(root: LifecycleRoot, sample: Path) -> None:
@@ -74,12 +85,12 @@ def read(root: LifecycleRoot, seconds: float) -> None:
 
 
 def forkserver(root: LifecycleRoot) -> None:
-    for module in ("kg_assets.lib.health", "kg_assets.lib.validation"):  # lifecycle imports them when needed:
-        importlib.import_module(module)  # once here, not in every forked child
     for line in sys.stdin:
         command = json.loads(line)
+        steps_read, steps_written = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(steps_read)
             os.environ[CRASH_ENV] = str(command["step"])
             code = 0
             try:
@@ -87,10 +98,43 @@ def forkserver(root: LifecycleRoot) -> None:
             except Exception as exc:  # reported through the exit code; the parent checks what it left
                 print(f"{command['op']} failed: {exc}", file=sys.stderr, flush=True)
                 code = 1
+            os.write(steps_written, str(fsutil.crash_steps()).encode())
             os._exit(code)
+        os.close(steps_written)
         _, status = os.waitpid(pid, 0)
+        with os.fdopen(steps_read) as steps:
+            passed = steps.read()
         killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-        print(json.dumps({"killed": killed, "code": os.waitstatus_to_exitcode(status)}), flush=True)
+        reply = {"killed": killed, "code": os.waitstatus_to_exitcode(status), "steps": int(passed or 0)}
+        print(json.dumps(reply), flush=True)
+
+
+SAMPLE_FILES = {
+    FAISS_FILE: "code.faiss",
+    CATALOG_FILE: "catalog.duckdb",
+    SCIP_FILE: "index.scip",
+    IDMAP_FILE: "faiss_idmap.parquet",
+    TUNING_FILE: "tuning.json",
+}
+
+
+def build_version(root: LifecycleRoot, version: str, sample: Path, work_dir: Path) -> None:
+    """What a build run does to the root, step by step, with `sample`'s files as its steps' results: take the
+    version's lease (every earlier run of it is dead here), reset its staging directory, claim and record its
+    step-output location under `work_dir`, write outputs there and the version's files into staging, drop the
+    outputs, seal, release the lease."""
+    run_id = f"run-{os.getpid()}"
+    root.take_build_lease(version, run_id, "worker", is_dead=lambda _: True)
+    staging = root.reset_staging(version)
+    work = work_dir / version
+    build.claim_work_path(root, sample, version, work, outside=True)
+    root.record_work_location(version, str(work))
+    for name, source in SAMPLE_FILES.items():
+        copy_file(sample / source, work / name)  # a step's output ...
+        copy_file(work / name, staging / name)  # ... and the version's file made from it
+    build.finalize_outputs(root, version, work)
+    root.finalize(version, staging, {})
+    root.release_build_lease(version, run_id)
 
 
 def run_operation(root: LifecycleRoot, op: str, args: dict) -> None:
@@ -104,6 +148,8 @@ def run_operation(root: LifecycleRoot, op: str, args: dict) -> None:
             idmap_path=sample / "faiss_idmap.parquet",
             tuning_path=sample / "tuning.json",
         )
+    elif op == "build":
+        build_version(root, args["version"], Path(args["sample"]), Path(args["work"]))
     elif op in ("publish", "rollback"):
         getattr(root, op)(args["version"], expect_current=args["expect"])
     elif op == "gc":
@@ -112,6 +158,8 @@ def run_operation(root: LifecycleRoot, op: str, args: dict) -> None:
 
 def main() -> None:
     mode, root = sys.argv[1], LifecycleRoot(sys.argv[2])
+    for module in ("kg_assets.lib.health", "kg_assets.lib.validation"):  # lifecycle imports them when needed:
+        importlib.import_module(module)  # before `ready`, so a kill timed from it lands in an operation
     print("ready", flush=True)
     if mode == "churn":
         churn(root, Path(sys.argv[3]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from kg_assets.lib import chunking
 from kg_assets.lib.embedding import MiniLMOnnx
+from kg_assets_tests.hostile_repo import link_indexed_directory_outside
 from kg_assets_tests.sample_repo import write_repo
 
 BUDGET = 120
@@ -119,3 +121,19 @@ def test_a_directory_ignored_by_an_enclosing_repository_is_walked(tmp_path: Path
     (inner / ".gitignore").write_text("*.log\n")
     (inner / "run.log").write_text("noise\n")
     assert chunking.list_files(inner) == [".gitignore", "pkg/mod.py"]
+
+
+def test_files_git_lists_through_a_symlinked_directory_are_never_read(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.py").write_text("TOKEN = 'outside-secret-123'\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "ok.py").write_text("def ok():\n    return 1\n")
+    link_indexed_directory_outside(repo, "sub", outside)
+    os.mkfifo(repo / "fifo.py")  # listed as untracked: refused, never waited on
+    result = chunking.chunk_repository(repo, lambda texts: [len(t) // 4 + 1 for t in texts], 200)
+    assert "sub/secret.py" in chunking.list_files(repo)  # git lists it ...
+    assert result.skipped["sub/secret.py"].startswith("a symlink on its path")  # ... it is not read
+    assert sorted(result.files) == ["ok.py"]
+    assert not any("outside-secret" in c.text for c in result.chunks)

@@ -90,7 +90,7 @@ def test_every_channel_returns_real_hits_in_one_pool(built: tuple, tmp_path: Pat
     queries = labelled_file(tmp_path / "q.jsonl", root)
     record = evaluate_version(root, None, settings(tmp_path, xtr_oracle=True, queries_file=queries), run_id="r1")
     pool = pq.read_table(record["pool_path"])
-    assert pool.schema.names == eval_outputs.POOL_SCHEMA.names
+    assert pool.schema.names == eval_outputs.pool_schema().names
     rows = pool.to_pylist()
     assert {r["channel"] for r in rows} == {"faiss", "flat", "bm25", "xtr", "hybrid"}
     assert {r["query_set"] for r in rows} == {"self", "file", "docstrings"}
@@ -300,3 +300,11 @@ def test_mrr_comparison_uses_shared_queries_only() -> None:
     assert not retrieval_metrics.compare_mrr({"x": 1.0}, 10, base, 10, 0.02)["passed"]
     # ranks beyond the smaller k do not count on either side
     assert retrieval_metrics.compare_mrr({"a": 1 / 8}, 10, {"a": 1 / 8}, 5, 0.0)["mrr_at_k"] == 0.0
+
+
+def test_a_requested_channel_that_cannot_run_says_why(built: tuple, tmp_path: Path) -> None:
+    root, _ = built
+    record = evaluate_version(root, "v1", settings(tmp_path, xtr_oracle=True, generated_queries=False), run_id="r1")
+    metrics = record["metrics"]
+    assert metrics["channels_run"] == ["faiss", "flat"]  # self-queries only: nothing for XTR to rescore
+    assert metrics["channels_unavailable"]["xtr"].startswith("no text queries to rescore")

@@ -14,7 +14,7 @@ import pytest
 from kg_assets.lib.catalog import read_meta
 from kg_assets.lib.embedding import searchable_embedder
 from kg_assets.lib.errors import NotFoundError, ValidationError
-from kg_assets.lib.health import CHECKS, FAILED, OK, SKIPPED, version_health
+from kg_assets.lib.health import CHECKS, DEGRADED, FAILED, OK, SKIPPED, version_health
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets_tests.conftest import published_state
 
@@ -37,13 +37,16 @@ def test_built_version_passes_every_check_including_the_views(built_pair: Lifecy
     report = version_health(built_pair, "v2")
     assert report.ok and report.current is None
     assert {c.name: c.status for c in report.checks} == {
+        "kind": OK,
         "files_match_manifest": OK,
         "artifacts_agree": OK,
         "idmap_views_resolve": OK,
         "chunk_symbols_resolve": OK,
+        "scip_matches_catalog": OK,
         "tuning_fits_index": OK,
         "searchable": OK,
         "lexical_index_fits": OK,
+        "scip_indexers_complete": OK,
         "pointer_consistent": SKIPPED,  # nothing published in this root
     }
     detail = {c.name: c.detail for c in report.checks}
@@ -88,6 +91,20 @@ def test_views_that_disagree_with_the_index_fail(built_pair: LifecycleRoot, tmp_
     report = version_health(copy, "v1")
     views = next(c for c in report.checks if c.name == "idmap_views_resolve")
     assert views.status == FAILED and "differ from the FAISS index's ids" in views.detail
+
+
+def test_a_scip_indexer_that_failed_is_a_named_degradation_not_a_failure(
+    built_pair: LifecycleRoot, tmp_path: Path
+) -> None:
+    copy = LifecycleRoot(tmp_path / "indexes")
+    shutil.copytree(built_pair.version_dir("v1"), copy.version_dir("v1"))
+    failed = {"rust-analyzer": "rust-analyzer failed with exit code 1: error: Unknown binary 'rust-analyzer'"}
+    with duckdb.connect(str(copy.version_dir("v1") / "catalog.duckdb")) as con:
+        con.execute("UPDATE kg_meta SET value = ? WHERE key = 'scip_failed'", [json.dumps(failed)])
+    report = version_health(copy, "v1")
+    check = next(c for c in report.checks if c.name == "scip_indexers_complete")
+    assert check.status == DEGRADED and check not in report.failures()
+    assert check.detail == f"no SCIP data for the languages of rust-analyzer: {failed['rust-analyzer']}"
 
 
 def test_tuning_profile_measured_on_another_index_fails(sample_versions: LifecycleRoot) -> None:

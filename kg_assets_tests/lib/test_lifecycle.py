@@ -278,11 +278,33 @@ def test_gc_removes_only_old_unlocked_staging(root: LifecycleRoot) -> None:
     assert sorted(p.name for p in root.versions_dir.iterdir()) == ["busy.staging", "young.staging"]
 
 
+def test_gc_removes_the_lock_files_of_removed_versions_but_not_held_ones(root: LifecycleRoot, samples: dict) -> None:
+    """Issue 20 item 17: `.locks/` kept a staging lock (and reader lease file) of every version ever staged."""
+    for version in ("v1", "v2", "v3"):
+        stage_sample(root, version, samples["a"])
+    root.publish("v1")
+    with root.reader_lease("v1"), root.reader_lease("v3"):
+        pass
+    locks = root.root / ".locks"
+    assert {p.name for p in locks.iterdir()} == {"v1.lock", "v2.lock", "v3.lock", "v1.read", "v3.read"}
+    held = exclusive_lock(locks / "v9.lock", 0, "a stage of v9 about to create its staging directory")
+    with held:
+        assert root.gc(keep=0).removed_versions == ["v3", "v2"]
+        assert {p.name for p in locks.iterdir()} == {"v1.lock", "v1.read", "v9.lock"}
+    root.gc(keep=0)
+    assert {p.name for p in locks.iterdir()} == {"v1.lock", "v1.read"}
+    with root.staging_lock("v2"):  # the id can be staged again, under a new lock file
+        assert (locks / "v2.lock").exists()
+
+
 def test_crash_between_pointer_and_link_is_repaired(root: LifecycleRoot, samples: dict) -> None:
     stage_sample(root, "v1", samples["a"])
     stage_sample(root, "v2", samples["b"])
     root.publish("v1")
-    # A crash after CURRENT was renamed but before the link moved leaves them apart.
+    # A crash after CURRENT was renamed but before the link moved leaves them apart (the flip's record written).
+    history = json.loads(root.history_file.read_text())
+    history["events"].append({"action": "publish", "from": "v1", "to": "v2", "at": "2026-01-01T00:00:00+00:00"})
+    root.history_file.write_text(json.dumps(history))
     root.current_file.write_text("v2")
     root.publish("v2")
     assert os.readlink(root.current_link) == "versions/v2"

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from kg_assets.lib.embedding import MiniLMOnnx, OpenAICompatible, load_embedder
-from kg_assets.lib.errors import ValidationError
+from kg_assets.lib.errors import UsageError, ValidationError
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets_tests.helpers import SCIP_PYTHON
 from kg_assets_tests.sample_repo import write_repo
@@ -25,7 +26,9 @@ from kg_assets_tests.sample_repo import write_repo
 class EmbeddingServer(ThreadingHTTPServer):
     """`POST /v1/embeddings` answered by MiniLM; `errors` is a list of status codes the next requests get
     (then normal answers); a request with any input containing `poison` gets 500, always; one containing `hold`
-    sets `held` and is left unanswered until `released` is set (its client is mid-embedding meanwhile)."""
+    sets `held` and is left unanswered until `released` is set (its client is mid-embedding meanwhile); `answer`
+    replaces the answer's body (given the inputs); `trickle` seconds of one byte every 0.1 s, or `silent` seconds of
+    nothing, instead of an answer."""
 
     daemon_threads = True
 
@@ -39,6 +42,8 @@ class EmbeddingServer(ThreadingHTTPServer):
         self.hold: str | None = None
         self.held, self.released = threading.Event(), threading.Event()
         self.delay = 0.0
+        self.answer: Callable[[list[str]], bytes] | None = None
+        self.trickle = self.silent = 0.0
         self.requests = self.in_flight = self.max_in_flight = 0
 
     @property
@@ -65,6 +70,9 @@ class _Handler(BaseHTTPRequestHandler):
                 server.held.set()
                 server.released.wait()
                 return  # no answer: the client is gone by now
+            if server.silent or server.trickle:
+                self._stall(server.silent, server.trickle)
+                return
             if server.poison and any(server.poison in t for t in texts):
                 status = 500
             time.sleep(server.delay)
@@ -73,15 +81,34 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Retry-After", "0")
                 self.end_headers()
                 return
-            vectors = server.model.embed(texts)
-            body = json.dumps({"data": [{"index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]})
+            if server.answer is not None:
+                body = server.answer(texts)
+            else:
+                vectors = server.model.embed(texts)
+                data = [{"index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]
+                body = json.dumps({"data": data}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
-            self.wfile.write(body.encode())
+            self.wfile.write(body)
         finally:
             with server.lock:
                 server.in_flight -= 1
+
+    def _stall(self, silent: float, trickle: float) -> None:
+        """Say nothing for `silent` seconds, or start a 200 answer and send one byte every 0.1 s for `trickle`."""
+        if silent:
+            time.sleep(silent)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        end = time.monotonic() + trickle
+        with contextlib.suppress(OSError):
+            while time.monotonic() < end:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.1)
 
 
 @contextlib.contextmanager
@@ -107,6 +134,7 @@ def server() -> Iterator[EmbeddingServer]:
 @pytest.fixture
 def remote(server: EmbeddingServer, monkeypatch: pytest.MonkeyPatch) -> OpenAICompatible:
     server.errors, server.poison, server.delay = [], None, 0.0
+    server.answer, server.trickle, server.silent = None, 0.0, 0.0
     server.requests = server.max_in_flight = 0
     monkeypatch.setattr(OpenAICompatible, "backoff_s", 0.01)
     embedder = load_embedder(server.spec)
@@ -142,6 +170,62 @@ def test_persistent_errors_fail_after_the_last_attempt(remote: OpenAICompatible,
     server.poison = "number 7"
     with pytest.raises(ValidationError, match=r"failed 6 times \(last: HTTP 500\)"):
         remote.embed(TEXTS)
+
+
+@pytest.mark.parametrize("stall", ["trickle", "silent"])
+def test_a_server_that_trickles_or_stays_silent_fails_within_the_deadline_naming_the_endpoint(
+    remote: OpenAICompatible, server: EmbeddingServer, stall: str
+) -> None:
+    setattr(server, stall, 4.0)  # per request; before the fix a trickle held a build without bound
+    remote.request_timeout_s, remote.batch_budget_s = 0.5, 2.0
+    started = time.monotonic()
+    with pytest.raises(ValidationError) as caught:
+        remote.embed(TEXTS[:3])
+    assert time.monotonic() - started < 3.5
+    endpoint = server.spec.split("#")[0] + "/v1/embeddings"
+    assert str(caught.value).startswith(f"embedding endpoint {endpoint} failed ")
+    assert re.search(r"\(last: no complete answer within 0\.\d s\)$", str(caught.value))
+
+
+def _vectors(texts: list[str], value: float = 0.1) -> list[dict]:
+    return [{"index": i, "embedding": [value] * 384} for i in range(len(texts))]
+
+
+BAD_ANSWERS = {
+    "all-zero vector": (lambda t: {"data": _vectors(t, 0.0)}, r"answered 3 all-zero vector\(s\) \(input 0 first\)"),
+    "every index 0": (
+        lambda t: {"data": [{**v, "index": 0} for v in _vectors(t)]},
+        r"answered indices that are not 0 to 2 once each",
+    ),
+    "one vector short": (lambda t: {"data": _vectors(t)[:-1]}, r"answered 2 vectors for 3 inputs"),
+    "no data": (lambda t: {"object": "list"}, r'answered JSON without a "data" list of objects'),
+    "not a number": (
+        lambda t: {"data": [{**v, "embedding": ["x"] * 384} for v in _vectors(t)]},
+        r"answered vectors that are not lists of numbers",
+    ),
+    "NaN": (lambda t: {"data": _vectors(t, float("nan"))}, r"answered a vector with a non-finite number"),
+}
+
+
+@pytest.mark.parametrize("case", [*BAD_ANSWERS, "malformed JSON", "deeply nested JSON"])
+def test_an_answer_that_is_not_one_sound_vector_per_input_is_refused_naming_the_endpoint(
+    remote: OpenAICompatible, server: EmbeddingServer, case: str
+) -> None:
+    if case in BAD_ANSWERS:
+        make, expected = BAD_ANSWERS[case]
+        server.answer = lambda texts: json.dumps(make(texts)).encode()
+    else:
+        body = b'{"data": [' if case == "malformed JSON" else b"[" * 100_000 + b"]" * 100_000
+        server.answer, expected = (lambda texts: body), r"answered something that is not JSON"
+    endpoint = server.spec.split("#")[0] + "/v1/embeddings"
+    with pytest.raises(ValidationError, match=f"^embedding endpoint {re.escape(endpoint)} {expected}"):
+        remote.embed(TEXTS[:3])
+
+
+@pytest.mark.parametrize("dim", ["-1", "0", "1000000000"])
+def test_an_embedder_dimension_out_of_range_is_a_usage_error(dim: str) -> None:
+    with pytest.raises(UsageError, match=f"embedder dimension {dim} for http://127.0.0.1:9 is out of range"):
+        load_embedder(f"http://127.0.0.1:9#model#{dim}")
 
 
 def build_job() -> dg.JobDefinition:

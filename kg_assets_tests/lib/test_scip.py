@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,8 +83,11 @@ needs_indexers = pytest.mark.skipif(
 )
 
 
-def run_indexer(indexer: scip.Indexer, src: Path, scratch: Path, files: tuple[str, ...] = ()) -> scip.IndexerRun:
-    """A run of the real `indexer` over `files` of `src` (default: every file of its languages there)."""
+def run_indexer(
+    indexer: scip.Indexer, src: Path, scratch: Path, files: tuple[str, ...] = (), **bounds: float
+) -> scip.IndexerRun:
+    """A run of the real `indexer` over `files` of `src` (default: every file of its languages there); `bounds`:
+    `timeout`, `memory_bytes`."""
     scratch.mkdir(parents=True, exist_ok=True)
     files = files or tuple(
         sorted(str(p.relative_to(src)) for p in src.rglob("*") if chunking.language_of(p.name) in indexer.languages)
@@ -91,7 +95,7 @@ def run_indexer(indexer: scip.Indexer, src: Path, scratch: Path, files: tuple[st
     job = scip.IndexJob(src, files, scratch / "index.scip", "t", "0", scratch)
     command = scip.indexer_command(indexer)
     assert command is not None
-    return scip.IndexerRun(indexer, command, job)
+    return scip.IndexerRun(indexer, command, job, **bounds)
 
 
 def copy_tree(files: dict[str, Path], dest: Path) -> Path:
@@ -121,6 +125,51 @@ def test_reads_a_real_scip_python_index_and_names_its_documents_language(tmp_pat
     defined = definitions(docs["pkg/shapes.py"])
     assert any(s.endswith("`pkg.shapes`/Square#") for s in defined)
     assert any(s.endswith("`pkg.shapes`/Square#area().") for s in defined)
+
+
+@needs_indexers
+@pytest.mark.parametrize(
+    ("bounds", "error"),
+    [
+        ({"timeout": 0.5}, r"^scip-python was stopped: it did not finish within its time limit of 0\.5 s$"),
+        ({"memory_bytes": 40 << 20}, r"^scip-python was stopped: it used \d+ MiB, over its memory limit of 40 MiB$"),
+    ],
+)
+def test_an_indexer_past_its_time_or_memory_limit_is_stopped_with_a_clear_error(
+    tmp_path: Path, bounds: dict[str, float], error: str
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "mod.py").write_text("".join(f"def f{i}(x: int) -> int:\n    return x + {i}\n" for i in range(2000)))
+    started = time.monotonic()
+    with run_indexer(PYTHON, src, tmp_path / "scratch", **bounds) as run, pytest.raises(ValidationError, match=error):
+        run.wait()
+    assert time.monotonic() - started < 10 and run.process.poll() is not None
+
+
+@needs_indexers
+def test_scip_python_ignores_pyright_configuration_above_its_copy(tmp_path: Path) -> None:
+    # The README's demo: the lifecycle root (and so the scratch copy) inside a repository whose pyproject.toml has
+    # [tool.pyright]; scip-python took that configuration and indexed none of the copy's files, exit code 0.
+    (tmp_path / "pyproject.toml").write_text('[tool.pyright]\ninclude = ["kg_assets"]\n')
+    src = tmp_path / "indexes" / ".scratch" / "src"
+    src.mkdir(parents=True)
+    (src / "mod.py").write_text("def f(x: int) -> int:\n    return x\n")
+    with run_indexer(PYTHON, src, src.parent / "scip-python") as run:
+        index = run.wait()
+    assert [d.relative_path for d in index.documents] == ["mod.py"]
+
+
+@needs_indexers
+def test_an_indexer_that_indexes_none_of_its_files_is_an_error(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "data.txt").write_text("not python\n")
+    with (
+        run_indexer(PYTHON, src, tmp_path / "scratch", ("gone.py",)) as run,
+        pytest.raises(ValidationError, match=r"^scip-python indexed none of the 1 files it was given \(gone\.py, "),
+    ):
+        run.wait()
 
 
 @needs_indexers

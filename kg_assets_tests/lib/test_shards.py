@@ -12,7 +12,7 @@ import pytest
 
 from kg_assets.lib import build, faiss_index, workdir
 from kg_assets.lib.errors import ConflictError, ValidationError
-from kg_assets.lib.lifecycle import FAISS_FILE, LifecycleRoot
+from kg_assets.lib.lifecycle import FAISS_FILE, WORK_RECORD, LifecycleRoot
 from kg_assets.lib.workdir import WorkPath
 
 
@@ -196,8 +196,36 @@ def test_step_outputs_recorded_outside_staging_go_with_it(root: LifecycleRoot, t
     root.versions_dir.mkdir(parents=True)
     for location in (tmp_path / "work" / "v1", workdir.location("memory://kg-tests/recorded/v1")):
         root.reset_staging("v1")
+        build.claim_work_path(root, tmp_path / "repo", "v1", location, outside=True)
         root.record_work_location("v1", str(location))
-        workdir.ensure_dir(location)
         workdir.write_bytes(location / build.CHUNKS_FILE, b"left by a failed run")
         root.reset_staging("v1")
         assert not location.exists() and list(root.staging_dir("v1").iterdir()) == []
+
+
+def test_a_recorded_location_no_build_of_the_version_made_is_never_removed(root: LifecycleRoot, tmp_path: Path) -> None:
+    """`.work-location` is not trusted (issue 20 item 2): gc and the next build or stage of the version remove the
+    location it names only when a build of that version of this root marked it as its own."""
+    root.versions_dir.mkdir(parents=True)
+    precious = tmp_path / "precious"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "sub" / "data.txt").write_text("not a build's")
+
+    def removals_spare(named: Path) -> None:
+        root.reset_staging("v1")
+        (root.staging_dir("v1") / WORK_RECORD).write_text(str(named))
+        root.reset_staging("v1")  # the next build or stage of v1
+        (root.staging_dir("v1") / WORK_RECORD).write_text(str(named))
+        assert root.gc(5, staging_max_age_s=0).removed_staging == ["v1.staging"]
+        assert named.exists()
+
+    for named in (precious, precious / "sub" / "data.txt"):
+        removals_spare(named)
+    assert (precious / "sub" / "data.txt").read_text() == "not a build's"
+    elsewhere = tmp_path / "elsewhere" / "v1"
+    build.claim_work_path(LifecycleRoot(tmp_path / "other"), tmp_path / "repo", "v1", elsewhere, outside=True)
+    mine = tmp_path / "mine" / "v2"
+    build.claim_work_path(root, tmp_path / "repo", "v2", mine, outside=True)  # this root's build of v2
+    for named in (elsewhere, mine):
+        removals_spare(named)
+    assert (elsewhere / workdir.OWNER_FILE).is_file() and (mine / workdir.OWNER_FILE).is_file()

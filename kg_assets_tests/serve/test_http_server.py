@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from typing import Any
 
 import duckdb
 
-from kg_assets.lib.fsutil import atomic_write_json
+from kg_assets.lib.fsutil import atomic_write_json, atomic_write_text
 from kg_assets.lib.lifecycle import CATALOG_FILE, LifecycleRoot
 from kg_assets.lib.tuning import TUNING_FILE
+from kg_assets.serve.http_server import exposure_warning, url_of
 from kg_assets_tests.conftest import INDEXCTL, published_state, stage_sample
 from kg_assets_tests.serve.conftest import Server
 
@@ -71,6 +73,12 @@ BAD_REQUESTS = [
     ("POST", b'{"query": "x", "k": true}', "k must be an integer, got true"),
     ("POST", b'{"query": "x", "k": 5000}', "k must be between 1 and 1000, got 5000"),
     ("POST", b'{"query": "x", "mode": 3}', "mode must be a string"),
+    ("POST", b'{"query": "x", "k": ' + b"9" * 5000 + b"}", "the body has a number of 5000 digits"),
+    ("POST", b"[" * 100_000 + b"]" * 100_000, "the body is JSON nested too deeply"),
+    ("POST", '{"query": "x", "k": "\u0663"}'.encode(), "k must be an integer, got '\u0663'"),  # ARABIC-INDIC THREE
+    ("GET", "/search?q=x&k=%D9%A3", "k must be an integer, got '\u0663'"),
+    ("POST", b'{"query": "x", "k": NaN}', "the body is not strict JSON: NaN is not a number"),
+    ("POST", b"\xff\xfe", "the body is not JSON"),
     ("GET", "/chunks/abc", "chunk id must be an integer, got 'abc'"),
     ("GET", "/chunks/99999999999999999999", "is not a signed 64-bit integer"),
 ]
@@ -249,10 +257,66 @@ def test_serve_does_not_import_dagster(tmp_path: Path) -> None:
         "try:\n"
         "    main(['--root', sys.argv[1], 'serve', '--host', '256.0.0.1'])\n"
         "except SystemExit as exc:\n"
-        "    assert exc.code == 5, exc.code  # cannot listen there, after importing the server\n"
+        "    assert exc.code == 2, exc.code  # no address to listen on, found after importing the server\n"
         "assert 'kg_assets.serve.http_server' in sys.modules\n"
         "assert 'dagster' not in sys.modules, 'serve must not import dagster'\n"
     )
     done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "cannot listen on 256.0.0.1:8765" in done.stderr
+    assert "--host '256.0.0.1' is not an address to listen on" in done.stderr
+
+
+def test_a_fifo_as_current_blocks_neither_the_watcher_nor_sigterm(server: Server, served_root: LifecycleRoot) -> None:
+    """Issue 20 item 9: with a FIFO as CURRENT the watcher blocked forever opening it (the server never followed
+    CURRENT again and SIGTERM printed "stopped" but never exited); now the FIFO is a load error, the old version
+    keeps serving, the next CURRENT is followed, and SIGTERM ends the server."""
+    fifo = served_root.root / "fifo"
+    os.mkfifo(fifo)
+    os.replace(fifo, served_root.current_file)
+    deadline = time.monotonic() + 10
+    while (state := server.get("/health")[1]).get("load_error", {}).get("version") != "CURRENT":
+        assert time.monotonic() < deadline, state
+        time.sleep(0.05)
+    assert state["status"] == "degraded" and state["version"] == "v1"
+    assert "not a regular file" in state["load_error"]["error"]
+    assert server.get("/search?q=hypotenuse")[0] == 200
+    atomic_write_text(served_root.current_file, "v2")
+    server.wait_for_version("v2", 30)
+    os.mkfifo(fifo)
+    os.replace(fifo, served_root.current_file)
+    time.sleep(1)  # the watcher has polled the FIFO
+    assert server.stop() == 0
+
+
+def test_health_names_a_bad_current_by_its_path_never_its_contents(
+    root: LifecycleRoot, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    secret = tmp_path / "private.txt"
+    secret.write_text("TOPSECRET:x:0:0:a line of a private file\n")
+    root.root.mkdir(parents=True)
+    root.current_file.symlink_to(secret)
+    running = Server(cli_env)
+    try:
+        status, state = running.get("/health")
+    finally:
+        assert running.stop() == 0
+    assert status == 503 and state["load_error"]["version"] == "CURRENT"
+    assert str(root.current_file) in state["error"] and "TOPS" not in json.dumps(state), state
+
+
+def test_a_body_over_1_mib_is_refused_with_413_unread(root: LifecycleRoot, cli_env: dict[str, str]) -> None:
+    running = Server(cli_env)
+    try:
+        huge = b'{"query": "' + b"x" * (2 << 20) + b'"}'
+        status, body = running.post("/search", huge)
+        assert status == 413 and body["error"] == "the body is larger than 1048576 bytes"
+        assert running.get("/search?q=x&k=0")[0] == 400  # the server still answers
+    finally:
+        assert running.stop() == 0
+
+
+def test_a_bind_other_machines_can_reach_is_warned_and_ipv6_is_bracketed() -> None:
+    assert exposure_warning("127.0.0.1") is None and exposure_warning("::1") is None
+    for address in ("0.0.0.0", "::", "192.0.2.7"):
+        assert exposure_warning(address).startswith(f"warning: listening on {address}, which other machines can reach")
+    assert url_of("::1", 8765) == "http://[::1]:8765" and url_of("127.0.0.1", 80) == "http://127.0.0.1:80"

@@ -57,3 +57,46 @@ def test_mcp_tools_answer_and_follow_a_publish(served_root: LifecycleRoot, cli_e
             assert chunk["version"] == "v2"
 
     anyio.run(session)
+
+
+def test_lines_that_are_not_json_rpc_get_their_json_rpc_error(root: LifecycleRoot, cli_env: dict[str, str]) -> None:
+    lines = [
+        b"this is not json",
+        b"[" * 100_000 + b"]" * 100_000,  # nested too deeply to parse
+        b'{"jsonrpc": "2.0", "id": 7, "method": 12}',  # JSON, but no JSON-RPC message
+        json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "0"},
+                },
+            }
+        ).encode(),
+    ]
+    done = subprocess.run(
+        [*INDEXCTL, "mcp"], env=cli_env, input=b"\n".join(lines) + b"\n", capture_output=True, timeout=120
+    )
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(a.get("id"), a.get("error", {}).get("code")) for a in answers] == [
+        (None, -32700),
+        (None, -32700),
+        (7, -32600),
+        (1, None),  # the server still answers what follows
+    ], done.stderr
+    assert answers[-1]["result"]["serverInfo"]["name"] == "kg-assets"
+
+
+def test_get_chunk_of_an_id_beyond_64_bits_says_why(served_root: LifecycleRoot, cli_env: dict[str, str]) -> None:
+    params = StdioServerParameters(command=sys.executable, args=[*INDEXCTL[1:], "mcp"], env=cli_env)
+
+    async def session() -> None:
+        async with Client(params, read_timeout_seconds=120) as client:
+            result = await client.call_tool("get_chunk", {"chunk_id": 10**30})
+            assert result.is_error
+            assert f"chunk id {10**30} is not a signed 64-bit integer" in result.content[0].text
+
+    anyio.run(session)

@@ -137,12 +137,16 @@ def scip_beside_embedding(
     It never fails the caller: an indexer that fails here is run again by `scip_index`, which fails with its
     error."""
     steps = context.run.step_keys_to_execute  # None: all (a subset or re-execution names its steps)
-    if not runs_in_one_process(context) or (steps is not None and "scip_index" not in steps):
+    if (
+        not runs_in_one_process(context)
+        or (steps is not None and "scip_index" not in steps)
+        or not settings.scip_indexers()
+    ):
         return lambda: None
     staging = root.staging_dir(context.partition_key)
     try:
         finish = stack.enter_context(
-            build.scip_started(root, settings.repo_path(), staging, work, scip_project(settings))
+            build.scip_started(root, staging, work, scip_project(settings), settings.scip_indexers())
         )
     except KgError as exc:
         context.log.warning(f"SCIP indexers not started beside embedding ({exc}); scip_index runs them")
@@ -178,8 +182,10 @@ def scip_index(
     root, staging, work = build_step(context, settings, lifecycle)
     stats = build.recorded_scip(work)  # run beside the embedding already (an in-process run)
     if stats is None:
-        with build.scip_started(root, settings.repo_path(), staging, work, scip_project(settings)) as finish:
+        with build.scip_started(root, staging, work, scip_project(settings), settings.scip_indexers()) as finish:
             stats = finish()
+        if settings.kind == "fast":
+            context.log.info(f"fast version: SCIP deferred to {settings.full_version or 'the full version'}")
     for failed in (r for r in stats.indexers if r.error):
         context.log.warning(f"{failed.name} failed, its languages have no SCIP data: {failed.error}")
     summary = stats.summary
@@ -197,6 +203,7 @@ def scip_index(
             "tool": f"{summary.tool_name} {summary.tool_version}",
             "indexers": dg.MetadataValue.md("\n".join(rows)),
             "reused_from": ", ".join(sorted({r.reused_from for r in stats.indexers if r.reused_from})) or "-",
+            "deferred_to": (settings.full_version or "the full version") if settings.kind == "fast" else "-",
             "seconds": round(stats.seconds, 3),
             "waited_seconds": round(stats.waited, 3),
             **_file_meta(context, root, staging, SCIP_FILE),
@@ -393,6 +400,7 @@ def catalog(
         "embedder_fingerprint": embedder.fingerprint,
         "embedder_dim": str(embedder.dim),
         "built_on": socket.gethostname(),
+        **settings.version_attrs(),
     }
     t0 = time.perf_counter()
     build.build_catalog(staging, work, meta)
@@ -425,6 +433,7 @@ def index_version(
         "embedder_name": embedder.name,
         "embedder_fingerprint": embedder.fingerprint,
         "repo": settings.repo_path().as_posix(),
+        **settings.version_attrs(),
     }
     vdir = build.finalize(root, context.partition_key, staging, work, embedder.dim, attrs)
     root.release_build_lease(context.partition_key, context.run_id)  # sealed: nothing of the run is left to guard
@@ -436,6 +445,7 @@ def index_version(
     ]
     metadata = {
         "path": dg.MetadataValue.path(str(vdir)),
+        "kind": settings.kind,
         "bytes": sum(e["size"] for e in files.values()),
         "files": dg.MetadataValue.md("\n".join(table)),
         "attrs": dg.MetadataValue.json(manifest["attrs"]),

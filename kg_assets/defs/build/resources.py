@@ -4,13 +4,13 @@ import os
 import pickle
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import pydantic
 
 from kg_assets.defs.lifecycle.resources import LifecycleResource
-from kg_assets.lib import build, workdir
+from kg_assets.lib import build, scip, workdir
 from kg_assets.lib.embedding import Embedder, load_embedder
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets.lib.workdir import WorkPath
@@ -34,12 +34,23 @@ class BuildSettings(dg.ConfigurableResource):
     expect_current: str | None = None
     include: list[str] = pydantic.Field(default_factory=list)
     exclude: list[str] = pydantic.Field(default_factory=list)
+    # `fast`: a version published ahead of `full_version` (kg_assets/lib/progressive.py): no SCIP indexers run.
+    kind: Literal["fast", "full"] = "full"
+    full_version: str = ""
 
     def repo_path(self) -> Path:
         return Path(self.repo or os.environ.get("KG_REPO") or ".").absolute()
 
     def load_embedder(self) -> Embedder:
         return load_embedder(self.embedder)
+
+    def scip_indexers(self) -> tuple[scip.Indexer, ...]:
+        """The SCIP indexers this build runs: none for a fast version (its full version brings SCIP data)."""
+        return () if self.kind == "fast" else scip.INDEXERS
+
+    def version_attrs(self) -> dict[str, str]:
+        """What the manifest and the catalog's kg_meta record of the version's kind."""
+        return {"kind": self.kind, **({"full_version": self.full_version} if self.full_version else {})}
 
     def work_path(self, root: LifecycleRoot, version: str) -> WorkPath:
         """The version's step-output location."""
@@ -48,11 +59,11 @@ class BuildSettings(dg.ConfigurableResource):
         return workdir.location(self.work_dir) / version
 
     def new_work_path(self, root: LifecycleRoot, version: str) -> WorkPath:
-        """The version's step-output location, emptied for a new build (after `reset_staging`). One outside the
-        staging directory is recorded in it, so it goes wherever that goes: gc of an abandoned build, the next
-        build or stage of the version, sealing."""
+        """The version's step-output location, emptied and owned by this build (after `reset_staging`; see
+        `build.claim_work_path`); one outside the staging directory is recorded in it, so it goes wherever that
+        goes: gc of an abandoned build, the next build or stage of the version, sealing."""
         work = self.work_path(root, version)
-        workdir.remove_tree(work)  # what an abandoned attempt left
+        build.claim_work_path(root, self.repo_path(), version, work, outside=bool(self.work_dir))
         if self.work_dir:
             root.record_work_location(version, str(work))
         return work
