@@ -103,7 +103,7 @@ def build_corpus(
     for language in corpus["language"].to_pylist():
         languages[language] = languages.get(language, 0) + 1
     report = {
-        "manifest": str(settings.manifest),
+        "manifest": _project_relative(settings.manifest),
         "manifest_digest": manifest.digest,
         "corpus_digest": code_corpus.corpus_digest(corpus),
         "sentences": len(sentences),
@@ -240,6 +240,14 @@ def _teacher_eval(
         tmp.replace(path)
     with np.load(path) as data:
         return static_training.retrieval_scores(data["queries"], data["docs"])
+
+
+def _project_relative(path: Path) -> str:
+    """`path` relative to the project when inside it (what provenance records), else as given."""
+    path = Path(path).absolute()
+    return (
+        str(path.relative_to(code_corpus.PROJECT_ROOT)) if path.is_relative_to(code_corpus.PROJECT_ROOT) else str(path)
+    )
 
 
 def _commit() -> dict[str, Any]:
