@@ -325,3 +325,14 @@ def train(settings: TrainSettings, teacher: MiniLMOnnx, log: Log = lambda messag
     }
     write_model(settings.out, table, teacher.tokenizer_path, provenance)
     return {**provenance, "out": str(settings.out), "bytes": sum(p.stat().st_size for p in settings.out.iterdir())}
+
+
+def record_evaluation(model: Path, name: str, figures: dict[str, Any], command: str) -> dict[str, Any]:
+    """Add figures measured outside the job (e.g. the labelled benchmarks through real builds) to a model's
+    provenance under `evaluation.<name>`, with the command that measured them; the model's vectors, and so its
+    fingerprint, do not change."""
+    path = Path(model) / "provenance.json"
+    provenance = json.loads(path.read_text(encoding="utf-8"))
+    provenance.setdefault("evaluation", {})[name] = {**figures, "command": command}
+    atomic_write_json(path, provenance)
+    return provenance
