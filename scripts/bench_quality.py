@@ -36,10 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_pack
 import bench_repos
 
+from kg_assets.lib.embedding import load_embedder
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets.lib.query_sets import read_labelled_queries
 from kg_assets.lib.retrieval import MODES, VersionHandle
 from kg_assets.lib.retrieval_metrics import ranking_metrics
+from kg_assets.lib.static_embedder import StaticEmbedder
+from kg_assets.lib.static_pipeline import record_evaluation
 
 PROJECT = Path(__file__).resolve().parent.parent
 BENCH_DIR = PROJECT / "build" / "bench"
@@ -279,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-only", action="store_true", help="Build the versions, then stop.")
     parser.add_argument("--repos", help="Comma-separated repository names (default: all).")
     parser.add_argument("--json", dest="json_out", type=Path, help="Also write the results as JSON here.")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="With a static embedder: add the results to its model's provenance.json (evaluation.<set>_<embedder>).",
+    )
     args = parser.parse_args(argv)
 
     repos = [repo for which in SETS if args.which in (which, "all") for repo in repositories(which)]
@@ -325,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     report["latency_ms"] = {"dense": dense_ms, "hybrid": hybrid_ms, "ratio": hybrid_ms / dense_ms}
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2))
+    if args.record:
+        model = load_embedder(args.embedder)
+        if not isinstance(model, StaticEmbedder):
+            parser.error("--record needs a static embedder (static or static:DIR)")
+        command = "scripts/bench.py quality " + " ".join(sys.argv[1:] if argv is None else argv)
+        record_evaluation(model.directory, f"labelled_{args.which}_{model.name.split(':')[0]}", report, command)
     return 0
 
 
