@@ -26,10 +26,17 @@ from kg_assets.lib.errors import UsageError, ValidationError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = PROJECT_ROOT / "kg_assets" / "models" / "corpus-manifest.json"
-# Every benchmark's repository list; a corpus naming any of their repositories would leak the test into training.
-BENCHMARK_REPO_FILES = (
-    PROJECT_ROOT / "benchmarks" / "quality" / "repos.json",
-    PROJECT_ROOT.parent / "shared" / "benchmarks" / "semble-public" / "repos.json",
+# Every benchmark's repository list (ours, the public pack, and any other pack beside it); a corpus naming any of
+# their repositories would leak the test into training. A listed file that is missing is an error, not a pass.
+SHARED_BENCHMARKS = PROJECT_ROOT.parent / "shared" / "benchmarks"
+BENCHMARK_REPO_FILES = tuple(
+    sorted(
+        {
+            PROJECT_ROOT / "benchmarks" / "quality" / "repos.json",
+            SHARED_BENCHMARKS / "semble-public" / "repos.json",
+            *SHARED_BENCHMARKS.glob("*/repos.json"),
+        }
+    )
 )
 # Kept out of the corpus as well: the projects public code-search question sets are most often written about.
 WEB_FRAMEWORKS_AND_HTTP_CLIENTS = (
