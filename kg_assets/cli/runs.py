@@ -90,7 +90,14 @@ def run_job(
             wait_for_pool(instance, pools.pop(), wait)
         progress.claim_terminal()  # the step's stderr will be redirected into Dagster's compute logs
         with instance:
-            result = _execute(job, full_config, instance, partition_key, parent.run_id if parent else None)
+            try:
+                result = _execute(job, full_config, instance, partition_key, parent.run_id if parent else None)
+            except Exception as exc:  # the run's own events could not be written (sqlite names no file)
+                if not _disk_full(exc):
+                    raise
+                raise InstanceUnavailable(
+                    f"the Dagster instance at {home} cannot record the {job_name} run: its disk is full"
+                ) from exc
             if job_name == "build" and not result.success:  # a step that started after a failed one retook it
                 release_ended_leases(instance, LifecycleRoot(root))
         if not result.success:

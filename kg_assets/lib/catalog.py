@@ -161,6 +161,9 @@ def write_catalog(
             )
             refresh_idmap(con, idmap_path, source_name=idmap_path.name)
             count = con.execute("SELECT count(*) FROM chunks").fetchone()[0]
+            # Written into the file here, where a failure (a full disk) raises naming it: the checkpoint at close
+            # fails silently, leaving the tables in a WAL that the rename below would leave behind.
+            con.execute("CHECKPOINT")
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

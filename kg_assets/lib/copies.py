@@ -19,12 +19,15 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import duckdb
-import pyarrow as pa
 
 from kg_assets.lib import catalog
 from kg_assets.lib.lexical import code_tokens
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Measured on packaging 21.3 (setuptools' vendored copy) beside 26.4, the tests' two-version tree: per module
 # `RELATED` 0.35-0.68 (one of ten, rewritten, 0.22); on the benchmark repositories' same-named files that are not
@@ -36,12 +39,10 @@ MIN_DECLARED_SHARE = 0.8
 MIN_LINES = 5  # smaller files (a re-export, a stub) say too little to call them copies
 MAX_SAME_NAME = 64  # files compared pairwise per name; more (`__init__.py`, `index.ts` in a monorepo) are not copies
 OLD_COPY_DIRS = frozenset({"legacy", "compat", "deprecated", "old", "obsolete", "backup", "vendor", "vendored"})
-SCHEMA = pa.schema(
-    [
-        ("uri", pa.string()),
-        ("canonical", pa.string()),  # the group's canonical copy (itself for the canonical one)
-        ("distinct_words", pa.list_(pa.string())),  # path tokens no other copy of the group has
-    ]
+COLUMNS = (
+    "uri",
+    "canonical",  # the group's canonical copy (itself for the canonical one)
+    "distinct_words",  # path tokens no other copy of the group has
 )
 
 _DECLARATION = re.compile(r"\.d\.[cm]?ts$")
@@ -101,7 +102,7 @@ def _rank_key(uri: str) -> tuple:
 
 
 def find_copies(files: Mapping[str, str]) -> pa.Table:
-    """Rows of `SCHEMA` for every file that has a copy (`files`: repo-relative path -> text)."""
+    """Rows of `COLUMNS` for every file that has a copy (`files`: repo-relative path -> text)."""
     by_name: dict[str, list[str]] = {}
     for uri, text in files.items():
         if len(_lines(text)) >= MIN_LINES:
@@ -125,7 +126,7 @@ def find_copies(files: Mapping[str, str]) -> pa.Table:
     groups: dict[str, list[str]] = {}
     for uri in parent:
         groups.setdefault(find(uri), []).append(uri)
-    rows: dict[str, list] = {name: [] for name in SCHEMA.names}
+    rows: dict[str, list] = {name: [] for name in COLUMNS}
     for members in groups.values():
         members.sort(key=_rank_key)
         canonical = members[0]
@@ -135,7 +136,10 @@ def find_copies(files: Mapping[str, str]) -> pa.Table:
             rows["uri"].append(uri)
             rows["canonical"].append(canonical)
             rows["distinct_words"].append(sorted(words[uri] - others))
-    return pa.table(rows, schema=SCHEMA)
+    import pyarrow as pa  # here: only a build finds copies, and a reader (a server) need not load pyarrow
+
+    schema = pa.schema([("uri", pa.string()), ("canonical", pa.string()), ("distinct_words", pa.list_(pa.string()))])
+    return pa.table(rows, schema=schema)
 
 
 class FileCopies:

@@ -291,7 +291,7 @@ class OpenAICompatible:
             data = response.read(limit + 1)
             status, retry_after, unread = response.status, response.getheader("Retry-After", ""), response.length
         except (OSError, http.client.HTTPException) as exc:
-            if fired.is_set():
+            if fired.is_set() or isinstance(exc, TimeoutError):  # the timer or the socket's own timeout
                 raise _Retryable(f"no complete answer within {seconds:.1f} s") from None
             raise _Retryable(str(getattr(exc, "reason", "") or exc) or type(exc).__name__) from None
         finally:

@@ -13,6 +13,7 @@ import pytest
 from kg_assets.lib.lifecycle import LifecycleRoot
 from kg_assets_tests.cli.test_indexctl import indexctl, stage_args
 from kg_assets_tests.conftest import published_state
+from kg_assets_tests.sample_repo import write_repo
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
 
@@ -100,3 +101,21 @@ def test_gc_recreates_the_reserve_so_a_later_flip_on_a_full_disk_works(
         f"indexctl: error: rollback v2: no space left on the disk of {root.root} to write "
     ), done.stderr
     assert published_state(root) == before
+
+
+def test_a_build_on_a_full_disk_names_what_it_could_not_write(small_disk: Path, cli_env: dict[str, str]) -> None:
+    """Issue 20 item 14: a build that runs out of disk fails with one line naming the file (before: DuckDB's
+    checkpoint at close failed silently, the catalog was sealed into staging empty and the consistency check
+    failed with "Table with name chunks does not exist!", naming nothing); nothing is sealed."""
+    env = {**cli_env, "KG_INDEXES_DIR": str(small_disk / "indexes")}
+    root = LifecycleRoot(small_disk / "indexes")
+    root.versions_dir.mkdir(parents=True)
+    assert indexctl(env, "gc").returncode == 0  # the Dagster instance exists, as on any root in use
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(bytes(free - (3 << 20)))  # room for the chunks, not for the catalog
+    repo = write_repo(small_disk.parent / "repo")
+    done = indexctl(env, "build", "v1", "--repo", str(repo))
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "No space left on device" in done.stderr or "disk is full" in done.stderr, done.stderr
+    assert str(small_disk) in done.stderr, done.stderr
+    assert root.list_versions() == [] and root.current() is None

@@ -155,7 +155,7 @@ def test_a_busy_pool_is_waited_for_with_a_limit_and_signals_end_the_wait(
     time.sleep(1)
     waiting.send_signal(signal.SIGTERM)
     assert waiting.wait(timeout=10) == 130
-    assert waiting.stderr.read().strip() == "indexctl: aborted"
+    assert waiting.stderr.read().strip() == "indexctl: interrupted (SIGTERM)"  # README: exit 130, its cause
     assert published_state(staged) == before
     instance.event_log_storage.free_concurrency_slots_for_run("f" * 32)
     assert indexctl(cli_env, "publish", "v2").returncode == 0

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,10 @@ import pytest
 
 from kg_assets.lib import health
 from kg_assets.lib.lifecycle import MANIFEST, STAGING_SUFFIX, LifecycleRoot
+from kg_assets_tests.conftest import INDEXCTL, stage_sample
+from kg_assets_tests.helpers import SCIP_PYTHON
 from kg_assets_tests.sample_artifacts import write_sample
+from kg_assets_tests.sample_repo import write_repo
 
 MIN_KILLS = 200
 STAGE_ROUNDS = 2  # every step of stage killed twice; stage is the costly operation, the flips and gc go on
@@ -272,3 +276,46 @@ def test_sigkill_at_random_points_of_every_operation_keeps_the_root_consistent(
     assert not list(root.root.glob(".*.tmp-*")) and not list((root.root.parent / "work").iterdir())
     left = {p.name for p in (root.root / ".locks").iterdir()}
     assert left == {f"{v}.lock" for v in root.list_versions()} | {f"{v}.read" for v in root.list_versions()} & left
+
+
+def test_sigkill_of_indexctl_verbs_at_random_times_keeps_the_root_consistent(
+    cli_env: dict[str, str], samples: dict, tmp_path: Path
+) -> None:
+    """Issue 20: the same invariants when real `indexctl` processes (stage, publish, rollback, gc, build) are
+    SIGKILLed at random times (seed SEED) inside their Dagster runs; then gc cleans what they left."""
+    rng = random.Random(SEED)
+    root = LifecycleRoot(cli_env["KG_INDEXES_DIR"])
+    for version, sample in (("v1", "a"), ("v2", "b")):
+        stage_sample(root, version, samples[sample])
+        root.publish(version)
+    invariants = Invariants(root)
+    invariants.check()
+    repo = write_repo(tmp_path / "repo")
+    sample = samples["a"]
+    plan: list[tuple[float, float, list[str]]] = []
+    for i in range(2):
+        plan += [
+            (1.0, 5.0, ["stage", f"s{i}", str(sample["faiss"]), str(sample["duckdb"]), str(sample["scip"])]),
+            (1.0, 5.0, ["publish", "<other>"]),
+            (1.0, 5.0, ["rollback", "<other>"]),
+            (1.0, 5.0, ["gc", "--keep", "1", "--staging-max-age", "0"]),
+        ]
+        if SCIP_PYTHON.exists():
+            plan.append((3.0, 20.0, ["build", f"b{i}", "--repo", str(repo)]))
+    kills = Counter()
+    for low, high, args in plan:
+        args = [("v1" if root.current() == "v2" else "v2") if a == "<other>" else a for a in args]
+        proc = subprocess.Popen([*INDEXCTL, *args], env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(low, high))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills[args[0]] += 1
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode in (0, -signal.SIGKILL), (args, stderr)
+        invariants.check()
+    print(f"indexctl fault injection: {sum(kills.values())} kills: {dict(kills)}")
+    assert sum(kills.values()) >= len(plan) // 2, kills
+    done = subprocess.run([*INDEXCTL, "gc", "--keep", "5", "--staging-max-age", "0"], env=cli_env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    invariants.check()
+    assert not list(root.versions_dir.glob(f"*{STAGING_SUFFIX}")) and not list(root.versions_dir.glob(".trash-*"))

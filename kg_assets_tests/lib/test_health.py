@@ -42,6 +42,7 @@ def test_built_version_passes_every_check_including_the_views(built_pair: Lifecy
         "artifacts_agree": OK,
         "idmap_views_resolve": OK,
         "chunk_symbols_resolve": OK,
+        "scip_matches_catalog": OK,
         "tuning_fits_index": OK,
         "searchable": OK,
         "lexical_index_fits": OK,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 
 import duckdb
 
-from kg_assets.lib.fsutil import atomic_write_json
+from kg_assets.lib.fsutil import atomic_write_json, atomic_write_text
 from kg_assets.lib.lifecycle import CATALOG_FILE, LifecycleRoot
 from kg_assets.lib.tuning import TUNING_FILE
 from kg_assets.serve.http_server import exposure_warning, url_of
@@ -256,13 +257,35 @@ def test_serve_does_not_import_dagster(tmp_path: Path) -> None:
         "try:\n"
         "    main(['--root', sys.argv[1], 'serve', '--host', '256.0.0.1'])\n"
         "except SystemExit as exc:\n"
-        "    assert exc.code == 5, exc.code  # cannot listen there, after importing the server\n"
+        "    assert exc.code == 2, exc.code  # no address to listen on, found after importing the server\n"
         "assert 'kg_assets.serve.http_server' in sys.modules\n"
         "assert 'dagster' not in sys.modules, 'serve must not import dagster'\n"
     )
     done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "cannot listen on 256.0.0.1:8765" in done.stderr
+    assert "--host '256.0.0.1' is not an address to listen on" in done.stderr
+
+
+def test_a_fifo_as_current_blocks_neither_the_watcher_nor_sigterm(server: Server, served_root: LifecycleRoot) -> None:
+    """Issue 20 item 9: with a FIFO as CURRENT the watcher blocked forever opening it (the server never followed
+    CURRENT again and SIGTERM printed "stopped" but never exited); now the FIFO is a load error, the old version
+    keeps serving, the next CURRENT is followed, and SIGTERM ends the server."""
+    fifo = served_root.root / "fifo"
+    os.mkfifo(fifo)
+    os.replace(fifo, served_root.current_file)
+    deadline = time.monotonic() + 10
+    while (state := server.get("/health")[1]).get("load_error", {}).get("version") != "CURRENT":
+        assert time.monotonic() < deadline, state
+        time.sleep(0.05)
+    assert state["status"] == "degraded" and state["version"] == "v1"
+    assert "not a regular file" in state["load_error"]["error"]
+    assert server.get("/search?q=hypotenuse")[0] == 200
+    atomic_write_text(served_root.current_file, "v2")
+    server.wait_for_version("v2", 30)
+    os.mkfifo(fifo)
+    os.replace(fifo, served_root.current_file)
+    time.sleep(1)  # the watcher has polled the FIFO
+    assert server.stop() == 0
 
 
 def test_health_names_a_bad_current_by_its_path_never_its_contents(
