@@ -12,6 +12,7 @@ from kg_assets.defs.build.checks import catalog_consistent
 from kg_assets.defs.build.jobs import build, faiss_idmap_export, faiss_join, faiss_join_refresh
 from kg_assets.defs.build.resources import BuildSettings, build_outputs
 from kg_assets.defs.embedder.assets import EMBEDDER_ASSETS
+from kg_assets.defs.embedder.checks import embedder_eval_check
 from kg_assets.defs.embedder.jobs import embedder_training_job
 from kg_assets.defs.embedder.resources import EMBEDDER_TRAINING, EmbedderTraining
 from kg_assets.defs.eval.assets import evaluation_assets
@@ -64,7 +65,7 @@ lifecycle = LifecycleResource()
 settings = BuildSettings()
 defs = dg.Definitions(
     assets=[*BUILD_ASSETS, tuning_profile, evaluation_assets, faiss_idmap_export, faiss_join, *EMBEDDER_ASSETS],
-    asset_checks=[catalog_consistent],
+    asset_checks=[catalog_consistent, embedder_eval_check],
     jobs=[*JOBS, build, tune, eval_job, faiss_join_refresh, embedder_training_job],
     schedules=SCHEDULES,
     sensors=SENSORS,

@@ -12,7 +12,8 @@
 `build`: `indexctl build` vs the embedder + FAISS train/add on the same inputs, peak memory, no-change rebuild.
 `tuning`: `tune --quick/--full` vs a restricted `ParameterSpace.explore` on a 1M-vector IVF-PQ index.
 `eval`: the offline eval vs plain `faiss.knn` + `index.search` on the same queries over 1M vectors.
-`quality`: NDCG@10 / MRR@10 / recall@10 of every search mode on the labelled benchmark, and hybrid vs dense latency.
+`quality`: NDCG@10 of every search mode on our labelled set and the public semble pack (beside its published figures),
+and hybrid vs dense latency.
 `serve`: /search of `indexctl serve` (4 clients) vs the engine's search in a warm loop and vs one-shot
 `indexctl search`: p50/p99 latency, QPS, and the server's memory with one version and during a swap.
 `chunking`: chunks per CPU-second on one core for every language, on real source files (goal >= 1,000).

@@ -65,6 +65,9 @@ class TrainSettings:
     seed: int = setting(0, "Seed of the corpus sample, the held-out split and the evaluation sample.")
     eval_pool: int = setting(500, "Held-out evaluation: documented stdlib functions in the pool.", minimum=10)
     eval_queries: int = setting(200, "Held-out evaluation: how many of them are asked for.", minimum=1)
+    benchmarks: bool = setting(
+        True, "Run both labelled sets through real builds and searches (the embedder_eval check; off: a trial run)."
+    )
 
 
 @dataclass
