@@ -127,6 +127,7 @@ def test_asset_graph_snapshot() -> None:
         "catalog:catalog_consistent",
         "eval_metrics:ann_recall_floor",
         "eval_metrics:mrr_no_regression",
+        "static_embedder:embedder_eval",
     ]
     assert sorted(job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")) == [
         "build",
