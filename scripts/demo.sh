@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# End to end on this repository's own source tree: build a version (chunks, MiniLM embeddings, scip-python,
-# FAISS, DuckDB catalog) as one Dagster run, publish it, search it, evaluate it, and show the lifecycle state.
+# End to end on this repository's own source tree: publish a fast version (the static embedder; searchable in
+# seconds), then the full one (chunks, MiniLM embeddings, scip-python, FAISS, DuckDB catalog), one Dagster run
+# each; search it, evaluate it, and show the lifecycle state.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -10,8 +11,8 @@ rm -rf "$demo"
 export KG_INDEXES_DIR="$demo/indexes"
 unset DAGSTER_HOME   # indexctl then keeps run history in $KG_INDEXES_DIR/.dagster
 
-echo "== indexctl build v1 --repo . --publish"
-indexctl build v1 --repo . --publish
+echo "== indexctl build v1 --repo . --publish --progressive"
+indexctl build v1 --repo . --publish --progressive
 echo
 echo "== indexctl search \"atomically flip the CURRENT pointer\" -k 5"
 indexctl search "atomically flip the CURRENT pointer" -k 5
