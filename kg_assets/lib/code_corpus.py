@@ -17,12 +17,14 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from kg_assets.lib import registry_packages
 from kg_assets.lib.embedding import Embedder
 from kg_assets.lib.errors import UsageError, ValidationError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = PROJECT_ROOT / "kg_assets" / "models" / "corpus-manifest.json"
@@ -45,16 +47,7 @@ WEB_FRAMEWORKS_AND_HTTP_CLIENTS = (
     "gin", "echo", "fiber", "spring", "okhttp", "retrofit", "ktor", "rails", "faraday", "httparty",
     "laravel", "symfony", "guzzle", "slim", "actix", "rocket", "warp", "hyper", "reqwest", "phoenix",
 )  # fmt: skip
-CORPUS_SCHEMA = pa.schema(
-    [
-        ("source", pa.string()),
-        ("language", pa.string()),
-        ("uri", pa.string()),
-        ("chunk_id", pa.int64()),
-        ("text", pa.string()),
-        ("symbols", pa.list_(pa.string())),
-    ]
-)
+CORPUS_COLUMNS = ("source", "language", "uri", "chunk_id", "text", "symbols")
 
 
 @dataclass(frozen=True)
@@ -184,17 +177,29 @@ def corpus_chunks(
     `max_chunks_per_source` of each, chosen by a seeded hash of the chunk id (so stable across runs)."""
     from kg_assets.lib.build import chunk_for  # the build's modules (DuckDB, FAISS) only when chunking
 
-    columns: dict[str, list] = {name: [] for name in CORPUS_SCHEMA.names}
+    columns: dict[str, list] = {name: [] for name in CORPUS_COLUMNS}
     for name, root in roots:
         chunks = sorted(chunk_for(root, embedder).chunks, key=lambda c: _sample_key(name, c.chunk_id, seed))
         for chunk in sorted(chunks[:max_chunks_per_source], key=lambda c: (c.uri, c.start_byte)):
             for column, value in zip(
-                CORPUS_SCHEMA.names,
+                CORPUS_COLUMNS,
                 (name, chunk.language, chunk.uri, chunk.chunk_id, chunk.text, list(chunk.symbols)),
                 strict=True,
             ):
                 columns[column].append(value)
-    return pa.table(columns, schema=CORPUS_SCHEMA)
+    import pyarrow as pa  # here, not at the top: `indexctl` imports this module's settings for every verb
+
+    schema = pa.schema(
+        [
+            ("source", pa.string()),
+            ("language", pa.string()),
+            ("uri", pa.string()),
+            ("chunk_id", pa.int64()),
+            ("text", pa.string()),
+            ("symbols", pa.list_(pa.string())),
+        ]
+    )
+    return pa.table(columns, schema=schema)
 
 
 def corpus_digest(corpus: pa.Table) -> str:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
 from kg_assets.lib.code_corpus import MANIFEST, PROJECT_ROOT
 from kg_assets.lib.embedding import Embedder, MiniLMOnnx, embedding_text, normalize
@@ -40,6 +39,7 @@ from kg_assets.lib.settings import setting
 from kg_assets.lib.static_embedder import MODEL_DIR
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from tokenizers import Tokenizer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # zero rows: never counted
