@@ -10,7 +10,7 @@ import dagster as dg
 
 from kg_assets.definitions import defs
 from kg_assets.defs.embedder.assets import EMBEDDER_ASSETS, EMBEDDER_GROUP
-from kg_assets.defs.embedder.resources import EMBEDDER_TRAINING, EmbedderTraining
+from kg_assets.defs.embedder.resources import EMBEDDER_TRAINING
 from kg_assets.lib.errors import UsageError
 
 
@@ -36,12 +36,13 @@ def test_the_job_materializes_the_whole_embedder_group_in_one_run() -> None:
 
 
 def test_code_corpus_refuses_a_manifest_naming_a_benchmark_repository(tmp_path: Path) -> None:
-    training = EmbedderTraining(
-        manifest=str(_refused_manifest(tmp_path / "m.json")), work_dir=str(tmp_path / "w"), out=str(tmp_path / "o")
-    )
-    code_corpus_asset = next(a for a in EMBEDDER_ASSETS if a.key.to_user_string() == "code_corpus")
-    result = dg.materialize(
-        [code_corpus_asset], resources={EMBEDDER_TRAINING: training}, raise_on_error=False, selection=["code_corpus"]
+    paths = {"manifest": str(_refused_manifest(tmp_path / "m.json")), "work_dir": str(tmp_path / "w")}
+    # The job of the loaded definitions, as the CLI runs it (dg.materialize builds a second Definitions, which
+    # fails on an instance weakref an earlier test's run left in Dagster's load context).
+    result = defs.resolve_job_def("embedder_training").execute_in_process(
+        run_config={"resources": {EMBEDDER_TRAINING: {"config": {**paths, "out": str(tmp_path / "o")}}}},
+        asset_selection=[dg.AssetKey("code_corpus")],
+        raise_on_error=False,
     )
     assert not result.success
     (failure,) = [e for e in result.all_events if e.is_step_failure]
