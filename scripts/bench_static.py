@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_build import load_line, make_corpus
 
-from kg_assets.lib import chunking
+from kg_assets.lib.build import chunk_for
 from kg_assets.lib.embedding import embedding_text, load_embedder
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -41,13 +41,8 @@ MIB = 2**20
 
 
 def chunk_texts(repo: Path) -> list[str]:
-    """What a build embeds for each chunk of `repo`."""
-    counter = load_embedder("static").count_tokens
-    texts = []
-    for path in sorted(repo.rglob("*.py")):
-        uri = path.relative_to(repo).as_posix()
-        texts += [embedding_text(uri, c.text) for c in chunking.chunk_file(uri, path.read_bytes(), counter, 254)]
-    return texts
+    """What a build embeds for each chunk of `repo` (the build's own chunking, `build.chunk_for`)."""
+    return [embedding_text(c.uri, c.text) for c in chunk_for(repo, load_embedder("static")).chunks]
 
 
 def throughput(texts: list[str], sample: int) -> dict[str, float]:
